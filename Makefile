@@ -1,0 +1,37 @@
+# make demo: create .venv, install, analyse the bundled DiT example.
+# make test: create .venv, install, run the whole test suite (slow tests included).
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: demo test test-fast lint bench clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[test,models,examples,dev]"
+	$(BIN)/pip install --quiet --no-deps mup
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)"
+	$(BIN)/muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)" \
+		--base "DiT(depth=4, hidden_size=128, num_heads=2)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/ruff check muprewrite tests examples benchmarks
+	$(BIN)/mypy muprewrite
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/analyze_scale.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

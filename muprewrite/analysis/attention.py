@@ -1,0 +1,137 @@
+"""Find attention sites: SDPA calls and explicit ``softmax(q @ k^T * scale) @ v``.
+
+A site names the axes that matter for muP: the d_head axis that ``q . k`` contracts and the
+heads axis (``q[..., H, L, E]``), when the tensors carry one. ``heads_marks`` turns the
+heads convention into evidence for the dimension solver: with ``heads="grow"`` the number
+of heads grows and d_head is fixed; with ``heads="fixed"`` d_head grows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from torch import fx
+
+from ..dims import Axis, Mark
+from ..dims.registry import Ctx, op_name
+
+__all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention"]
+
+HeadsConvention = Literal["grow", "fixed"]
+
+_SDPA = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+         "_scaled_dot_product_efficient_attention",
+         "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_cudnn_attention"}
+_SOFTMAX = {"softmax", "_softmax", "_safe_softmax"}
+_PASS = {"div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "to", "clone",
+         "contiguous", "type_as", "tanh"}  # ops between q.k^T and softmax (scale, mask, cap)
+_MATMUL = {"matmul", "bmm", "einsum", "baddbmm"}
+
+
+@dataclass(frozen=True)
+class AttentionPattern:
+    node: str
+    kind: str  # "sdpa" | "softmax"
+    q: Axis  # d_head axis of q (contracted with k)
+    v: Axis | None  # d_head axis of v
+    heads: tuple[Axis, ...]  # heads axes of q, k, v (empty when tensors carry none)
+    scale: float | None  # explicit scale (SDPA scale=, or a constant mul/div found)
+    scale_node: str | None  # the node applying an explicit scale
+
+
+def find_attention(graph: fx.Graph) -> list[AttentionPattern]:
+    found = []
+    for node in graph.nodes:
+        if node.op != "call_function":
+            continue
+        name = op_name(node)
+        if name in _SDPA:
+            found.append(_sdpa(node))
+        elif name in _SOFTMAX:
+            site = _softmax(node)
+            if site is not None:
+                found.append(site)
+    return found
+
+
+def _sdpa(node: fx.Node) -> AttentionPattern:
+    q, k, v = node.args[:3]
+    nq, nk, nv = (a.meta["val"].dim() for a in (q, k, v))
+    heads = tuple((t.name, n - 3) for t, n in ((q, nq), (k, nk), (v, nv)) if n >= 4)
+    scale = node.kwargs.get("scale")
+    if scale is None and len(node.args) > 6:
+        scale = node.args[6]
+    return AttentionPattern(node.name, "sdpa", (q.name, nq - 1), (v.name, nv - 1), heads,
+                            float(scale) if scale is not None else None,
+                            node.name if scale is not None else None)
+
+
+def _softmax(node: fx.Node) -> AttentionPattern | None:
+    scale: float | None = None
+    scale_node: str | None = None
+    cur = node.args[0]
+    for _ in range(8):
+        if not isinstance(cur, fx.Node) or cur.op != "call_function":
+            return None
+        name = op_name(cur)
+        if name in _MATMUL:
+            break
+        if name not in _PASS:
+            return None
+        if name in ("mul", "div") and isinstance(cur.args[1], (int, float)):
+            value = float(cur.args[1])
+            scale, scale_node = (value if name == "mul" else 1.0 / value), cur.name
+        cur = next((a for a in cur.args if Ctx.is_tensor(a)), None)
+    else:
+        return None
+    if op_name(cur) == "einsum":
+        operands = [a for a in cur.args[1] if Ctx.is_tensor(a)]
+        if len(operands) != 2:
+            return None
+        q_node, k_node = operands
+    else:
+        offset = 1 if op_name(cur) == "baddbmm" else 0
+        q_node, k_node = cur.args[offset], cur.args[offset + 1]
+    nq = q_node.meta["val"].dim()
+    if nq < 2:
+        return None
+    heads = ((q_node.name, nq - 3),) if nq >= 4 else ()
+    v_axis = _value_axis(node)
+    return AttentionPattern(node.name, "softmax", (q_node.name, nq - 1), v_axis, heads,
+                            scale, scale_node)
+
+
+def _value_axis(softmax: fx.Node) -> Axis | None:
+    """The d_head axis of v in ``softmax(...) @ v`` (through dropout / casts)."""
+    frontier = [softmax]
+    for _ in range(4):
+        nxt = []
+        for src in frontier:
+            for user in src.users:
+                name = op_name(user)
+                if name in ("matmul", "bmm") and user.args[0] is src and Ctx.is_tensor(user.args[1]):
+                    v = user.args[1]
+                    return (v.name, v.meta["val"].dim() - 1)
+                if name in ("dropout", "native_dropout", "_to_copy", "to", "type_as",
+                            "getitem", "clone", "contiguous"):
+                    nxt.append(user)
+        frontier = nxt
+    return None
+
+
+def heads_marks(sites: list[AttentionPattern], heads: HeadsConvention) -> list[Mark]:
+    """Evidence from the heads convention at every site that has a heads axis."""
+    marks = []
+    for site in sites:
+        if not site.heads:
+            marks.append(Mark(site.q, True, "attention width (single head)", site.node))
+            continue
+        grow = heads == "grow"
+        why = f"heads convention '{heads}' at attention {site.node}"
+        for axis in site.heads:
+            marks.append(Mark(axis, grow, why, site.node))
+        marks.append(Mark(site.q, not grow, why, site.node))
+        if site.v is not None:
+            marks.append(Mark(site.v, not grow, why, site.node))
+    return marks

@@ -1,0 +1,69 @@
+"""Turn solver notes, unhandled ops and base-width disagreements into Report diagnostics."""
+
+from __future__ import annotations
+
+from torch import fx
+
+from ..dims import AxisGraph, Dims
+from .report import Diagnostic
+from .source import node_source
+
+__all__ = ["solver_diagnostics", "base_disagreements"]
+
+_SEVERITY = {"ambiguous-split": "info", "square-map": "info", "finite-constant": "info", "mark-overridden": "info",
+             "width-constant": "warning", "width-output": "warning"}
+_FIX = {
+    "width-constant": "a constant built in forward is as wide as the model; pass base= to "
+                      "measure instead of infer",
+    "width-output": "the model returns a width-sized tensor (a backbone?); outputs were "
+                    "treated as width where attention showed it; pass base= to be exact",
+    "ambiguous-split": "pass base= (a model at another width) to measure which factor grows",
+    "square-map": "if that layer's width grows with the model, pass base=",
+    "finite-constant": "if this size grows with the model's width, pass base=",
+}
+
+
+def _where(nodes: dict[str, fx.Node], name: str) -> str:
+    node = nodes.get(name)
+    src = node_source(node) if node is not None else None
+    return f"{name} ({src.file}:{src.line})" if src else name
+
+
+def solver_diagnostics(graph: fx.Graph, axes: AxisGraph, dims: Dims) -> list[Diagnostic]:
+    nodes = {n.name: n for n in graph.nodes}
+    out: list[Diagnostic] = []
+    seen: set[tuple[str, str]] = set()
+    for note in dims.notes:
+        if (note.code, note.node) in seen:
+            continue
+        seen.add((note.code, note.node))
+        out.append(Diagnostic(_SEVERITY.get(note.code, "info"), note.code,  # type: ignore[arg-type]
+                              _where(nodes, note.node), note.message, _FIX.get(note.code, "")))
+    for op, names in sorted(axes.unhandled.items()):
+        severity = "info" if "treated as elementwise" in op else "warning"
+        out.append(Diagnostic(severity, "no-rule", _where(nodes, names[0]),  # type: ignore[arg-type]
+                              f"op {op} has no dimension rule ({len(names)} node(s)); axes "
+                              "through it are not linked",
+                              "pass base= so widths are measured, or report the op"))
+    return out
+
+
+def base_disagreements(single: Dims, measured: Dims, state: dict, sizes: dict) -> list[Diagnostic]:
+    """Parameter axes where one capture's inference and the two-width diff differ."""
+    out = []
+    for axis, owner in state.items():
+        if axis not in sizes:
+            continue
+        inferred, actual = single.is_width(axis), measured.is_width(axis)
+        if inferred and not actual:
+            out.append(Diagnostic(
+                "warning", "looks-fixed", f"{owner} axis {axis[1]}",
+                f"size {single.sizes[axis]} is the same at both widths, yet nothing in the "
+                "graph bounds it (a size rounded up to a multiple?)",
+                "compare widths further apart so the diff sees it grow"))
+        elif actual and not inferred:
+            out.append(Diagnostic(
+                "info", "inferred-finite", f"{owner} axis {axis[1]}",
+                f"grows with width ({single.sizes[axis]} vs {sizes[axis]}) though a single "
+                f"capture took it as finite ({single.why(axis)})"))
+    return out

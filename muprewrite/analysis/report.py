@@ -1,0 +1,134 @@
+"""The Report: an immutable value keyed by parameter name. Nothing is stored on tensors."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Iterator, Literal, Mapping
+
+from .uses import Use
+
+__all__ = ["Role", "ParamInfo", "BufferInfo", "AttentionSite", "Diagnostic", "Report"]
+
+Role = Literal["input", "hidden", "output", "fixed", "unused"]
+Kind = Literal["weight", "bias", "norm", "embedding", "table"]
+
+
+@dataclass(frozen=True)
+class ParamInfo:
+    """What the analysis derived for one parameter.
+
+    ``width_axes``: the axes that grow with width. ``fan_in`` / ``fan_out``: axes the
+    parameter contracts over / produces at its main use. ``m_in`` / ``m_out``: width
+    multipliers of those axes relative to ``base`` (None without ``base``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    role: Role
+    kind: Kind
+    width_axes: tuple[int, ...]
+    fan_in: tuple[int, ...]
+    fan_out: tuple[int, ...]
+    m_in: float | None
+    m_out: float | None
+    tied: bool
+    trainable: bool
+    uses: tuple[Use, ...]
+
+    @property
+    def consumers(self) -> tuple[str, ...]:
+        return tuple(u.node for u in self.uses)
+
+    @property
+    def source(self) -> str:
+        return self.uses[0].source if self.uses else ""
+
+
+@dataclass(frozen=True)
+class BufferInfo:
+    name: str
+    shape: tuple[int, ...]
+    width_axes: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class AttentionSite:
+    """An SDPA call or an explicit ``softmax(q k^T)``; muP rescales its logits iff d_head grows."""
+
+    node: str
+    kind: str
+    module: str
+    source: str
+    d_head: int
+    heads: int | None
+    d_head_grows: bool
+    heads_grow: bool | None
+    scale: float | None
+    scale_node: str | None
+    d_head_base: int | None
+
+
+@dataclass(frozen=True)
+class Diagnostic:
+    severity: Literal["info", "warning", "error"]
+    code: str
+    where: str
+    message: str
+    fix: str = ""
+
+
+@dataclass(frozen=True)
+class Report:
+    """Analysis result. ``report["blocks.0.attn.qkv.weight"].role == "hidden"``."""
+
+    model: str
+    mode: Literal["single", "base"]
+    heads: str
+    params: Mapping[str, ParamInfo]
+    attention: tuple[AttentionSite, ...]
+    buffers: tuple[BufferInfo, ...]
+    diagnostics: tuple[Diagnostic, ...] = field(default=())
+
+    def __getitem__(self, name: str) -> ParamInfo:
+        return self.params[name]
+
+    def __iter__(self) -> Iterator[ParamInfo]:
+        return iter(self.params.values())
+
+    def __len__(self) -> int:
+        return len(self.params)
+
+    def roles(self) -> dict[str, Role]:
+        return {name: info.role for name, info in self.params.items()}
+
+    @property
+    def assumptions(self) -> tuple[str, ...]:
+        """What the analysis assumed rather than measured (empty with ``base``)."""
+        if self.mode == "base":
+            return ()
+        grow = "number of heads grows, d_head fixed" if self.heads == "grow" \
+            else "d_head grows, number of heads fixed"
+        return (f"heads convention '{self.heads}': {grow}",
+                "single capture: width axes are those bounded by no input, output or constant")
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "mode": self.mode, "heads": self.heads,
+            "assumptions": list(self.assumptions),
+            "params": {n: asdict(p) for n, p in self.params.items()},
+            "attention": [asdict(a) for a in self.attention],
+            "buffers": [asdict(b) for b in self.buffers],
+            "diagnostics": [asdict(d) for d in self.diagnostics],
+        }
+
+    def to_json(self, indent: int | None = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent)
+
+    def table(self) -> str:
+        from .render import render_table
+
+        return render_table(self)
+
+    def __str__(self) -> str:
+        return self.table()

@@ -1,0 +1,118 @@
+"""``analyze(model, example_inputs)``: capture -> dimensions -> classification -> Report.
+
+>>> import torch
+>>> from muprewrite import analyze
+>>> mlp = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+...                           torch.nn.ReLU(), torch.nn.Linear(64, 3))
+>>> report = analyze(mlp, torch.randn(2, 8))
+>>> [report[f"{i}.weight"].role for i in (0, 2, 4)]
+['input', 'hidden', 'output']
+"""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Any
+
+from torch import nn
+
+from .analysis.attention import HeadsConvention, find_attention, heads_marks
+from .analysis.classify import ParamFacts, classify_params
+from .analysis.diagnose import base_disagreements, solver_diagnostics
+from .analysis.report import AttentionSite, BufferInfo, Report
+from .analysis.source import node_module, node_source
+from .capture import Capture, capture, normalize_inputs
+from .dims import Dims, build_axis_graph, solve
+from .dims.diff import base_sizes, with_base
+from .errors import MuprewriteError
+
+__all__ = ["analyze"]
+
+
+def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | None = None,
+            heads: HeadsConvention = "grow") -> Report:
+    """Classify every parameter of ``model`` as input / hidden / output / fixed.
+
+    ``example_inputs``: positional args (a tensor or tuple), or ``((args...), {kwargs})``;
+    defaults to ``model.example_inputs()`` when the model defines it. Tensors may be on the
+    meta device; nothing is allocated. ``base``: the same architecture at another width
+    (meta device is fine): every axis is then measured by diffing the two captures.
+    ``heads``: without ``base``, which side of a (heads, d_head) split grows — ``"grow"``
+    (more heads, fixed d_head: DiT S/B/L/XL, Llama, SD3) or ``"fixed"`` (d_head grows).
+    """
+    if heads not in ("grow", "fixed"):
+        raise MuprewriteError(f"heads must be 'grow' or 'fixed', got {heads!r}",
+                              fix="heads='grow' if width grows by adding heads, "
+                                  "'fixed' if d_head grows")
+    if example_inputs is None:
+        if not callable(getattr(model, "example_inputs", None)):
+            raise MuprewriteError(f"no example inputs for {type(model).__name__}",
+                                  fix="pass example_inputs=(tensor, ...) or define "
+                                      "model.example_inputs()")
+        example_inputs = model.example_inputs()
+    args, kwargs = normalize_inputs(example_inputs)
+    cap = capture(model, args, kwargs)
+    axes = build_axis_graph(cap)
+    sites = find_attention(cap.graph)
+    dims = solve(axes, heads_marks(sites, heads))
+    diags = solver_diagnostics(cap.graph, axes, dims)
+    sizes: dict = {}
+    if base is not None:
+        base_cap = capture(base, args, kwargs)
+        sizes, aligned = base_sizes(cap, base_cap)
+        measured = with_base(dims, sizes)
+        diags = [d for d in diags if d.code == "no-rule"]
+        diags += base_disagreements(dims, measured, axes.state, sizes)
+        if not aligned:
+            diags.append(_unaligned())
+        dims = measured
+    facts = _facts(model, base)
+    params, param_diags = classify_params(cap, dims, facts)
+    return Report(
+        model=type(model).__name__,
+        mode="base" if base is not None else "single",
+        heads=heads,
+        params=MappingProxyType(params),
+        attention=tuple(_site(cap, dims, s, sizes) for s in sites),
+        buffers=_buffers(cap, dims),
+        diagnostics=tuple(diags + param_diags),
+    )
+
+
+def _unaligned():  # type: ignore[no-untyped-def]
+    from .analysis.report import Diagnostic
+
+    return Diagnostic("warning", "graphs-differ", "<graph>",
+                      "the two captures differ in structure; only parameter shapes were "
+                      "compared, attention sites were inferred from one capture",
+                      "build base with the same depth and options, differing only in width")
+
+
+def _facts(model: nn.Module, base: nn.Module | None) -> dict[str, ParamFacts]:
+    base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()} if base else {}
+    return {
+        name: ParamFacts(tuple(p.shape), p.requires_grad,
+                         base_shapes.get(name) if base is not None else None)
+        for name, p in model.named_parameters()
+    }
+
+
+def _site(cap: Capture, dims: Dims, s, sizes: dict) -> AttentionSite:  # type: ignore[no-untyped-def]
+    node = next(n for n in cap.graph.nodes if n.name == s.node)
+    src = node_source(node)
+    heads = s.heads[0] if s.heads else None
+    return AttentionSite(
+        node=s.node, kind=s.kind, module=node_module(node), source=str(src) if src else "",
+        d_head=dims.sizes[s.q], heads=dims.sizes[heads] if heads else None,
+        d_head_grows=dims.is_width(s.q), heads_grow=dims.is_width(heads) if heads else None,
+        scale=s.scale, scale_node=s.scale_node, d_head_base=sizes.get(s.q))
+
+
+def _buffers(cap: Capture, dims: Dims) -> tuple[BufferInfo, ...]:
+    out = []
+    for node in cap.graph.nodes:
+        if node.op == "placeholder" and node.name in cap.buffers:
+            shape = tuple(int(s) for s in node.meta["val"].shape)
+            width = tuple(d for d in range(len(shape)) if dims.is_width((node.name, d)))
+            out.append(BufferInfo(cap.buffers[node.name], shape, width))
+    return tuple(out)

@@ -1,0 +1,168 @@
+"""Stage 1 — capture: run ``torch.export`` (non-strict) and name what the graph holds.
+
+The result is a :class:`Capture`: the exported graph plus maps from placeholder nodes to
+parameter / buffer names. Parameter names are the *canonical* ones of
+``model.named_parameters()``: a tied weight exported under its alias is mapped back to the
+name ``named_parameters()`` yields, by tensor identity. Tensors on the meta device stay
+there, so capturing an 18B model allocates no parameter memory.
+"""
+
+from __future__ import annotations
+
+import traceback
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import torch
+from torch import nn
+
+from .errors import CaptureError
+
+__all__ = ["Capture", "capture", "normalize_inputs"]
+
+
+@dataclass(frozen=True)
+class Capture:
+    """One traced forward of a model."""
+
+    graph: torch.fx.Graph
+    params: Mapping[str, str]  # placeholder node name -> canonical parameter FQN
+    buffers: Mapping[str, str]  # placeholder node name -> buffer FQN
+    constants: frozenset[str]  # placeholder nodes holding lifted tensor constants
+    user_inputs: tuple[str, ...]
+    user_outputs: tuple[str, ...]
+
+    def nodes(self) -> list[torch.fx.Node]:
+        return list(self.graph.nodes)
+
+
+def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+    """Accept ``tensor``, ``(args...)``, or ``((args...), {kwargs})``; return (args, kwargs)."""
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,), {}
+    if isinstance(example_inputs, dict):
+        return (), dict(example_inputs)
+    if (
+        isinstance(example_inputs, tuple)
+        and len(example_inputs) == 2
+        and isinstance(example_inputs[0], (tuple, list))
+        and isinstance(example_inputs[1], dict)
+    ):
+        return tuple(example_inputs[0]), dict(example_inputs[1])
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs), {}
+    raise TypeError(
+        "example_inputs must be a tensor, a tuple of positional arguments, or "
+        f"((args...), {{kwargs}}); got {type(example_inputs).__name__}"
+    )
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def _to_device(value: Any, device: torch.device | None) -> Any:
+    if device is None:
+        return value
+    if isinstance(value, torch.Tensor):
+        return value if value.device == device else value.to(device)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_to_device(v, device) for v in value)
+    if isinstance(value, dict):
+        return {k: _to_device(v, device) for k, v in value.items()}
+    return value
+
+
+def _canonical_names(model: nn.Module) -> dict[str, str]:
+    """Every alias of every parameter -> the name ``named_parameters()`` reports."""
+    by_id: dict[int, str] = {id(p): name for name, p in model.named_parameters()}
+    return {
+        alias: by_id[id(p)]
+        for alias, p in model.named_parameters(remove_duplicate=False)
+    }
+
+
+def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Capture:
+    """Export ``model(*args, **kwargs)`` as one graph (non-strict ``torch.export``)."""
+    device = _model_device(model)
+    args = _to_device(args, device)
+    kwargs = _to_device(kwargs, device)
+    try:
+        program = torch.export.export(model, args, kwargs, strict=False)
+    except Exception as exc:  # noqa: BLE001 - re-raised as a CaptureError with context
+        raise _capture_error(model, exc) from exc
+    sig = program.graph_signature
+    canonical = _canonical_names(model)
+    params = {node: canonical.get(fqn, fqn) for node, fqn in sig.inputs_to_parameters.items()}
+    constants = frozenset(sig.inputs_to_lifted_tensor_constants)
+    return Capture(
+        graph=program.graph,
+        params=MappingProxyType(params),
+        buffers=MappingProxyType(dict(sig.inputs_to_buffers)),
+        constants=constants,
+        user_inputs=tuple(sig.user_inputs),
+        user_outputs=tuple(o for o in sig.user_outputs if o is not None),
+    )
+
+
+def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
+    """The innermost traceback frame outside torch and this package."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    user = [
+        f for f in frames
+        if "/torch/" not in f.filename and "/muprewrite/" not in f.filename
+        and "<" not in f.filename
+    ]
+    return user[-1] if user else None
+
+
+def _module_of_frame(model: nn.Module, exc: BaseException) -> str:
+    """Name of the innermost module whose ``forward`` is on the failing stack."""
+    names = {id(m): n for n, m in model.named_modules()}
+    found = ""
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, nn.Module) and id(owner) in names:
+            found = names[id(owner)] or "<root>"
+            found = f"{found} ({type(owner).__name__})"
+        tb = tb.tb_next
+    return found
+
+
+_HINTS = (
+    ("data-dependent", "the forward branches on tensor values (.item(), bool(tensor), "
+     "nonzero); pass concrete Python values as kwargs, or capture a small real (non-meta) "
+     "instance"),
+    ("Could not guard", "the forward branches on tensor values; pass concrete Python values "
+     "as kwargs, or capture a small real (non-meta) instance"),
+    ("meta", "an op has no meta-device kernel; build the model on CPU at a small width and "
+     "pass base= for width evidence"),
+)
+
+
+def _capture_error(model: nn.Module, exc: BaseException) -> CaptureError:
+    frame = _user_frame(exc)
+    where = f"{frame.filename}:{frame.lineno}: {frame.line}" if frame else ""
+    module = _module_of_frame(model, exc)
+    if module:
+        where = f"module {module}" + (f", {where}" if where else "")
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else type(exc).__name__
+    fix = "make the forward traceable: no Python control flow on tensor values, timesteps " \
+          "as tensors, non-tensor options as concrete kwargs"
+    for needle, hint in _HINTS:
+        if needle in str(exc):
+            fix = hint
+            break
+    return CaptureError(
+        f"could not capture {type(model).__name__}.forward with torch.export: "
+        f"{type(exc).__name__}: {first}",
+        where=where,
+        fix=fix,
+    )

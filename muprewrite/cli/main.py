@@ -1,0 +1,73 @@
+"""The ``muprewrite`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+from .spec import build_model, load_module, parse_inputs
+
+__all__ = ["main", "cli"]
+
+_ANALYZE_HELP = """Print the muP role of every parameter of a model defined in MODEL_FILE.
+
+\b
+The model is built on the meta device (no memory is allocated) from --model, a
+constructor call with literal arguments, evaluated without eval():
+  muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)"
+
+\b
+Width evidence: with --base (the same architecture at another width) every tensor
+axis is measured by diffing two captures; without it, one capture is analysed and
+--heads says whether width grows by adding heads (grow, default) or by widening
+them (fixed).
+
+\b
+Example inputs come from the model's example_inputs() method if it has one;
+otherwise pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)".
+
+Nothing is written to disk.
+"""
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="muprewrite")
+def cli() -> None:
+    """muprewrite: put a PyTorch model into muP (maximal update parametrization)."""
+
+
+@cli.command("analyze", help=_ANALYZE_HELP)
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--model", "model_expr", required=True, metavar="EXPR",
+              help='Constructor call, e.g. "DiT(depth=4, hidden_size=256, num_heads=4)".')
+@click.option("--base", "base_expr", metavar="EXPR",
+              help="The same architecture at another width, e.g. \"DiT(hidden_size=128, num_heads=2)\".")
+@click.option("--inputs", "inputs_expr", metavar="SPECS",
+              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
+@click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
+              help="Without --base: grow = more heads at fixed d_head; fixed = d_head grows.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: str | None,
+                heads: str, as_json: bool) -> None:
+    from ..analyzer import analyze
+
+    try:
+        module = load_module(model_file)
+        model = build_model(module, model_expr, "--model")
+        base = build_model(module, base_expr, "--base") if base_expr else None
+        inputs = parse_inputs(inputs_expr) if inputs_expr else None
+        report = analyze(model, inputs, base=base, heads=heads)  # type: ignore[arg-type]
+    except (ModelSpecError, InputSpecError) as exc:
+        raise click.ClickException(exc.one_line()) from None
+    except MuprewriteError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(report.to_json() if as_json else report.table())
+
+
+def main() -> None:
+    try:
+        cli(prog_name="muprewrite")
+    except KeyboardInterrupt:
+        sys.exit(130)

@@ -1,0 +1,5 @@
+"""One module per op family; importing this package registers every rule."""
+
+from . import contract, create, elementwise, norms, reduce, shape, sdpa  # noqa: F401
+
+__all__: list[str] = []

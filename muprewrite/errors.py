@@ -1,0 +1,45 @@
+"""The project's exception types. Every user-facing failure raises one of these.
+
+Each error says what went wrong, where (parameter, graph node or source line) and how to
+fix it; the CLI prints ``str(error)`` as its one-line (or few-line) message.
+"""
+
+from __future__ import annotations
+
+__all__ = ["MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
+
+
+class MuprewriteError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+    def __init__(self, message: str, *, where: str = "", fix: str = "") -> None:
+        self.message = message
+        self.where = where
+        self.fix = fix
+        super().__init__(self._render())
+
+    def one_line(self) -> str:
+        """The error as a single line (for CLI messages about arguments)."""
+        parts = [self.message] + ([f"at {self.where}"] if self.where else []) + (
+            [f"fix: {self.fix}"] if self.fix else [])
+        return "; ".join(parts)
+
+    def _render(self) -> str:
+        text = self.message
+        if self.where:
+            text += f"\n  at: {self.where}"
+        if self.fix:
+            text += f"\n  fix: {self.fix}"
+        return text
+
+
+class CaptureError(MuprewriteError):
+    """The model's forward could not be captured as a graph."""
+
+
+class ModelSpecError(MuprewriteError):
+    """A ``--model``/``--base`` constructor expression is malformed or names nothing."""
+
+
+class InputSpecError(MuprewriteError):
+    """An ``--inputs`` expression or ``example_inputs`` value is malformed."""
