@@ -34,8 +34,8 @@ Libraries that fail to import are skipped: the zoo functions then return fewer e
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
