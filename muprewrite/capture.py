@@ -9,6 +9,7 @@ there, so capturing an 18B model allocates no parameter memory.
 
 from __future__ import annotations
 
+import operator
 import traceback
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -97,6 +98,7 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     except Exception as exc:  # noqa: BLE001 - re-raised as a CaptureError with context
         raise _capture_error(model, exc) from exc
     sig = program.graph_signature
+    _inline_subgraphs(program.graph_module)
     canonical = _canonical_names(model)
     params = {node: canonical.get(fqn, fqn) for node, fqn in sig.inputs_to_parameters.items()}
     constants = frozenset(sig.inputs_to_lifted_tensor_constants)
@@ -108,6 +110,37 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         user_inputs=tuple(sig.user_inputs),
         user_outputs=tuple(o for o in sig.user_outputs if o is not None),
     )
+
+
+_INLINE = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
+
+
+def _inline_subgraphs(gm: torch.fx.GraphModule) -> None:
+    """Splice ``wrap_with_set_grad_enabled``/``wrap_with_autocast`` bodies into the graph.
+
+    Export puts code run under ``torch.no_grad()``/``autocast`` (e.g. transformers' rotary
+    tables) in a sub-module; its ops matter for the dimension analysis like any other.
+    """
+    graph = gm.graph
+    for node in list(graph.nodes):
+        if node.op != "call_function" or not str(node.target).endswith(_INLINE):
+            continue
+        sub_attr, operands = node.args[1], node.args[2:]
+        sub = getattr(gm, sub_attr.target) if isinstance(sub_attr, torch.fx.Node) else None
+        if not isinstance(sub, torch.fx.GraphModule):
+            continue
+        holders = [n for n in sub.graph.nodes if n.op == "placeholder"]
+        with graph.inserting_before(node):
+            result = graph.graph_copy(sub.graph, dict(zip(holders, operands)))
+        outs = result if isinstance(result, (list, tuple)) else (result,)
+        for user in list(node.users):
+            if user.target is operator.getitem:
+                user.replace_all_uses_with(outs[user.args[1]])
+                graph.erase_node(user)
+        if not node.users:
+            graph.erase_node(node)
+            if not sub_attr.users:
+                graph.erase_node(sub_attr)
 
 
 def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:

@@ -40,8 +40,13 @@ def solver_diagnostics(graph: fx.Graph, axes: AxisGraph, dims: Dims) -> list[Dia
         out.append(Diagnostic(_SEVERITY.get(note.code, "info"), note.code,  # type: ignore[arg-type]
                               _where(nodes, note.node), note.message, _FIX.get(note.code, "")))
     for op, names in sorted(axes.unhandled.items()):
-        severity = "info" if "treated as elementwise" in op else "warning"
-        out.append(Diagnostic(severity, "no-rule", _where(nodes, names[0]),  # type: ignore[arg-type]
+        if "treated as elementwise" in op:
+            out.append(Diagnostic("info", "no-rule", _where(nodes, names[0]),
+                                  f"op {op}: no dedicated rule ({len(names)} node(s)); its "
+                                  "arguments broadcast to its output, so it was treated as "
+                                  "elementwise"))
+            continue
+        out.append(Diagnostic("warning", "no-rule", _where(nodes, names[0]),
                               f"op {op} has no dimension rule ({len(names)} node(s)); axes "
                               "through it are not linked",
                               "pass base= so widths are measured, or report the op"))

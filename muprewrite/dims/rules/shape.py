@@ -236,22 +236,31 @@ def index_select(node: fx.Node, ctx: Ctx) -> None:
 
 @rule("index")
 def index(node: fx.Node, ctx: Ctx) -> None:
-    """``x[idx]`` with one index tensor: the indexed axis is read by data."""
+    """``x[..., i, j, ...]`` with index tensors: indexed axes are read by data (advanced indexing).
+
+    The index tensors broadcast together; their axes land where the first index stood when
+    the indexed axes are adjacent, else in front (numpy rules).
+    """
     x = ctx.axes(node.args[0])
     assert x is not None
     indices = list(node.args[1])
-    tensors = [(p, t) for p, t in enumerate(indices) if t is not None]
-    if len(tensors) != 1 or not ctx.is_tensor(tensors[0][1]):
-        ctx.graph.mark_unhandled("index (several index tensors)", node.name)
+    positions = [p for p, t in enumerate(indices) if t is not None]
+    if not positions or not all(ctx.is_tensor(indices[p]) for p in positions):
+        ctx.graph.mark_unhandled("index (non-tensor index)", node.name)
         return
-    p, idx_node = tensors[0]
-    idx = ctx.axes(idx_node)
-    assert idx is not None
-    out = ctx.out(node)
-    ctx.same_all(x[:p], out[:p])
-    ctx.same_all(idx, out[p:p + len(idx)])
-    ctx.same_all(x[p + 1:], out[p + len(idx):])
-    _read_along(node, ctx, x[p], None)
+    out, out_shape = ctx.out(node), ctx.out_shape(node)
+    rank = max(len(ctx.shape(indices[p])) for p in positions)
+    first, last = positions[0], positions[-1]
+    if positions == list(range(first, last + 1)):  # adjacent: result axes replace them in place
+        ctx.same_all(x[:first], out[:first])
+        ctx.same_all(x[last + 1:], out[first + rank:])
+        start = first
+    else:  # separated: result axes go first
+        ctx.same_all([a for d, a in enumerate(x) if d not in positions], out[rank:])
+        start = 0
+    for p in positions:
+        ctx.broadcast(indices[p], out[start:start + rank], out_shape[start:start + rank])
+        _read_along(node, ctx, x[p], None)
 
 
 @rule("view_as_complex")
