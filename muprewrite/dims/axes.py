@@ -63,7 +63,8 @@ class AxisGraph:
     seeds: list[Seed] = field(default_factory=list)
     reads: list[tuple[Axis, Axis, str]] = field(default_factory=list)
     state: dict[Axis, str] = field(default_factory=dict)  # axis -> parameter/buffer name
-    maps: list[tuple[Axis, Axis, str]] = field(default_factory=list)  # weight (in, out, node)
+    maps: list[tuple[Axis, Axis, str]] = field(default_factory=list)  # spatial conv (in, out)
+    flows: list[tuple[Axis, Axis, str]] = field(default_factory=list)  # weight (fan_in, fan_out)
     unhandled: dict[str, list[str]] = field(default_factory=dict)  # op -> node names
     _phantoms: int = 0
 
@@ -103,6 +104,10 @@ class AxisGraph:
     def maps_through(self, fan_in: Axis, fan_out: Axis, node: str) -> None:
         """Record a weight mapping axis ``fan_in`` to ``fan_out`` (linear, conv)."""
         self.maps.append((fan_in, fan_out, node))
+
+    def flow(self, fan_in: Axis, fan_out: Axis, node: str) -> None:
+        """Record that a parameter maps activations along ``fan_in`` to ``fan_out``."""
+        self.flows.append((fan_in, fan_out, node))
 
     def mark_unhandled(self, op: str, node: str) -> None:
         self.unhandled.setdefault(op, []).append(node)

@@ -47,6 +47,18 @@ class Ctx:
         val = node.meta["val"] if index is None else node.meta["val"][index]
         return tuple(int(s) for s in val.shape)
 
+    def is_state(self, x: Any) -> bool:
+        """True for a parameter/buffer, or a transpose/cast of one (``W.t()``)."""
+        for _ in range(3):
+            if not isinstance(x, fx.Node):
+                return False
+            if x.op == "placeholder":
+                return (x.name, 0) in self.graph.state
+            if op_name(x) not in ("t", "transpose", "permute", "_to_copy", "to", "contiguous"):
+                return False
+            x = x.args[0]
+        return False
+
     def same_all(self, a: list[Axis], b: list[Axis]) -> None:
         for x, y in zip(a, b):
             self.graph.same(x, y)

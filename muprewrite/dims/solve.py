@@ -5,7 +5,9 @@ compositions (a whole grows iff some part grows):
 
 1. strong finite seeds: model inputs, size-1 axes, kernel extents, embedding rows;
 2. attention marks: the heads convention at every attention site (which of heads and
-   d_head grows), and the attention width itself;
+   d_head grows), and the attention width itself; then bottlenecks: an axis that a weight
+   produces from a width axis and another weight maps into a width axis is width too
+   (a fixed-size bottleneck between wide layers is not a thing models do);
 3. model outputs are finite — unless step 2 showed them to be width (a backbone);
 4. weak finite seeds: constants built in forward, tables read along finite axes;
 5. a spatial convolution mapping C channels to C (U-ViT's output conv) where one side is
@@ -114,7 +116,7 @@ class _Solver:
             st[whole], self.reason[whole] = WIDTH, f"contains a width axis ({rel.kind} at {rel.node})"
             return True
         if st.get(whole) is WIDTH and WIDTH not in known:
-            open_ = [p for p, k in zip(parts, known) if k is None]
+            open_ = list(dict.fromkeys(p for p, k in zip(parts, known) if k is None))
             if len(open_) == 1:
                 st[open_[0]] = WIDTH
                 self.reason[open_[0]] = f"only part of a width axis that can grow ({rel.kind} at {rel.node})"
@@ -151,6 +153,19 @@ class _Solver:
                 continue
             self.set(mark.axis, mark.width, mark.reason)
         self.propagate()
+
+    def bottlenecks(self) -> None:
+        flows = [(self.cls[i], self.cls[o]) for i, o, _ in self.graph.flows]
+        changed = True
+        while changed:
+            changed = False
+            fed = {o for i, o in flows if self.status.get(i) is WIDTH}
+            feeding = {i for i, o in flows if self.status.get(o) is WIDTH}
+            for c in fed & feeding:
+                if c not in self.status:
+                    self.status[c], self.reason[c] = WIDTH, "between width axes (weights on both sides)"
+                    changed = True
+            self.propagate()
 
     def reads(self) -> None:
         for table, index, node in self.graph.reads:
@@ -210,6 +225,7 @@ def solve(graph: AxisGraph, marks: Iterable[Mark] = ()) -> Dims:
     s = _Solver(graph)
     s.seeds(Strength.STRONG)
     s.marks(marks)
+    s.bottlenecks()
     s.seeds(Strength.OUTPUT)
     s.boundary = {c for c, w in s.status.items() if w is FINITE}
     s.seeds(Strength.WEAK)

@@ -19,6 +19,7 @@ def linear(node: fx.Node, ctx: Ctx) -> None:
     ctx.same_all(x[:-1], out[:-1])
     ctx.graph.same(x[-1], w[-1])
     ctx.graph.same(out[-1], w[0])
+    ctx.graph.flow(w[1], w[0], node.name)
     if bias:
         ctx.graph.same(bias[-1], w[0])
 
@@ -42,6 +43,10 @@ def _matmul(ctx: Ctx, a: fx.Node, b: fx.Node, out: list[Axis]) -> None:
     ctx.graph.same(xa[-1], xb[-2])
     ctx.graph.same(xa[-2], out[-2])
     ctx.graph.same(xb[-1], out[-1])
+    if ctx.is_state(b):
+        ctx.graph.flow(xb[-2], xb[-1], out[0][0])
+    if ctx.is_state(a):
+        ctx.graph.flow(xa[-1], xa[-2], out[0][0])
     for axes, shape in ((xa, sa), (xb, sb)):
         batch = axes[:-2]
         for i in range(1, len(batch) + 1):
@@ -131,6 +136,7 @@ def conv(node: fx.Node, ctx: Ctx) -> None:
     if groups == 1:
         ctx.graph.same(x[1], w[w_in])
         ctx.graph.same(out[1], w[w_out])
+        ctx.graph.flow(w[w_in], w[w_out], node.name)
         if any(k > 1 for k in ctx.shape(node.args[1])[2:]):  # a spatial (not 1x1) conv
             ctx.graph.maps_through(w[w_in], w[w_out], node.name)
     elif ctx.shape(node.args[1])[w_in if not transposed else w_out] == 1:  # depthwise
