@@ -10,7 +10,7 @@ from .source import node_source
 
 __all__ = ["solver_diagnostics", "base_disagreements"]
 
-_SEVERITY = {"ambiguous-split": "info", "square-map": "info", "finite-constant": "info", "mark-overridden": "info",
+_SEVERITY = {"ambiguous-split": "info", "square-map": "info", "isolated-axis": "info", "finite-constant": "info", "mark-overridden": "info",
              "width-constant": "warning", "width-output": "warning"}
 _FIX = {
     "width-constant": "a constant built in forward is as wide as the model; pass base= to "
@@ -18,6 +18,7 @@ _FIX = {
     "width-output": "the model returns a width-sized tensor (a backbone?); outputs were "
                     "treated as width where attention showed it; pass base= to be exact",
     "ambiguous-split": "pass base= (a model at another width) to measure which factor grows",
+    "isolated-axis": "if this axis grows with width, pass base=",
     "square-map": "if that layer's width grows with the model, pass base=",
     "finite-constant": "if this size grows with the model's width, pass base=",
 }

@@ -58,6 +58,10 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
         model = build_model(module, model_expr, "--model")
         base = build_model(module, base_expr, "--base") if base_expr else None
         inputs = parse_inputs(inputs_expr) if inputs_expr else None
+        if inputs is None and not callable(getattr(model, "example_inputs", None)):
+            raise InputSpecError(
+                f"{type(model).__name__} has no example_inputs() method",
+                fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
         report = analyze(model, inputs, base=base, heads=heads)  # type: ignore[arg-type]
     except (ModelSpecError, InputSpecError) as exc:
         raise click.ClickException(exc.one_line()) from None

@@ -12,7 +12,8 @@ compositions (a whole grows iff some part grows):
 4. weak finite seeds: constants built in forward, tables read along finite axes;
 5. a spatial convolution mapping C channels to C (U-ViT's output conv) where one side is
    finite by an input or output keeps the other side finite too;
-6. parameter and buffer axes not yet decided grow with width (nothing finite bounds them);
+6. parameter and buffer axes not yet decided grow with width (nothing finite bounds them),
+   except an axis joined to no other axis at all (a table's rows summed away): finite;
 7. a width axis split into several undecided factors: the last grows (documented default);
 8. everything still undecided is finite.
 """
@@ -187,10 +188,27 @@ class _Solver:
         self.propagate()
 
     def state(self) -> None:
+        members: dict[int, int] = {}
+        for c in self.cls.values():
+            members[c] = members.get(c, 0) + 1
         for axis, owner in self.graph.state.items():
-            if self.graph.sizes.get(axis, 1) != 1:
-                self.set(axis, WIDTH, f"axis of {owner} bounded by nothing finite")
+            if self.graph.sizes.get(axis, 1) == 1 or self.cls[axis] in self.status:
+                continue
+            if members[self.cls[axis]] == 1 and not self._in_compose(self.cls[axis]):
+                continue  # joined to nothing at all: decided by isolated()
+            self.set(axis, WIDTH, f"axis of {owner} bounded by nothing finite")
         self.propagate()
+
+    def _in_compose(self, c: int) -> bool:
+        return any(c == whole or c in parts for whole, parts, _ in self.rels)
+
+    def isolated(self) -> None:
+        for axis, owner in self.graph.state.items():
+            if self.cls[axis] not in self.status:
+                self.set(axis, FINITE, f"axis of {owner} joined to no other axis")
+                self.notes.append(Note("isolated-axis", axis[0], f"axis {axis[1]} of {owner} "
+                                       f"(size {self.graph.sizes[axis]}) is joined to no other "
+                                       "axis; taken as finite"))
 
     def ambiguous(self) -> None:
         while True:
@@ -233,4 +251,5 @@ def solve(graph: AxisGraph, marks: Iterable[Mark] = ()) -> Dims:
     s.square_maps()
     s.state()
     s.ambiguous()
+    s.isolated()
     return s.result()

@@ -142,9 +142,12 @@ def conv(node: fx.Node, ctx: Ctx) -> None:
     elif ctx.shape(node.args[1])[w_in if not transposed else w_out] == 1:  # depthwise
         ctx.graph.same(x[1], out[1])
         ctx.graph.same(out[1], w[w_out] if not transposed else w[w_in])
-    else:
-        ctx.graph.compose(x[1], [w[w_in], ctx.graph.phantom(node.name)], "groups", node.name)
-        ctx.graph.compose(out[1], [w[w_out], ctx.graph.phantom(node.name)], "groups", node.name)
+    elif not transposed:  # W[Cout, Cin / groups]: Cin = groups x W[1]
+        ctx.graph.same(out[1], w[0])
+        ctx.graph.compose(x[1], [ctx.graph.phantom(node.name), w[1]], "groups", node.name)
+    else:  # W[Cin, Cout / groups]: Cout = groups x W[1]
+        ctx.graph.same(x[1], w[0])
+        ctx.graph.compose(out[1], [ctx.graph.phantom(node.name), w[1]], "groups", node.name)
     if bias:
         ctx.graph.same(bias[0], out[1])
 
