@@ -32,9 +32,9 @@ def _peak_rss_mb() -> float:
 
 
 def measure(name: str) -> dict:
+    import scale_configs as cfg
     import torch
 
-    import scale_configs as cfg
     from muprewrite.analysis.attention import find_attention, heads_marks
     from muprewrite.analyzer import analyze
     from muprewrite.capture import capture

@@ -49,7 +49,7 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
             raise MuprewriteError(f"no example inputs for {type(model).__name__}",
                                   fix="pass example_inputs=(tensor, ...) or define "
                                       "model.example_inputs()")
-        example_inputs = model.example_inputs()
+        example_inputs = model.example_inputs()  # type: ignore[operator]  # checked callable above
     args, kwargs = normalize_inputs(example_inputs)
     cap = capture(model, args, kwargs)
     axes = build_axis_graph(cap)

@@ -89,10 +89,10 @@ def _softmax(node: fx.Node) -> AttentionPattern | None:
         operands = [a for a in cur.args[1] if Ctx.is_tensor(a)]
         if len(operands) != 2:
             return None
-        q_node, k_node = operands
+        q_node = operands[0]
     else:
         offset = 1 if op_name(cur) == "baddbmm" else 0
-        q_node, k_node = cur.args[offset], cur.args[offset + 1]
+        q_node = cur.args[offset]
     nq = q_node.meta["val"].dim()
     if nq < 2:
         return None
@@ -112,7 +112,7 @@ def _value_axis(softmax: fx.Node) -> Axis | None:
                 name = op_name(user)
                 if name in ("matmul", "bmm") and user.args[0] is src and Ctx.is_tensor(user.args[1]):
                     v = user.args[1]
-                    return (v.name, v.meta["val"].dim() - 1)
+                    return (str(v.name), int(v.meta["val"].dim()) - 1)
                 if name in ("dropout", "native_dropout", "_to_copy", "to", "type_as",
                             "getitem", "clone", "contiguous"):
                     nxt.append(user)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Literal, Mapping
+from typing import Literal
 
-from .uses import Use
+from .uses import Kind, Use
 
 __all__ = ["Role", "ParamInfo", "BufferInfo", "AttentionSite", "Diagnostic", "Report"]
 
 Role = Literal["input", "hidden", "output", "fixed", "unused"]
-Kind = Literal["weight", "bias", "norm", "embedding", "table"]
 
 
 @dataclass(frozen=True)

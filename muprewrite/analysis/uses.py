@@ -10,6 +10,7 @@ contracted letters are its fan_in. Shape-only ops between the parameter and its 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from torch import fx
 
@@ -17,7 +18,9 @@ from ..dims.registry import op_name
 from ..dims.rules.contract import einsum_letters
 from .source import node_module, node_source
 
-__all__ = ["Use", "param_uses"]
+__all__ = ["Kind", "Use", "param_uses"]
+
+Kind = Literal["weight", "bias", "norm", "embedding", "table"]
 
 _FOLLOW = {"t", "transpose", "permute", "_to_copy", "to", "type_as", "contiguous", "clone",
            "detach", "alias", "numpy_T", "mT"}
@@ -29,7 +32,7 @@ class Use:
 
     node: str
     op: str
-    slot: str  # "weight" | "bias" | "norm" | "embedding" | "table"
+    slot: Kind
     fan_in: tuple[int, ...]  # parameter axes (empty for vector-like uses)
     fan_out: tuple[int, ...]
     module: str
@@ -75,7 +78,7 @@ def _map_axes(user: fx.Node, name: str, axis_map: list[int]) -> list[int] | None
     return list(axis_map)
 
 
-def _slot(user: fx.Node, name: str, arg: fx.Node, n: int) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+def _slot(user: fx.Node, name: str, arg: fx.Node, n: int) -> tuple[Kind, tuple[int, ...], tuple[int, ...]]:
     pos = next((i for i, a in enumerate(user.args) if a is arg), None)
     if name == "linear":
         return ("weight", (1,), (0,)) if pos == 1 else ("bias", (), ())
@@ -107,7 +110,7 @@ def _slot(user: fx.Node, name: str, arg: fx.Node, n: int) -> tuple[str, tuple[in
     return "table", (), ()
 
 
-def _einsum_slot(user: fx.Node, arg: fx.Node) -> tuple[str, tuple[int, ...], tuple[int, ...]]:
+def _einsum_slot(user: fx.Node, arg: fx.Node) -> tuple[Kind, tuple[int, ...], tuple[int, ...]]:
     operands = list(user.args[1])
     ops, out = einsum_letters(user.args[0], [o.meta["val"].dim() for o in operands])
     labels = ops[operands.index(arg)]

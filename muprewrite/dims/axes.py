@@ -18,8 +18,9 @@ Op rules (``muprewrite.dims.rules``) fill it in; ``muprewrite.dims.solve`` decid
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import networkx as nx
 import torch

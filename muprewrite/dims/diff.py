@@ -7,6 +7,7 @@ only parameters are compared, by name, and the caller is told.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from types import MappingProxyType
 
 import torch
@@ -34,6 +35,7 @@ def base_sizes(cap: Capture, base: Capture) -> tuple[dict[Axis, int], bool]:
         a.op == b.op and a.target == b.target for a, b in zip(ours, theirs)
     )
     sizes: dict[Axis, int] = {}
+    pairs: Iterable[tuple[torch.fx.Node, torch.fx.Node]]
     if aligned:
         pairs = zip(ours, theirs)
     else:

@@ -7,7 +7,8 @@ adds equalities, compositions and seeds to ``ctx.graph``. One op family per rule
 from __future__ import annotations
 
 import operator
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import fx

@@ -20,9 +20,9 @@ compositions (a whole grows iff some part grows):
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Iterable, Mapping
 
 import networkx as nx
 

@@ -43,7 +43,7 @@ def broadcast_compatible(node: fx.Node, ctx: Ctx) -> bool:
 
 
 def _tensor_args(node: fx.Node) -> list[fx.Node]:
-    found = []
+    found: list[fx.Node] = []
     for arg in list(node.args) + list(node.kwargs.values()):
         items = arg if isinstance(arg, (list, tuple)) else [arg]
         found.extend(a for a in items if Ctx.is_tensor(a))

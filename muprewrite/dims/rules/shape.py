@@ -106,12 +106,10 @@ def movedim(node: fx.Node, ctx: Ctx) -> None:
     src = [src] if isinstance(src, int) else list(src)
     dst = [dst] if isinstance(dst, int) else list(dst)
     n = len(x)
-    order: list[int | None] = [None] * n
-    for s, d in zip(src, dst):
-        order[d % n] = s % n
-    rest = iter(i for i in range(n) if i not in {s % n for s in src})
-    order = [o if o is not None else next(rest) for o in order]
-    ctx.same_all([x[o] for o in order], ctx.out(node))  # type: ignore[index]
+    placed: dict[int, int] = {int(d) % n: int(s) % n for s, d in zip(src, dst)}
+    rest = iter(i for i in range(n) if i not in placed.values())
+    order = [placed[i] if i in placed else next(rest) for i in range(n)]
+    ctx.same_all([x[o] for o in order], ctx.out(node))
 
 
 @rule("expand", "expand_copy", "broadcast_to", "repeat", "tile", "constant_pad_nd", "pad",
