@@ -9,9 +9,12 @@ there, so capturing an 18B model allocates no parameter memory.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import logging
 import operator
 import traceback
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -80,6 +83,23 @@ def _to_device(value: Any, device: torch.device | None) -> Any:
     return value
 
 
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Keep torch.export's graph dumps and shape warnings off the user's terminal.
+
+    On failure the CaptureError says what matters (module, file:line, fix) and chains the
+    original exception, which carries torch's full explanation.
+    """
+    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            yield
+    finally:
+        logger.setLevel(level)
+
+
 def _canonical_names(model: nn.Module) -> dict[str, str]:
     """Every alias of every parameter -> the name ``named_parameters()`` reports."""
     by_id: dict[int, str] = {id(p): name for name, p in model.named_parameters()}
@@ -95,7 +115,8 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     args = _to_device(args, device)
     kwargs = _to_device(kwargs, device)
     try:
-        program = torch.export.export(model, args, kwargs, strict=False)
+        with _quiet():
+            program = torch.export.export(model, args, kwargs, strict=False)
     except Exception as exc:  # noqa: BLE001 - re-raised as a CaptureError with context
         raise _capture_error(model, exc) from exc
     sig = program.graph_signature

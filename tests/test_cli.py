@@ -94,3 +94,16 @@ def test_console_script_is_installed() -> None:
     from muprewrite.cli.main import main
 
     assert callable(main)
+
+
+def test_uncapturable_model_gets_one_clear_error(tmp_path: Path) -> None:
+    src = tmp_path / "branchy.py"
+    src.write_text("import torch\n\nclass Net(torch.nn.Module):\n"
+                   "    def __init__(self):\n        super().__init__()\n"
+                   "        self.a = torch.nn.Linear(4, 8)\n\n"
+                   "    def forward(self, x):\n        h = self.a(x)\n"
+                   "        if h.mean() > 0:\n            h = h * 2\n        return h\n")
+    result = CliRunner().invoke(cli, ["analyze", str(src), "--model", "Net()", "--inputs", "float(2, 4)"])
+    assert result.exit_code != 0
+    assert f"{src}:10: if h.mean() > 0:" in result.output and "fix:" in result.output
+    assert "def forward(self, arg0_1" not in result.output  # no torch graph dumps

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from torch import fx
 
 from ..capture import Capture
-from ..dims import Axis, Dims
+from ..dims import Dims
 from .report import Diagnostic, ParamInfo, Role
 from .uses import Use, param_uses
 
@@ -77,6 +77,7 @@ def _width_axes(nodes: list[fx.Node], dims: Dims, facts: ParamFacts) -> set[int]
 
 def classify_params(cap: Capture, dims: Dims, facts: Mapping[str, ParamFacts]
                     ) -> tuple[dict[str, ParamInfo], list[Diagnostic]]:
+    """Role, kind, width and fan axes of every parameter, in ``named_parameters()`` order."""
     placeholders: dict[str, list[fx.Node]] = {}
     for node in cap.graph.nodes:
         if node.op == "placeholder" and node.name in cap.params:
@@ -84,35 +85,33 @@ def classify_params(cap: Capture, dims: Dims, facts: Mapping[str, ParamFacts]
     infos: dict[str, ParamInfo] = {}
     diags: list[Diagnostic] = []
     for name, fact in facts.items():
-        nodes = placeholders.get(name, [])
-        uses = [u for node in nodes for u in param_uses(node)]
-        nodes = [n for n in nodes if n.users] or nodes
-        width = _width_axes(nodes, dims, fact)
-        ndim = len(fact.shape)
-        if not uses:
-            infos[name] = ParamInfo(name, fact.shape, "unused", "table", tuple(sorted(width)),
-                                    (), (), None, None, False, fact.trainable, ())
-            diags.append(Diagnostic("info", "unused", name, "no captured op uses this parameter; "
-                                    "left as it is", "if it is used on another code path, "
-                                    "capture with inputs that take that path"))
-            continue
-        primary = _primary(uses)
-        fan_in, fan_out = _vector_fans(primary, width, ndim)
-        role = role_from_fans(width, fan_in, fan_out, ndim)
-        roles = {u.node: role_from_fans(width, *_vector_fans(u, width, ndim), ndim) for u in uses}
-        tied = primary.slot == "embedding" and any(
-            u.slot == "weight" and roles[u.node] == "output" for u in uses)
-        if not tied and len(set(roles.values())) > 1:
-            diags.append(Diagnostic("warning", "mixed-roles", name,
-                                    f"used in several roles {sorted(set(roles.values()))}; "
-                                    f"classified by its use at {primary.node}",
-                                    "give each use its own parameter, or check the rule"))
-        infos[name] = ParamInfo(
-            name, fact.shape, role, primary.slot, tuple(sorted(width)), fan_in, fan_out,
-            _mult(fan_in, width, fact), _mult(fan_out, width, fact), tied, fact.trainable,
-            tuple(uses))
+        infos[name] = _classify_one(name, placeholders.get(name, []), dims, fact, diags)
     return infos, diags
 
 
-def axis_of(node: str, dim: int) -> Axis:
-    return (node, dim)
+def _classify_one(name: str, nodes: list[fx.Node], dims: Dims, fact: ParamFacts,
+                  diags: list[Diagnostic]) -> ParamInfo:
+    uses = [u for node in nodes for u in param_uses(node)]
+    nodes = [n for n in nodes if n.users] or nodes
+    width = _width_axes(nodes, dims, fact)
+    ndim = len(fact.shape)
+    if not uses:
+        diags.append(Diagnostic("info", "unused", name, "no captured op uses this parameter; "
+                                "left as it is", "if it is used on another code path, "
+                                "capture with inputs that take that path"))
+        return ParamInfo(name, fact.shape, "unused", "table", tuple(sorted(width)), (), (),
+                         None, None, False, fact.trainable, ())
+    primary = _primary(uses)
+    fan_in, fan_out = _vector_fans(primary, width, ndim)
+    role = role_from_fans(width, fan_in, fan_out, ndim)
+    roles = {u.node: role_from_fans(width, *_vector_fans(u, width, ndim), ndim) for u in uses}
+    tied = primary.slot == "embedding" and any(
+        u.slot == "weight" and roles[u.node] == "output" for u in uses)
+    if not tied and len(set(roles.values())) > 1:
+        diags.append(Diagnostic("warning", "mixed-roles", name,
+                                f"used in several roles {sorted(set(roles.values()))}; "
+                                f"classified by its use at {primary.node}",
+                                "give each use its own parameter, or check the rule"))
+    return ParamInfo(name, fact.shape, role, primary.slot, tuple(sorted(width)), fan_in,
+                     fan_out, _mult(fan_in, width, fact), _mult(fan_out, width, fact), tied,
+                     fact.trainable, tuple(uses))

@@ -25,7 +25,9 @@ def render_table(report: Report) -> str:
         rows.append((p.name, _axes(p.shape, p.width_axes), p.role, p.kind, _mult(p.m_in),
                      _mult(p.m_out), notes, p.source.rsplit("/", 1)[-1]))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = [f"muprewrite analysis of {report.model} ({report.mode} capture, heads={report.heads})"]
+    how = "measured against base width" if report.mode == "base" else \
+        f"single capture, heads={report.heads}"
+    lines = [f"muprewrite analysis of {report.model} ({how})"]
     for k, row in enumerate(rows):
         lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
         if k == 0:
