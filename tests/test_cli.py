@@ -30,7 +30,8 @@ def test_table_and_nothing_written(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     before = _snapshot(tmp_path, ROOT / "examples")
     code, out = run("analyze", DIT, "--model", MODEL)
     assert code == 0, out
-    assert "blocks.0.attn.qkv.weight" in out and "hidden" in out and "roles:" in out
+    assert "blocks.{0-1}.attn.qkv.weight" in out and "hidden" in out and "52 parameters:" not in out
+    assert "parameters: " in out
     assert _snapshot(tmp_path, ROOT / "examples") == before
 
 

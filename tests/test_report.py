@@ -38,10 +38,13 @@ def test_json_round_trip(dit_report) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_table_lists_every_parameter_and_site(dit_report) -> None:  # type: ignore[no-untyped-def]
-    table = dit_report.table()
+    table = dit_report.table(collapse=False)
     for name in dit_report.params:
         assert name in table
     assert "attention sites:" in table and "heads convention 'grow'" in table
+    short = dit_report.table()
+    assert "blocks.{0-1}.attn.qkv.weight" in short and "blocks.0.attn.qkv.weight" not in short
+    assert "blocks.{0-1}.attn (sdpa)" in short and "pos_embed" in short
 
 
 def test_source_points_at_the_users_line(dit_report) -> None:  # type: ignore[no-untyped-def]

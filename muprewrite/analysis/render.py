@@ -1,13 +1,20 @@
-"""Human-readable rendering of a Report (the CLI prints this)."""
+"""Human-readable rendering of a Report (the CLI prints this).
+
+Rows that differ only in a layer index collapse into one (``blocks.{0-55}.attn.qkv.weight``)
+when everything else on the row agrees; ``collapse=False`` lists every parameter.
+"""
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .report import Report
 
 __all__ = ["render_table"]
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
 
 
 def _axes(shape: tuple[int, ...], width: tuple[int, ...]) -> str:
@@ -18,12 +25,49 @@ def _mult(m: float | None) -> str:
     return "" if m is None else f"{m:g}"
 
 
-def render_table(report: Report) -> str:
-    rows = [("parameter", "shape (* = width)", "role", "kind", "m_in", "m_out", "notes", "source")]
+def _ranges(numbers: list[int]) -> str:
+    numbers = sorted(set(numbers))
+    if numbers == list(range(numbers[0], numbers[-1] + 1)) and len(numbers) > 1:
+        return f"{{{numbers[0]}-{numbers[-1]}}}"
+    return "{" + ",".join(map(str, numbers)) + "}" if len(numbers) > 1 else str(numbers[0])
+
+
+def _collapse(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    """Merge rows whose names differ in one index and whose other cells are equal."""
+    groups: dict[tuple[str, ...], list[int]] = {}
+    sources: dict[tuple[str, ...], str] = {}
+    order: list[tuple[str, ...]] = []
+    for row in rows:
+        match = _INDEX.search(row[0])
+        if match is None:
+            key = row
+            groups.setdefault(key, [])
+        else:
+            key = (row[0][:match.start()] + "#" + row[0][match.end():],) + row[1:-1]
+            groups.setdefault(key, []).append(int(match.group()))
+        if key not in order:
+            order.append(key)
+            sources[key] = row[-1]
+    out = []
+    for key in order:
+        indices = groups[key]
+        if not indices:
+            out.append(key)
+            continue
+        out.append((key[0].replace("#", _ranges(indices)),) + key[1:] + (sources[key],))
+    return out
+
+
+def render_table(report: Report, collapse: bool = True) -> str:
+    rows: list[tuple[str, ...]] = []
     for p in report:
         notes = ", ".join(n for n, on in (("tied", p.tied), ("frozen", not p.trainable)) if on)
         rows.append((p.name, _axes(p.shape, p.width_axes), p.role, p.kind, _mult(p.m_in),
                      _mult(p.m_out), notes, p.source.rsplit("/", 1)[-1]))
+    if collapse:
+        rows = _collapse(rows)
+    rows.insert(0, ("parameter", "shape (* = width)", "role", "kind", "m_in", "m_out", "notes",
+                    "source"))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     how = "measured against base width" if report.mode == "base" else \
         f"single capture, heads={report.heads}"
@@ -35,16 +79,8 @@ def render_table(report: Report) -> str:
     counts: dict[str, int] = {}
     for p in report:
         counts[p.role] = counts.get(p.role, 0) + 1
-    lines.append("roles: " + ", ".join(f"{counts[r]} {r}" for r in sorted(counts)))
-    if report.attention:
-        lines.append("")
-        lines.append("attention sites:")
-        for a in report.attention:
-            grows = "d_head grows: logits need 1/d_head" if a.d_head_grows \
-                else "d_head fixed: 1/sqrt(d_head) already muP"
-            heads = f"{a.heads} heads x " if a.heads is not None else ""
-            lines.append(f"  {a.node} ({a.kind}) in {a.module or '<root>'}: {heads}d_head "
-                         f"{a.d_head}; {grows}  [{a.source.rsplit('/', 1)[-1]}]")
+    lines.append(f"{len(report)} parameters: " + ", ".join(f"{counts[r]} {r}" for r in sorted(counts)))
+    lines += _attention_lines(report, collapse)
     if report.buffers:
         lines.append("")
         lines.append("buffers (not trained): " + ", ".join(
@@ -56,3 +92,19 @@ def render_table(report: Report) -> str:
             fix = f" (fix: {d.fix})" if d.fix else ""
             lines.append(f"{d.severity}: {d.where}: {d.message}{fix}")
     return "\n".join(lines)
+
+
+def _attention_lines(report: Report, collapse: bool) -> list[str]:
+    if not report.attention:
+        return []
+    rows: list[tuple[str, ...]] = []
+    for a in report.attention:
+        grows = "d_head grows: logits need 1/d_head" if a.d_head_grows \
+            else "d_head fixed: 1/sqrt(d_head) already muP"
+        heads = f"{a.heads} heads x " if a.heads is not None else ""
+        rows.append((a.module or "<root>", f"({a.kind}): {heads}d_head {a.d_head}; {grows}",
+                     a.source.rsplit("/", 1)[-1]))
+    if collapse:
+        rows = [(r[0] + ".", *r[1:]) for r in rows]
+        rows = [(r[0][:-1], *r[1:]) for r in _collapse(rows)]
+    return ["", "attention sites:"] + [f"  {m} {text}  [{src}]" for m, text, src in rows]

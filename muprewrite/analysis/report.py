@@ -125,10 +125,11 @@ class Report:
     def to_json(self, indent: int | None = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent)
 
-    def table(self) -> str:
+    def table(self, collapse: bool = True) -> str:
+        """Aligned text table; rows differing only in a layer index merge unless ``collapse=False``."""
         from .render import render_table
 
-        return render_table(self)
+        return render_table(self, collapse)
 
     def __str__(self) -> str:
         return self.table()

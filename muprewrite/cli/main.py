@@ -49,8 +49,10 @@ def cli() -> None:
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               help="Without --base: grow = more heads at fixed d_head; fixed = d_head grows.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+@click.option("--all", "show_all", is_flag=True,
+              help="List every parameter (default: merge rows that differ only in a layer index).")
 def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: str | None,
-                heads: str, as_json: bool) -> None:
+                heads: str, as_json: bool, show_all: bool) -> None:
     from ..analyzer import analyze
 
     try:
@@ -67,7 +69,7 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
         raise click.ClickException(exc.one_line()) from None
     except MuprewriteError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(report.to_json() if as_json else report.table())
+    click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
 
 
 def main() -> None:
