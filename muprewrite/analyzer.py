@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from types import MappingProxyType
 from typing import Any
 
@@ -30,7 +31,8 @@ __all__ = ["analyze"]
 
 
 def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | None = None,
-            heads: HeadsConvention = "grow") -> Report:
+            heads: HeadsConvention = "grow",
+            progress: Callable[[str], None] | None = None) -> Report:
     """Classify every parameter of ``model`` as input / hidden / output / fixed.
 
     ``example_inputs``: positional args (a tensor or tuple), or ``((args...), {kwargs})``;
@@ -39,7 +41,9 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
     (meta device is fine): every axis is then measured by diffing the two captures.
     ``heads``: without ``base``, which side of a (heads, d_head) split grows — ``"grow"``
     (more heads, fixed d_head: DiT S/B/L/XL, Llama, SD3) or ``"fixed"`` (d_head grows).
+    ``progress``: called with a short message as each stage starts (the CLI prints them).
     """
+    say = progress or (lambda message: None)
     if heads not in ("grow", "fixed"):
         raise MuprewriteError(f"heads must be 'grow' or 'fixed', got {heads!r}",
                               fix="heads='grow' if width grows by adding heads, "
@@ -51,13 +55,16 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
                                       "model.example_inputs()")
         example_inputs = model.example_inputs()  # type: ignore[operator]  # checked callable above
     args, kwargs = normalize_inputs(example_inputs)
+    say(f"capturing {type(model).__name__} with torch.export")
     cap = capture(model, args, kwargs)
+    say(f"building the dimension graph ({len(cap.graph.nodes)} nodes)")
     axes = build_axis_graph(cap)
     sites = find_attention(cap.graph)
     dims = solve(axes, heads_marks(sites, heads))
     diags = solver_diagnostics(cap.graph, axes, dims)
     sizes: dict = {}
     if base is not None:
+        say(f"capturing base {type(base).__name__} to measure widths")
         base_cap = capture(base, args, kwargs)
         sizes, aligned = base_sizes(cap, base_cap)
         measured = with_base(dims, sizes)
@@ -66,6 +73,7 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
         if not aligned:
             diags.append(_unaligned())
         dims = measured
+    say("classifying parameters")
     facts = _facts(model, base)
     params, param_diags = classify_params(cap, dims, facts)
     return Report(

@@ -121,3 +121,9 @@ def test_analysis_allocates_and_changes_nothing() -> None:
     before = {k: v.clone() for k, v in cpu.state_dict().items()}
     analyze(cpu, torch.randn(3, 4))
     assert all(torch.equal(before[k], v) for k, v in cpu.state_dict().items())
+
+
+def test_progress_reports_each_stage() -> None:
+    stages: list[str] = []
+    analyze(DIT.build(DIT.wide_heads), base=DIT.build(DIT.small), progress=stages.append)
+    assert [s.split()[0] for s in stages] == ["capturing", "building", "capturing", "classifying"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+import time
+from collections.abc import Callable
 
 import click
 
@@ -64,12 +66,25 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
             raise InputSpecError(
                 f"{type(model).__name__} has no example_inputs() method",
                 fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
-        report = analyze(model, inputs, base=base, heads=heads)  # type: ignore[arg-type]
+        report = analyze(model, inputs, base=base, heads=heads,  # type: ignore[arg-type]
+                         progress=_stage_printer())
     except (ModelSpecError, InputSpecError) as exc:
         raise click.ClickException(exc.one_line()) from None
     except MuprewriteError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
+
+
+def _stage_printer() -> Callable[[str], None] | None:
+    """Stage messages on stderr, only when a person is watching (stderr is a terminal)."""
+    if not sys.stderr.isatty():
+        return None
+    start = time.perf_counter()
+
+    def say(message: str) -> None:
+        click.echo(f"[{time.perf_counter() - start:5.1f}s] {message}...", err=True)
+
+    return say
 
 
 def main() -> None:
