@@ -273,3 +273,19 @@ def view_as_real(node: fx.Node, ctx: Ctx) -> None:
     x = ctx.axes(node.args[0])
     assert x is not None
     ctx.same_all(x, ctx.out(node)[:-1])
+
+
+@rule("meshgrid")
+def meshgrid(node: fx.Node, ctx: Ctx) -> None:
+    """``meshgrid(a, b, ...)``: output axis i is input i (indexing='xy' swaps the first two)."""
+    inputs = [ctx.axes(t) for t in node.args[0]]
+    indexing = node.kwargs.get("indexing", node.args[1] if len(node.args) > 1 else "ij")
+    order = list(range(len(inputs)))
+    if indexing == "xy" and len(order) >= 2:
+        order[0], order[1] = order[1], order[0]
+    for i in range(len(node.meta["val"])):
+        out = ctx.out(node, i)
+        for d, src in enumerate(order):
+            axes = inputs[src]
+            if axes:
+                ctx.graph.same(out[d], axes[0])
