@@ -75,6 +75,11 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
     click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
 
 
+from .rules_cmd import rules_group  # noqa: E402 - the group is defined above
+
+cli.add_command(rules_group)
+
+
 def _stage_printer() -> Callable[[str], None] | None:
     """Stage messages on stderr, only when a person is watching (stderr is a terminal)."""
     if not sys.stderr.isatty():
