@@ -7,7 +7,9 @@ Stages, in order: ``capture`` (torch.export) -> ``dims`` (which axes grow with w
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .analyzer import analyze
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError
+from .optim import param_groups
+from .rules import Rule, load_rule
 
-__all__ = ["analyze", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
+__all__ = ["analyze", "param_groups", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
 __version__ = "0.1.0"
