@@ -3,6 +3,8 @@ shapes, and read fan axes from the owning module's type (never from the graph)."
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from torch import nn
 
 __all__ = ["ground_truth_roles", "fan_axes"]
@@ -37,8 +39,14 @@ def _owners(model: nn.Module) -> dict[str, tuple[nn.Module, str]]:
     return owners
 
 
-def ground_truth_roles(model: nn.Module, other: nn.Module) -> dict[str, str]:
-    """Role of every parameter of ``model`` given the same architecture ``other`` at another width."""
+def ground_truth_roles(model: nn.Module, other: nn.Module,
+                       free_fans: Mapping[str, tuple[tuple[int, ...], tuple[int, ...]]] | None = None,
+                       ) -> dict[str, str]:
+    """Role of every parameter of ``model`` given the same architecture ``other`` at another width.
+
+    ``free_fans``: (fan_in, fan_out) of parameters owned by no standard layer, keyed by the
+    parameter's own attribute name, as recorded by whoever built the model.
+    """
     theirs = {n: tuple(p.shape) for n, p in other.named_parameters()}
     owners = _owners(model)
     roles = {}
@@ -47,6 +55,8 @@ def ground_truth_roles(model: nn.Module, other: nn.Module) -> dict[str, str]:
         width = {d for d, (a, b) in enumerate(zip(shape, theirs[name])) if a != b}
         module, pname = owners[name]
         fans = fan_axes(module, pname, len(shape))
+        if fans is None and free_fans and pname in free_fans:
+            fans = free_fans[pname]
         if not width:
             roles[name] = "fixed"
         elif fans is None:
