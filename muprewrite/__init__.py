@@ -1,15 +1,17 @@
 """muprewrite: put any PyTorch model into muP by analysing its captured graph.
 
 Stages, in order: ``capture`` (torch.export) -> ``dims`` (which axes grow with width) ->
-``analysis`` (roles per parameter, attention sites) -> Report.
+``analysis`` (roles per parameter, attention sites) -> Report -> ``rewrite`` (plan the rule,
+rescale init, install multipliers and attention factors) -> the muP model.
 """
 
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .analyzer import analyze
+from .apply import apply
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError
-from .optim import param_groups
+from .optim import param_groups, plan_of
 from .rules import Rule, load_rule
 
-__all__ = ["analyze", "param_groups", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
+__all__ = ["analyze", "apply", "param_groups", "plan_of", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
 __version__ = "0.1.0"

@@ -27,7 +27,7 @@ from .dims import Dims, build_axis_graph, solve
 from .dims.diff import base_sizes, with_base
 from .errors import MuprewriteError
 
-__all__ = ["analyze"]
+__all__ = ["analyze", "analyze_with_capture"]
 
 
 def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | None = None,
@@ -43,6 +43,15 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
     (more heads, fixed d_head: DiT S/B/L/XL, Llama, SD3) or ``"fixed"`` (d_head grows).
     ``progress``: called with a short message as each stage starts (the CLI prints them).
     """
+    return analyze_with_capture(model, example_inputs, base=base, heads=heads,
+                                progress=progress)[0]
+
+
+def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
+                         base: nn.Module | None = None, heads: HeadsConvention = "grow",
+                         progress: Callable[[str], None] | None = None
+                         ) -> tuple[Report, Capture]:
+    """``analyze`` plus the capture it came from (the rewriter locates call sites in it)."""
     say = progress or (lambda message: None)
     if heads not in ("grow", "fixed"):
         raise MuprewriteError(f"heads must be 'grow' or 'fixed', got {heads!r}",
@@ -76,7 +85,7 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
     say("classifying parameters")
     facts = _facts(model, base)
     params, param_diags = classify_params(cap, dims, facts)
-    return Report(
+    report = Report(
         model=type(model).__name__,
         mode="base" if base is not None else "single",
         heads=heads,
@@ -85,6 +94,7 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
         buffers=_buffers(cap, dims),
         diagnostics=tuple(diags + param_diags),
     )
+    return report, cap
 
 
 def _unaligned():  # type: ignore[no-untyped-def]

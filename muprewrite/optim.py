@@ -24,24 +24,51 @@ from torch import nn
 
 from .analysis.report import Report
 from .errors import MuprewriteError
+from .rewrite.hosts import PLAN_ATTR
+from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
 
-__all__ = ["param_groups"]
+__all__ = ["param_groups", "plan_of"]
 
 
-def param_groups(model: nn.Module, report: Report, *, rule: str | Rule = "mup", lr: float,
-                 weight_decay: float = 0.0, eps: float = 1e-8) -> list[dict[str, Any]]:
-    """Split ``model``'s trainable parameters into groups scaled per ``rule``.
+def plan_of(model: nn.Module) -> Plan | None:
+    """The plan ``muprewrite.apply`` put in effect on ``model`` (None if it was not rewritten)."""
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model
+    return getattr(model, PLAN_ATTR, None)
 
-    ``report`` must come from ``analyze(model, ..., base=...)``: the width multipliers are
-    what the factors are computed from. ``lr``, ``weight_decay`` and ``eps`` are the values
-    tuned at base width. Frozen parameters are left out.
+
+def param_groups(model: nn.Module, report: Report | None = None, *,
+                 rule: str | Rule | None = None, lr: float, weight_decay: float = 0.0,
+                 eps: float = 1e-8) -> list[dict[str, Any]]:
+    """Split ``model``'s trainable parameters into groups scaled per the muP rule.
+
+    For a model returned by ``apply``, nothing else is needed: the rule and the width
+    multipliers come from the plan in effect. For a model that was not rewritten, pass the
+    ``report`` of ``analyze(model, ..., base=...)`` and a ``rule`` (default ``"mup"``).
+    ``lr``, ``weight_decay`` and ``eps`` are the values tuned at base width. Frozen
+    parameters are left out.
     """
-    rule = load_rule(rule) if isinstance(rule, str) else rule
-    if report.mode != "base":
-        raise MuprewriteError("param_groups needs width multipliers, which a single capture "
-                              "does not measure", fix="analyze(model, inputs, base=<the model "
-                              "at base width>) and pass that report")
+    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model
+    plan = plan_of(model)
+    if plan is not None:
+        if rule is not None and (rule if isinstance(rule, str) else rule.id) != plan.rule:
+            raise MuprewriteError(f"the model was rewritten with rule {plan.rule!r}, not "
+                                  f"{rule if isinstance(rule, str) else rule.id!r}",
+                                  fix="leave rule= out, or apply the other rule to a fresh model")
+        factors, report = plan.params, plan.report
+        uses_eps = load_rule(plan.rule).optimizer == "adam"
+    else:
+        if report is None:
+            raise MuprewriteError(f"{type(model).__name__} was not rewritten by "
+                                  "muprewrite.apply, and no report was given",
+                                  fix="model = muprewrite.apply(model, inputs, base=...), or "
+                                      "pass report=analyze(model, inputs, base=...)")
+        if report.mode != "base":
+            raise MuprewriteError("param_groups needs width multipliers, which a single "
+                                  "capture does not measure", fix="analyze(model, inputs, "
+                                  "base=<the model at base width>) and pass that report")
+        loaded = load_rule(rule or "mup") if not isinstance(rule, Rule) else rule
+        factors, uses_eps = param_factors(report, loaded), loaded.optimizer == "adam"
     groups: dict[tuple[float, float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -50,16 +77,13 @@ def param_groups(model: nn.Module, report: Report, *, rule: str | Rule = "mup", 
             raise MuprewriteError(f"parameter {name!r} is not in the report",
                                   fix="pass the report of this very model (analyze it again "
                                       "after changing its structure)")
-        info = report[name]
-        row = rule.scaling(info.role, info.kind)
-        m_in, m_out = info.m_in or 1.0, info.m_out or 1.0
-        key = (row.lr.factor(m_in, m_out), row.weight_decay.factor(m_in, m_out),
-               row.eps.factor(m_in, m_out))
+        f = factors[name]
+        key = (f.lr, f.weight_decay, f.eps)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "lr": lr * key[0],
-                           "weight_decay": weight_decay * key[1], "lr_factor": key[0]}
-            if rule.optimizer == "adam":
-                groups[key]["eps"] = eps * key[2]
+            groups[key] = {"params": [], "param_names": [], "lr": lr * f.lr,
+                           "weight_decay": weight_decay * f.weight_decay, "lr_factor": f.lr}
+            if uses_eps:
+                groups[key]["eps"] = eps * f.eps
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     return list(groups.values())

@@ -38,6 +38,8 @@ class AttentionPattern:
     heads: tuple[Axis, ...]  # heads axes of q, k, v (empty when tensors carry none)
     scale: float | None  # explicit scale (SDPA scale=, or a constant mul/div found)
     scale_node: str | None  # the node applying an explicit scale
+    path: tuple[str, ...] = ()  # ops between q.k^T and softmax (softmax sites)
+    logits: str | None = None  # the q.k^T node (softmax sites)
 
 
 def find_attention(graph: fx.Graph) -> list[AttentionPattern]:
@@ -70,6 +72,7 @@ def _sdpa(node: fx.Node) -> AttentionPattern:
 def _softmax(node: fx.Node) -> AttentionPattern | None:
     scale: float | None = None
     scale_node: str | None = None
+    path: list[str] = []
     cur = node.args[0]
     for _ in range(8):
         if not isinstance(cur, fx.Node) or cur.op != "call_function":
@@ -79,6 +82,7 @@ def _softmax(node: fx.Node) -> AttentionPattern | None:
             break
         if name not in _PASS:
             return None
+        path.append(name)
         if name in ("mul", "div") and isinstance(cur.args[1], (int, float)):
             value = float(cur.args[1])
             scale, scale_node = (value if name == "mul" else 1.0 / value), cur.name
@@ -99,7 +103,7 @@ def _softmax(node: fx.Node) -> AttentionPattern | None:
     heads = ((q_node.name, nq - 3),) if nq >= 4 else ()
     v_axis = _value_axis(node)
     return AttentionPattern(node.name, "softmax", (q_node.name, nq - 1), v_axis, heads,
-                            scale, scale_node)
+                            scale, scale_node, tuple(path), cur.name)
 
 
 def _value_axis(softmax: fx.Node) -> Axis | None:

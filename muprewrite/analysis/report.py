@@ -93,6 +93,9 @@ class Report:
     def __getitem__(self, name: str) -> ParamInfo:
         return self.params[name]
 
+    def __deepcopy__(self, memo: dict) -> Report:
+        return self  # immutable
+
     def __iter__(self) -> Iterator[ParamInfo]:
         return iter(self.params.values())
 

@@ -1,0 +1,78 @@
+"""``apply(model, example_inputs, base=..., rule="mup")``: the model, rewritten into muP.
+
+>>> import torch
+>>> import muprewrite
+>>> def mlp(w):
+...     return torch.nn.Sequential(torch.nn.Linear(8, w), torch.nn.ReLU(), torch.nn.Linear(w, w),
+...                                torch.nn.ReLU(), torch.nn.Linear(w, 3))
+>>> model = muprewrite.apply(mlp(256), torch.randn(2, 8), base=mlp(64))
+>>> opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3))
+>>> muprewrite.plan_of(model)["4.weight"].multiplier  # the readout's forward multiplier
+0.25
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from .analysis.attention import HeadsConvention
+from .analyzer import analyze_with_capture
+from .errors import MuprewriteError
+from .optim import plan_of
+from .rewrite import install, make_plan, rescale_init
+from .rules import Rule, load_rule
+
+__all__ = ["apply"]
+
+
+def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
+          rule: str | Rule = "mup", init: bool = True, compile: bool = False,
+          heads: HeadsConvention = "grow",
+          progress: Callable[[str], None] | None = None) -> nn.Module:
+    """Rewrite ``model`` in place into the parametrization ``rule`` and return it.
+
+    ``base``: the same architecture at the width the hyperparameters were tuned at. Every
+    factor is relative to it, and with ``init=True`` its parameters give the init scale to
+    follow (build it on the CPU; only its shapes are read where nothing grows).
+    After the call:
+
+    - parameters are rescaled per the rule (``init=False`` keeps them as they are);
+    - readout multipliers and attention logit factors are in effect in ``forward`` (and in
+      every method that calls it), through ``torch.compile`` too;
+    - ``param_groups(model, lr=...)`` gives the optimizer groups.
+
+    ``state_dict`` keys do not change. Applying twice raises. ``compile=True`` returns
+    ``torch.compile(model)``.
+    """
+    done = plan_of(model)
+    if done is not None:
+        raise MuprewriteError(f"{type(model).__name__} is already rewritten (rule "
+                              f"{done.rule!r}); applying again would scale it twice",
+                              fix="apply to a freshly built model; plan_of(model) shows the "
+                                  "plan in effect")
+    rule = load_rule(rule) if isinstance(rule, str) else rule
+    report, cap = analyze_with_capture(model, example_inputs, base=base, heads=heads,
+                                       progress=progress)
+    if progress:
+        progress(f"planning rule {rule.id!r}")
+    plan = make_plan(report, cap.graph, rule, _aliases(model))
+    if init:
+        rescale_init(model, base, plan)
+    install(model, plan)
+    if compile:
+        compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule
+        return compiled
+    return model
+
+
+def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    canonical: dict[int, str] = {}
+    names: dict[str, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        first = canonical.setdefault(id(param), name)
+        names.setdefault(first, []).append(name)
+    return {k: tuple(v) for k, v in names.items()}

@@ -1,0 +1,11 @@
+"""Stages 4–5 — rewrite: plan the rule's factors, then edit the model in memory.
+
+``plan.py`` (pure: report + rule -> factors and call-site edits), ``init.py`` (rescale the
+init), ``mode.py`` (the runtime edit) and ``hosts.py`` (install it on the modules).
+"""
+
+from .hosts import PLAN_ATTR, install
+from .init import rescale_init
+from .plan import Plan, make_plan, param_factors
+
+__all__ = ["Plan", "make_plan", "param_factors", "rescale_init", "install", "PLAN_ATTR"]

@@ -1,0 +1,225 @@
+"""Stage 4 — plan: from a Report and a rule to per-parameter factors and per-module edits.
+
+A pure function of (report, capture, rule, parameter aliases); it touches no tensor. The
+plan says, for every parameter, the factors on its init scale, learning rate, Adam eps and
+weight decay, and, for every module whose forward must change ("host"), which parameter
+uses take a forward multiplier and which attention calls take a logit factor. Call sites
+are located in the captured graph: the innermost module that ran them, and their ordinal
+among calls of the same family within one call of that module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Literal
+
+from torch import fx
+
+from ..analysis.attention import AttentionPattern, find_attention
+from ..analysis.report import ParamInfo, Report
+from ..dims.registry import op_name
+from ..rules import Rule, RuleError, Scaling
+
+__all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_factors",
+           "make_plan", "FAMILIES"]
+
+Family = Literal["sdpa", "softmax", "matmul"]
+
+# graph op names (aten overload packets) of each call family
+FAMILIES: Mapping[str, Family] = MappingProxyType({
+    "scaled_dot_product_attention": "sdpa", "_scaled_dot_product_flash_attention": "sdpa",
+    "_scaled_dot_product_efficient_attention": "sdpa",
+    "_scaled_dot_product_flash_attention_for_cpu": "sdpa",
+    "_scaled_dot_product_cudnn_attention": "sdpa",
+    "softmax": "softmax", "_softmax": "softmax", "_safe_softmax": "softmax",
+    "matmul": "matmul", "bmm": "matmul", "einsum": "matmul", "baddbmm": "matmul",
+})
+# ops between q.k^T and softmax through which a factor on the softmax input equals a factor
+# on the logits (positive scalings, -inf masks, casts)
+_HOMOGENEOUS = {"mul", "div", "masked_fill", "where", "_to_copy", "to", "clone", "contiguous",
+                "type_as"}
+
+
+@dataclass(frozen=True)
+class ParamPlan:
+    """Factors for one parameter, relative to the values tuned at base width."""
+
+    name: str
+    init: float
+    lr: float
+    eps: float
+    weight_decay: float
+    multiplier: float  # at the uses listed in the hosts; 1 = no forward change
+
+
+@dataclass(frozen=True)
+class UseEdit:
+    """Multiply the direct consumers of a parameter (inside one host's forward) by ``factor``."""
+
+    param: str  # path relative to the host module
+    name: str  # canonical name, for messages
+    factor: float
+    skip_gather: bool  # a tied weight keeps its embedding lookups unscaled
+
+
+@dataclass(frozen=True)
+class AttentionEdit:
+    """Multiply the attention logits of the ``ordinal``-th ``family`` call by ``factor``."""
+
+    site: str
+    source: str
+    family: Family
+    ordinal: int
+    factor: float
+
+
+@dataclass(frozen=True)
+class HostEdit:
+    module: str
+    uses: tuple[UseEdit, ...]
+    attention: tuple[AttentionEdit, ...]
+
+
+@dataclass(frozen=True)
+class Plan:
+    rule: str
+    report: Report
+    params: Mapping[str, ParamPlan]
+    hosts: tuple[HostEdit, ...]
+
+    def __getitem__(self, name: str) -> ParamPlan:
+        return self.params[name]
+
+    def __deepcopy__(self, memo: dict) -> Plan:
+        return self  # immutable: a deep-copied model shares its plan
+
+
+def _m(info: ParamInfo) -> tuple[float, float]:
+    return (info.m_in or 1.0), (info.m_out or 1.0)
+
+
+def _effective(row: Scaling, m_in: float, m_out: float) -> float:
+    """Scale of a weight's contribution to the forward pass: init x multiplier."""
+    return row.init.factor(m_in, m_out) * row.multiplier.factor(m_in, m_out)
+
+
+def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
+    """Per-parameter factors of ``rule``; needs a report made with ``base``.
+
+    A tied embedding/readout weight takes its embedding row (init, lr, eps, weight decay)
+    and, at its readout uses, the multiplier that makes its readout contribution scale as an
+    output weight's: effective(output) / effective(embedding), at the readout's fan-in.
+    """
+    plans = {}
+    for info in report:
+        if info.role == "unused":
+            plans[info.name] = ParamPlan(info.name, 1.0, 1.0, 1.0, 1.0, 1.0)
+            continue
+        m_in, m_out = _m(info)
+        row = rule.scaling(info.role, info.kind)
+        multiplier = row.multiplier.factor(m_in, m_out)
+        if info.tied:
+            readout = rule.scaling("output", "weight")
+            multiplier = _effective(readout, m_out, 1.0) / _effective(row, m_in, m_out)
+        elif multiplier != 1.0 and info.kind not in ("weight", "embedding"):
+            raise RuleError(f"rule {rule.id!r} gives the {info.kind} parameter {info.name!r} "
+                            f"a forward multiplier; only weights and embeddings can take one",
+                            where=str(rule.path),
+                            fix=f"move the factor into [kind.{info.kind}] init instead")
+        plans[info.name] = ParamPlan(info.name, row.init.factor(m_in, m_out),
+                                     row.lr.factor(m_in, m_out), row.eps.factor(m_in, m_out),
+                                     row.weight_decay.factor(m_in, m_out), multiplier)
+    return plans
+
+
+def make_plan(report: Report, graph: fx.Graph, rule: Rule,
+              aliases: Mapping[str, tuple[str, ...]]) -> Plan:
+    """``aliases``: canonical parameter name -> every name it has in the module tree."""
+    params = param_factors(report, rule)
+    hosts: dict[str, tuple[list[UseEdit], list[AttentionEdit]]] = {}
+    for name, plan in params.items():
+        if plan.multiplier == 1.0:
+            continue
+        info = report[name]
+        for use in info.uses:
+            if info.tied and use.slot == "embedding":
+                continue
+            host, rel = _host_of(use.module, aliases.get(name, (name,)))
+            edits = hosts.setdefault(host, ([], []))[0]
+            edit = UseEdit(rel, name, plan.multiplier, skip_gather=info.tied)
+            if edit not in edits:
+                edits.append(edit)
+    nodes = {n.name: n for n in graph.nodes}
+    sites = {s.node: s for s in report.attention}
+    for pattern in find_attention(graph):
+        site = sites[pattern.node]
+        if rule.attention == "unchanged" or not site.d_head_grows:
+            continue
+        if site.d_head_base is None:
+            raise RuleError(f"attention at {site.source or site.node}: d_head grows but its "
+                            "base size is unknown", fix="analyze with base=<model at base width>")
+        factor = rule.attention_scale(site.d_head, site.d_head_base, True)
+        family, target = _logit_call(pattern)
+        host, key = _innermost(nodes[target])
+        ordinal = _ordinal(graph, nodes[target], family, key)
+        hosts.setdefault(host, ([], []))[1].append(
+            AttentionEdit(pattern.node, site.source, family, ordinal, factor))
+    return Plan(rule.id, report, MappingProxyType(params),
+                tuple(HostEdit(h, tuple(u), tuple(a)) for h, (u, a) in hosts.items()))
+
+
+def _logit_call(pattern: AttentionPattern) -> tuple[Family, str]:
+    if pattern.kind == "sdpa":
+        return "sdpa", pattern.node
+    if all(op in _HOMOGENEOUS for op in pattern.path) or pattern.logits is None:
+        return "softmax", pattern.node
+    return "matmul", pattern.logits  # an additive bias or a soft cap sits between
+
+
+def _innermost(node: fx.Node) -> tuple[str, str]:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return "", ""
+    key, (path, _cls) = list(stack.items())[-1]
+    return str(path), str(key)
+
+
+def _ordinal(graph: fx.Graph, target: fx.Node, family: Family, key: str) -> int:
+    """Index of ``target`` among same-family calls in the same call of its module."""
+    count = 0
+    for node in graph.nodes:
+        if node is target:
+            return count
+        if node.op == "call_function" and FAMILIES.get(op_name(node)) == family and (
+                not key or key in (node.meta.get("nn_module_stack") or {})):
+            count += 1
+    raise AssertionError(f"{target.name} not in its graph")
+
+
+def _owner(name: str) -> str:
+    return name.rpartition(".")[0]
+
+
+def _within(module: str, ancestor: str) -> bool:
+    return ancestor == "" or module == ancestor or module.startswith(ancestor + ".")
+
+
+def _host_of(module: str, names: tuple[str, ...]) -> tuple[str, str]:
+    """The module whose forward sees the use, and the parameter's path relative to it."""
+    for alias in names:
+        owner = _owner(alias)
+        if _within(owner, module):  # the parameter lives under the using module
+            return module, alias[len(module) + 1:] if module else alias
+    # used by a module it does not belong to (passed in as an argument): go up to a module
+    # that holds both
+    owner_parts = _owner(names[0]).split(".") if _owner(names[0]) else []
+    parts = module.split(".") if module else []
+    common: list[str] = []
+    for a, b in zip(owner_parts, parts):
+        if a != b:
+            break
+        common.append(a)
+    host = ".".join(common)
+    return host, names[0][len(host) + 1:] if host else names[0]
