@@ -1,0 +1,80 @@
+"""Coordinate checks for issue 3: activation RMS of every module after 3 Adam steps at widths
+64..1024, under `mup` and `sp`, with plots.
+
+    python benchmarks/coord_check.py                 # all models, figures in benchmarks/figures/
+    python benchmarks/coord_check.py examples.gpt    # one
+
+Prints, per model and rule, the module whose RMS varies most across widths (max/min) and
+the growth of the model output from width 64 to 1024.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE.parent / "tests"))
+
+WIDTHS = [64, 128, 256, 512, 1024]
+LR = 3e-3  # Adam, the same at every width; 3 seeds per width
+
+
+def _example_gpt(width: int) -> nn.Module:
+    from examples.gpt import GPT
+
+    return GPT(n_embd=width, n_head=2)  # d_head grows: exercises the attention factor
+
+
+def _example_dit(width: int) -> nn.Module:
+    from examples.dit import DiT
+
+    return DiT(hidden_size=width, num_heads=width // 32)
+
+
+def _diffusers_dit(width: int) -> nn.Module:
+    from zoo_library import HEAD_DIM, _dit
+
+    return _dit(width // (2 * HEAD_DIM))
+
+
+def _diffusers_inputs(model: nn.Module) -> Any:
+    from zoo_library import _dit_inputs
+
+    return _dit_inputs(model)
+
+
+MODELS: dict[str, tuple[Callable[[int], nn.Module], Callable[[nn.Module], Any]]] = {
+    "examples.gpt": (_example_gpt, lambda m: m.example_inputs()),
+    "examples.dit": (_example_dit, lambda m: m.example_inputs()),
+    "diffusers.DiTTransformer2DModel": (_diffusers_dit, _diffusers_inputs),
+}
+
+
+def main(names: list[str]) -> None:
+    from muprewrite.coordcheck import coord_check
+
+    out = HERE / "figures"
+    out.mkdir(exist_ok=True)
+    print("| model | rule | most varying module | max/min RMS | output RMS 1024 / 64 | time |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name in names:
+        build, inputs = MODELS[name]
+        for rule in ("mup", "sp"):
+            start = time.perf_counter()
+            check = coord_check(build, WIDTHS, inputs=inputs, rule=rule, lr=LR)
+            module, spread = check.worst(1)[0]
+            check.plot(out / f"coord_{name.split('.')[-1].lower()}_{rule}.png",
+                       title=f"{name}, rule {rule!r}, 3 Adam steps, lr {LR:g}")
+            print(f"| {name} | {rule} | {module or 'output'} | {spread:.2f} | "
+                  f"{check.growth(''):.2f} | {time.perf_counter() - start:.0f} s |", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:] or list(MODELS))
