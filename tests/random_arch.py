@@ -51,6 +51,8 @@ def _norm(width: int, rms: bool) -> nn.Module:
 
 
 class Attention(nn.Module):
+    logit_factor = 1.0  # a by-hand muP reference sets this (tests compare apply against it)
+
     def __init__(self, spec: BlockSpec, width: int, heads: int) -> None:
         super().__init__()
         self.spec, self.heads, self.d_head = spec, heads, width // heads
@@ -84,7 +86,11 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         if self.spec.explicit:
             att = (q @ k.transpose(-2, -1)) / self.d_head ** 0.5
+            if self.logit_factor != 1.0:
+                att = att * self.logit_factor
             out = att.softmax(-1) @ v
+        elif self.logit_factor != 1.0:
+            out = F.scaled_dot_product_attention(q, k, v, scale=self.logit_factor / self.d_head ** 0.5)
         else:
             out = F.scaled_dot_product_attention(q, k, v)
         B, H, N, Dh = out.shape
@@ -136,6 +142,8 @@ class Block(nn.Module):
 
 
 class RandomNet(nn.Module):
+    readout_factor = 1.0  # a by-hand muP reference sets this: the readout's input x factor
+
     def __init__(self, spec: NetSpec, width: int) -> None:
         super().__init__()
         self.spec = spec
@@ -185,6 +193,8 @@ class RandomNet(nn.Module):
         if self.spec.long_skip:
             h = self.skip(torch.cat([h, first], dim=-1))
         h = self.final_norm(h)
+        if self.readout_factor != 1.0:
+            h = h * self.readout_factor
         if self.spec.einsum_readout:
             return torch.einsum("bnd,do->bno", h, self.readout)
         if self.spec.tied:

@@ -70,6 +70,33 @@ def _inputs(model: nn.Module) -> tuple[torch.Tensor, ...]:
     return model.example_inputs()  # type: ignore[operator,no-any-return]
 
 
+def test_identity_at_base_width_float64() -> None:
+    torch.manual_seed(0)
+    model = Transformer(BASE).double()
+    twin = copy.deepcopy(model)
+    muprewrite.apply(model, base=Transformer(BASE).double())
+    (x,) = _inputs(model)
+    torch.testing.assert_close(model(x), twin(x), rtol=1e-15, atol=0)
+    ours = _train(model, torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3,
+                                                                   weight_decay=0.1)), steps=2)
+    plain = _train(twin, torch.optim.AdamW(twin.parameters(), lr=1e-3, weight_decay=0.1), steps=2)
+    assert ours == pytest.approx(plain, rel=1e-15, abs=0)
+
+
+@pytest.mark.parametrize("spec", EXAMPLES, ids=lambda s: s.module)
+def test_wide_examples_train(spec: ExampleSpec) -> None:
+    """Every example, at twice the width under both heads conventions: the rewritten model
+    runs forward and backward, and one AdamW step keeps it finite."""
+    for wide in (spec.wide_heads, spec.wide_dhead):
+        torch.manual_seed(0)
+        model = muprewrite.apply(_materialize(spec, wide), base=_materialize(spec, spec.small))
+        inputs = _inputs(model)
+        opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3, weight_decay=0.1))
+        model(*inputs).float().square().mean().backward()
+        opt.step()
+        assert torch.isfinite(model(*inputs)).all()
+
+
 @pytest.mark.parametrize("spec", EXAMPLES, ids=lambda s: s.module)
 def test_identity_at_base_width(spec: ExampleSpec) -> None:
     """Forward and the first AdamW step are exactly those of the original model."""
@@ -203,6 +230,14 @@ def test_returned_model_contract() -> None:
         muprewrite.apply(model, (idx,), base=base)
     with pytest.raises(MuprewriteError, match="already rewritten"):
         muprewrite.apply(ema, (idx,), base=base)
+
+
+def test_other_resolutions() -> None:
+    from examples.cnn import CNN
+
+    model = muprewrite.apply(CNN(width=32), base=CNN(width=16))
+    (x,) = _inputs(model)
+    assert model(torch.randn(3, x.shape[1], 2 * x.shape[2], 2 * x.shape[3])).shape[0] == 3
 
 
 def test_other_methods_see_the_rewrite() -> None:

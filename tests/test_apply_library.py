@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from ground_truth import ground_truth_roles
-from test_roles_more_models import _flux, _flux_inputs
+from test_roles_more_models import _aura, _aura_inputs, _flux, _flux_inputs
 from torch import nn
 from zoo_library import library_zoo_fixed_heads
 
@@ -24,6 +24,7 @@ Builder = Callable[[int], nn.Module]
 CASES: list[tuple[str, Builder, Callable[[nn.Module], Any]]] = [
     (z.name, z.build, z.example_inputs) for z in library_zoo_fixed_heads()]
 CASES.append(("diffusers.FluxTransformer2DModel", lambda s: _flux(s, True), _flux_inputs))
+CASES.append(("diffusers.AuraFlowTransformer2DModel", lambda s: _aura(128 * s), _aura_inputs))
 
 
 def _out(model: nn.Module, inputs: Any) -> torch.Tensor:
@@ -57,7 +58,9 @@ def test_apply_library_model(name: str, build: Builder, inputs: Callable, monkey
     got = _out(model, batch)
     plan = muprewrite.plan_of(model)
     assert plan is not None and len(plan.report.attention) > 0
-    assert sum(len(h.attention) for h in plan.hosts) == len(plan.report.attention)
+    grows = [s for s in plan.report.attention if s.d_head_grows]
+    assert sum(len(h.attention) for h in plan.hosts) == len(grows)
+    assert grows or "AuraFlow" in name  # AuraFlow widens by heads; the others by d_head
 
     sdpa = F.scaled_dot_product_attention
 

@@ -1,4 +1,5 @@
-"""Property tests: on random architectures, roles equal the two-width ground truth.
+"""Property tests on random architectures: roles equal the two-width ground truth; apply at
+base width changes nothing; applying twice is refused and changes nothing.
 
 Profiles (registered in conftest.py): ``ci`` (default, used by make test) and ``thorough``
 (HYPOTHESIS_PROFILE=thorough, 500 examples per property; ``make test-thorough``).
@@ -6,13 +7,16 @@ Profiles (registered in conftest.py): ``ci`` (default, used by make test) and ``
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from ground_truth import ground_truth_roles
 from hypothesis import given
-from random_arch import FREE_FANS, NetSpec, RandomNet
+from random_arch import FREE_FANS, HEAD_DIM, Attention, NetSpec, RandomNet
 from strategies import net_specs, widths
 
+import muprewrite
 from muprewrite import analyze
 
 pytestmark = pytest.mark.properties
@@ -39,3 +43,60 @@ def test_base_capture_roles_equal_ground_truth(spec: NetSpec, sizes: tuple[int, 
     wide, base = _pair(spec, sizes)
     report = analyze(wide, base=base)
     assert _diff(report, ground_truth_roles(wide, base, FREE_FANS)) == {}
+
+
+def _materialized(spec: NetSpec, width: int, seed: int = 0) -> RandomNet:
+    torch.manual_seed(seed)
+    return RandomNet(spec, width)
+
+
+@given(spec=net_specs(), sizes=widths)
+def test_apply_at_base_width_changes_nothing(spec: NetSpec, sizes: tuple[int, int]) -> None:
+    """Outputs and the first AdamW step equal the original's; applying again is refused."""
+    base_width = sizes[1]
+    model = _materialized(spec, base_width)
+    twin = copy.deepcopy(model)
+    inputs = model.example_inputs()
+    muprewrite.apply(model, inputs, base=_materialized(spec, base_width, seed=1),
+                     heads=spec.heads)  # type: ignore[arg-type]
+    assert torch.equal(model(*inputs), twin(*inputs))
+    ours = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-2, weight_decay=0.1))
+    plain = torch.optim.AdamW([p for p in twin.parameters() if p.requires_grad], lr=1e-2,
+                              weight_decay=0.1)
+    for m, opt in ((model, ours), (twin, plain)):
+        m(*inputs).square().mean().backward()
+        opt.step()
+    for (name, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), name
+    with pytest.raises(muprewrite.MuprewriteError, match="already rewritten"):
+        muprewrite.apply(model, inputs, base=twin)
+
+
+@given(spec=net_specs(), sizes=widths)
+def test_applying_twice_is_refused_at_any_width(spec: NetSpec, sizes: tuple[int, int]) -> None:
+    wide, base = (_materialized(spec, w) for w in sizes)
+    inputs = wide.example_inputs()
+    muprewrite.apply(wide, inputs, base=base)
+    before = {n: p.clone() for n, p in wide.named_parameters()}
+    out = wide(*inputs)
+    with pytest.raises(muprewrite.MuprewriteError, match="already rewritten"):
+        muprewrite.apply(wide, inputs, base=base)
+    assert all(torch.equal(p, before[n]) for n, p in wide.named_parameters())
+    assert torch.equal(wide(*inputs), out)
+
+
+@given(spec=net_specs(), sizes=widths)
+def test_apply_equals_mup_written_by_hand(spec: NetSpec, sizes: tuple[int, int]) -> None:
+    """The rewritten forward equals the same net with muP written into its code: logits x
+    sqrt(d_base)/d_head relative to 1/sqrt(d_head), the readout's input x base/width."""
+    wide, base = _materialized(spec, sizes[0]), _materialized(spec, sizes[1], seed=1)
+    reference = copy.deepcopy(wide)
+    reference.readout_factor = sizes[1] / sizes[0]
+    for module in reference.modules():
+        if isinstance(module, Attention):
+            base_d_head = sizes[1] // (module.heads if spec.heads == "fixed" else
+                                        sizes[1] // HEAD_DIM)
+            module.logit_factor = (module.d_head / base_d_head) ** -0.5
+    inputs = wide.example_inputs()
+    muprewrite.apply(wide, inputs, base=base, init=False)
+    torch.testing.assert_close(wide(*inputs), reference(*inputs), rtol=1e-5, atol=1e-6)
