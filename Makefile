@@ -35,6 +35,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/analyze_scale.py
+	$(BIN)/python benchmarks/overhead.py
+	$(BIN)/python benchmarks/coord_check.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -58,22 +58,29 @@ MODELS: dict[str, tuple[Callable[[int], nn.Module], Callable[[nn.Module], Any]]]
 
 
 def main(names: list[str]) -> None:
-    from muprewrite.coordcheck import coord_check
+    from muprewrite.verify import coord_check
+    from muprewrite.verify.plots import plot_coord_checks
 
     out = HERE / "figures"
     out.mkdir(exist_ok=True)
-    print("| model | rule | most varying module | max/min RMS | output RMS 1024 / 64 | time |")
-    print("| --- | --- | --- | --- | --- | --- |")
+    print("| model | rule | most varying module | max/min RMS | output RMS 1024 / 64 | "
+          "output slope | flagged | time |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name in names:
         build, inputs = MODELS[name]
+        checks = []
         for rule in ("mup", "sp"):
             start = time.perf_counter()
             check = coord_check(build, WIDTHS, inputs=inputs, rule=rule, lr=LR)
+            checks.append(check)
             module, spread = check.worst(1)[0]
-            check.plot(out / f"coord_{name.split('.')[-1].lower()}_{rule}.png",
-                       title=f"{name}, rule {rule!r}, 3 Adam steps, lr {LR:g}")
             print(f"| {name} | {rule} | {module or 'output'} | {spread:.2f} | "
-                  f"{check.growth(''):.2f} | {time.perf_counter() - start:.0f} s |", flush=True)
+                  f"{check.growth(''):.2f} | {check.slope(''):+.2f} | "
+                  f"{len(check.flagged())} / {len(check.rms)} | "
+                  f"{time.perf_counter() - start:.0f} s |", flush=True)
+        stem = f"coord_{name.split('.')[-1].lower()}"
+        plot_coord_checks(checks, out / f"{stem}.png",
+                          title=f"{name}: 3 Adam steps, lr {LR:g}, mean of 3 seeds")
 
 
 if __name__ == "__main__":

@@ -33,18 +33,25 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 20) -> lis
     return losses
 
 
+@pytest.mark.parametrize("rule", ["mup", "mup-sgd"])
 @pytest.mark.parametrize("cls", [MLP, Transformer], ids=["mlp", "transformer"])
-def test_mup_rule_reproduces_the_mup_package(cls: type[nn.Module]) -> None:
+def test_rule_reproduces_the_mup_package(cls: type[nn.Module], rule: str) -> None:
+    """`mup` against MuAdamW, `mup-sgd` against MuSGD (with momentum), same start."""
     mup = pytest.importorskip("mup")
     torch.manual_seed(0)
     oracle = cls(WIDE, hand_mup=True).double()
     mup.set_base_shapes(oracle, cls(BASE, hand_mup=True))  # also rescales MuReadout's init
     model = cls(WIDE).double()
     model.load_state_dict(oracle.state_dict())
-    muprewrite.apply(model, base=cls(BASE).double(), init=False)
-    expected = _train(oracle, mup.MuAdamW(oracle.parameters(), lr=3e-3, weight_decay=0.1))
-    got = _train(model, torch.optim.AdamW(muprewrite.param_groups(model, lr=3e-3,
-                                                                  weight_decay=0.1)))
+    muprewrite.apply(model, base=cls(BASE).double(), rule=rule, init=False)
+    groups = muprewrite.param_groups(model, lr=3e-3, weight_decay=0.1)
+    if rule == "mup":
+        expected = _train(oracle, mup.MuAdamW(oracle.parameters(), lr=3e-3, weight_decay=0.1))
+        got = _train(model, torch.optim.AdamW(groups))
+    else:
+        expected = _train(oracle, mup.MuSGD(oracle.parameters(), lr=3e-3, momentum=0.9,
+                                            weight_decay=0.1))
+        got = _train(model, torch.optim.SGD(groups, momentum=0.9))
     assert got == pytest.approx(expected, rel=1e-10, abs=0)
     assert expected[-1] < expected[0]  # it trained
 

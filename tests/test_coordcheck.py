@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.coord_check import LR, MODELS, WIDTHS
-from muprewrite.coordcheck import coord_check
+from muprewrite.verify import coord_check
 
 
 @pytest.mark.slow

@@ -9,13 +9,16 @@ True/False/None). Example inputs are written as tensor specs::
 
 ``float(*shape)`` is a random normal tensor, ``int(*shape, high=N)`` random integers in
 [0, N), ``bool(*shape)`` all-true; ``half``/``bfloat16``/``double``/``long`` work alike.
-Plain literals pass through (``scale=1.5``).
+Plain literals pass through (``scale=1.5``). Arithmetic on numbers is allowed in
+constructor arguments (``num_heads=256 // 64``), so that a width template such as
+``"DiT(hidden_size={width}, num_heads={width} // 64)"`` can be filled in per width.
 """
 
 from __future__ import annotations
 
 import ast
 import importlib.util
+import operator
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -52,6 +55,23 @@ def load_module(path: str | Path) -> ModuleType:
     return module
 
 
+_ARITH = {ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul,
+          ast.FloorDiv: operator.floordiv, ast.Div: operator.truediv, ast.Pow: operator.pow,
+          ast.Mod: operator.mod}
+
+
+def _literal(node: ast.expr) -> Any:
+    """``ast.literal_eval`` plus + - * / // % ** between numbers (no names, no calls)."""
+    if isinstance(node, ast.BinOp) and type(node.op) in _ARITH:
+        left, right = _literal(node.left), _literal(node.right)
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (left, right)):
+            raise ValueError("arithmetic on numbers only")
+        if isinstance(node.op, ast.Pow) and abs(right) > 64:
+            raise ValueError("exponent too large")
+        return _ARITH[type(node.op)](left, right)
+    return ast.literal_eval(node)
+
+
 def parse_call(text: str, what: str) -> tuple[list[str], list[Any], dict[str, Any]]:
     """``"a.B(1, x=2)"`` -> (["a", "B"], [1], {"x": 2}); literals only."""
     try:
@@ -68,9 +88,9 @@ def parse_call(text: str, what: str) -> tuple[list[str], list[Any], dict[str, An
     if dotted is None:
         raise ModelSpecError(f"{what} {text!r}: call a class by name, e.g. DiT(...)")
     try:
-        args = [ast.literal_eval(a) for a in tree.args]
-        kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords if k.arg}
-    except ValueError as exc:
+        args = [_literal(a) for a in tree.args]
+        kwargs = {k.arg: _literal(k.value) for k in tree.keywords if k.arg}
+    except (ValueError, ZeroDivisionError) as exc:
         raise ModelSpecError(f"{what} {text!r}: arguments must be literals (numbers, strings, "
                              "tuples, lists, dicts, True/False/None)") from exc
     return dotted, args, kwargs
@@ -85,8 +105,9 @@ def _dotted(node: ast.expr) -> list[str] | None:
     return None
 
 
-def build_model(module: ModuleType, text: str, what: str = "--model") -> torch.nn.Module:
-    """Construct ``text`` from ``module``'s namespace on the meta device (no memory)."""
+def build_model(module: ModuleType, text: str, what: str = "--model",
+                device: torch.device | str = "meta") -> torch.nn.Module:
+    """Construct ``text`` from ``module``'s namespace on ``device`` (meta: no memory)."""
     dotted, args, kwargs = parse_call(text, what)
     obj: Any = module
     for part in dotted:
@@ -98,7 +119,7 @@ def build_model(module: ModuleType, text: str, what: str = "--model") -> torch.n
                                  f"{module.__file__}", fix=f"one of: {', '.join(known) or '-'}")
         obj = getattr(obj, part)
     try:
-        with torch.device("meta"):
+        with torch.device(device):
             model = obj(*args, **kwargs)
     except TypeError as exc:
         raise ModelSpecError(f"{what}: {text}: {exc}") from exc

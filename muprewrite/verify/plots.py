@@ -1,0 +1,109 @@
+"""Figures for coordinate checks and LR sweeps (PNG). matplotlib is imported here only."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .coordcheck import OUTPUT, SLOPE_THRESHOLD, CoordCheck
+
+if TYPE_CHECKING:
+    from .sweep import Sweep
+
+__all__ = ["plot_coord_checks", "plot_sweeps"]
+
+
+def _pyplot() -> Any:
+    try:
+        import matplotlib
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install matplotlib") from exc
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str = "",
+                      threshold: float = SLOPE_THRESHOLD) -> Path:
+    """One row per check (rule), one panel per step; x = width (log2), y = RMS (log).
+
+    Every module is a thin grey line, flagged modules (slope > threshold at the last step)
+    are red, and the model output is the thick black line.
+    """
+    plt = _pyplot()
+    cols = checks[0].steps + 1
+    fig, axes = plt.subplots(len(checks), cols, figsize=(2.6 * cols, 2.4 * len(checks)),
+                             squeeze=False, sharex=True)
+    for row, check in zip(axes, checks):
+        flagged = {m for m, _ in check.flagged(threshold)}
+        for step, ax in enumerate(row):
+            for module in check.rms:
+                values = check.at(module, step)
+                if not all(values):
+                    continue
+                if module == OUTPUT:
+                    style = dict(color="black", lw=2.2, zorder=3)
+                elif module in flagged:
+                    style = dict(color="tab:red", lw=0.9, alpha=0.8, zorder=2)
+                else:
+                    style = dict(color="tab:gray", lw=0.6, alpha=0.5, zorder=1)
+                ax.plot(check.widths, values, **style)
+            ax.set(xscale="log", yscale="log")
+            ax.set_xticks(check.widths, [str(w) for w in check.widths], fontsize=7)
+            ax.minorticks_off()
+            ax.set_title(f"{check.rule}: step {step}", fontsize=9)
+            if step == 0:
+                ax.set_ylabel("activation RMS")
+        row[-1].text(0.98, 0.02, f"{len(flagged)} flagged", transform=row[-1].transAxes,
+                     ha="right", va="bottom", fontsize=8,
+                     color="tab:red" if flagged else "tab:green")
+    for ax in axes[-1]:
+        ax.set_xlabel("width")
+    handles = [plt.Line2D([], [], color="black", lw=2.2, label="model output"),
+               plt.Line2D([], [], color="tab:red", lw=0.9, label=f"flagged (slope > {threshold:g})"),
+               plt.Line2D([], [], color="tab:gray", lw=0.6, label="other modules")]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
+    fig.suptitle(title or "coordinate check", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.95))
+    return _save(fig, plt, path)
+
+
+def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> Path:
+    """One panel per parametrization: loss against log2 learning rate, one line per width,
+    each width's optimum marked."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.4), squeeze=False,
+                             sharey=True)
+    cmap = plt.get_cmap("viridis")
+    for ax, sweep in zip(axes[0], sweeps):
+        xs = [_log2(lr) for lr in sweep.lrs]
+        for i, width in enumerate(sweep.widths):
+            color = cmap(i / max(1, len(sweep.widths) - 1))
+            ax.plot(xs, sweep.loss[i], color=color, marker="o", ms=3, label=f"width {width}")
+            best = sweep.best_index(i)
+            ax.plot(xs[best], sweep.loss[i][best], marker="*", ms=12, color=color,
+                    markeredgecolor="black")
+        ax.set(xlabel="log2 learning rate", title=f"{sweep.rule}: optimum moves "
+               f"{sweep.drift()} grid step(s)")
+        ax.set_yscale("log")
+    axes[0][0].set_ylabel(sweeps[0].metric)
+    axes[0][-1].legend(fontsize=8)
+    fig.suptitle(title or "learning-rate transfer", fontsize=10)
+    fig.tight_layout()
+    return _save(fig, plt, path)
+
+
+def _log2(x: float) -> float:
+    import math
+
+    return math.log2(x)
+
+
+def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
