@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -101,10 +102,9 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
         checks = []
         total = len(widths) * seeds
         for rule in rules:
-            bar: Any = click.progressbar(length=total, label=f"{rule}: widths x seeds",
-                                         file=click.get_text_stream("stderr"))
-            with bar:
-                def advance(done: int, _total: int) -> None:
+            with click.progressbar(length=total, label=f"{rule}: widths x seeds",
+                                   file=sys.stderr) as bar:
+                def advance(done: int, _total: int, bar: Any = bar) -> None:
                     bar.update(done - bar.pos)
 
                 checks.append(coord_check(build, widths, inputs=inputs, rule=rule,
