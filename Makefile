@@ -1,4 +1,5 @@
-# make demo: create .venv, install, analyse the bundled DiT example.
+# make demo: create .venv, install, analyse the bundled DiT example, then coordinate-check it
+#            under mup and sp (figure and JSON in demo-output/).
 # make test: create .venv, install, run the whole test suite (slow tests included).
 PY      ?= python3
 VENV    := .venv
@@ -19,6 +20,10 @@ demo: $(STAMP)
 	$(BIN)/muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)"
 	$(BIN)/muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)" \
 		--base "DiT(depth=4, hidden_size=128, num_heads=2)"
+	mkdir -p demo-output
+	$(BIN)/muprewrite coord-check examples/dit.py --force -o demo-output/coord_check.png \
+		--model "DiT(depth=2, hidden_size={width}, num_heads={width} // 32)" \
+		--widths 64,128,256,512 --rule mup --rule sp --seeds 1
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -39,4 +44,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/coord_check.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache demo-output

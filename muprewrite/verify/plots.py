@@ -72,8 +72,14 @@ def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str
 
 def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> Path:
     """One panel per parametrization: loss against log2 learning rate, one line per width,
-    each width's optimum marked."""
+    each width's optimum marked. The y range starts just below the best loss and stops at
+    1.5x it, so the region around the optima is readable; worse or diverged runs leave the
+    top of the panel."""
+    import math
+
     plt = _pyplot()
+    finite = [v for sw in sweeps for row in sw.loss for v in row if math.isfinite(v)]
+    low = min(finite) if finite else 1.0
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.4), squeeze=False,
                              sharey=True)
     cmap = plt.get_cmap("viridis")
@@ -87,7 +93,8 @@ def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> P
                     markeredgecolor="black")
         ax.set(xlabel="log2 learning rate", title=f"{sweep.rule}: optimum moves "
                f"{sweep.drift()} grid step(s)")
-        ax.set_yscale("log")
+        ax.set_ylim(low * 0.97, low * 1.5)
+        ax.grid(alpha=0.3)
     axes[0][0].set_ylabel(sweeps[0].metric)
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title or "learning-rate transfer", fontsize=10)

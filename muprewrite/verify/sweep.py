@@ -81,6 +81,13 @@ class Sweep:
         path.write_text(json.dumps(self.to_dict(), indent=1))
         return path
 
+    @classmethod
+    def load_json(cls, path: str | Path) -> Sweep:
+        data = json.loads(Path(path).read_text())
+        loss = tuple(tuple(math.inf if v is None else v for v in row) for row in data["loss"])
+        return cls(data["rule"], tuple(data["widths"]), tuple(data["lrs"]), loss,
+                   data["seeds"], data["metric"])
+
 
 def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequence[float], *,
              train: Callable[[nn.Module, float], float], inputs: Any = None, rule: str = "mup",
