@@ -1,5 +1,6 @@
-"""Property tests on random architectures: roles equal the two-width ground truth; apply at
-base width changes nothing; applying twice is refused and changes nothing.
+"""Property tests on random architectures: roles equal the two-width ground truth and do not
+depend on module names or registration order; apply at base width changes nothing; apply
+equals muP written by hand; applying twice is refused and changes nothing.
 
 Profiles (registered in conftest.py): ``ci`` (default, used by make test) and ``thorough``
 (HYPOTHESIS_PROFILE=thorough, 500 examples per property; ``make test-thorough``).
@@ -13,7 +14,9 @@ import pytest
 import torch
 from ground_truth import ground_truth_roles
 from hypothesis import given
+from hypothesis import strategies as st
 from random_arch import FREE_FANS, HEAD_DIM, Attention, NetSpec, RandomNet
+from renaming import rename_tree
 from strategies import net_specs, widths
 
 import muprewrite
@@ -100,3 +103,18 @@ def test_apply_equals_mup_written_by_hand(spec: NetSpec, sizes: tuple[int, int])
     inputs = wide.example_inputs()
     muprewrite.apply(wide, inputs, base=base, init=False)
     torch.testing.assert_close(wide(*inputs), reference(*inputs), rtol=1e-5, atol=1e-6)
+
+
+@given(spec=net_specs(), sizes=widths, seed=st.integers(0, 2 ** 16))
+def test_roles_invariant_to_renaming_and_registration_order(spec: NetSpec,
+                                                           sizes: tuple[int, int],
+                                                           seed: int) -> None:
+    wide, base = _pair(spec, sizes)
+    single, measured = analyze(wide, heads=spec.heads), analyze(wide, base=base)  # type: ignore[arg-type]
+    mapping = rename_tree([wide, base], seed)
+    single_renamed = analyze(wide, heads=spec.heads)  # type: ignore[arg-type]
+    measured_renamed = analyze(wide, base=base)
+    assert any(old != new for old, new in mapping.items())
+    for old, new in mapping.items():
+        assert single_renamed[new].role == single[old].role, (old, new)
+        assert measured_renamed[new].role == measured[old].role, (old, new)
