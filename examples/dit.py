@@ -267,7 +267,12 @@ class DiT(nn.Module):
         # fixed 2D sin-cos position embedding, computed with torch on the parameter's device
         with torch.no_grad():
             table = sincos_2d(self.hidden_size, self.grid_size, device=self.pos_embed.device)  # (T, D)
-            self.pos_embed.copy_(table.unsqueeze(0))  # (1, T, D); D grows with width
+            table = table.unsqueeze(0)  # (1, T, D); D grows with width
+            if hasattr(self.pos_embed, "device_mesh"):  # sharded by FSDP2: shard the table alike
+                from torch.distributed.tensor import distribute_tensor
+
+                table = distribute_tensor(table, self.pos_embed.device_mesh, self.pos_embed.placements)
+            self.pos_embed.copy_(table)
 
         # patch embedding: treat the conv kernel like a Linear(in_ch * p * p, D)
         w = self.x_embedder.proj.weight  # (D, C_in, p, p)

@@ -7,11 +7,11 @@ rescale init, install multipliers and attention factors) -> the muP model.
 
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .analyzer import analyze
-from .apply import apply
+from .apply import apply, rescale_init
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError
 from .optim import param_groups, plan_of
 from .rules import Rule, load_rule
 
-__all__ = ["analyze", "apply", "param_groups", "plan_of", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
+__all__ = ["analyze", "apply", "param_groups", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
 __version__ = "0.1.0"

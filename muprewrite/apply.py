@@ -23,10 +23,13 @@ from .analysis.attention import HeadsConvention
 from .analyzer import analyze_with_capture
 from .errors import MuprewriteError
 from .optim import plan_of
-from .rewrite import install, make_plan, rescale_init
+from .rewrite import init_targets, install, make_plan, rescale_to_targets
 from .rules import Rule, load_rule
 
-__all__ = ["apply"]
+__all__ = ["apply", "rescale_init"]
+
+INIT_ATTR = "_muprewrite_init_rms"  # target RMS per parameter, kept for meta-built models
+PENDING_ATTR = "_muprewrite_init_pending"
 
 
 def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
@@ -40,7 +43,9 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
     follow (build it on the CPU; only its shapes are read where nothing grows).
     After the call:
 
-    - parameters are rescaled per the rule (``init=False`` keeps them as they are);
+    - parameters are rescaled per the rule (``init=False`` keeps them as they are). A model
+      built on the meta device is rescaled later: ``model.to_empty(device=...)``, your own
+      init, then ``muprewrite.rescale_init(model)``;
     - readout multipliers and attention logit factors are in effect in ``forward`` (and in
       every method that calls it), through ``torch.compile`` too;
     - ``param_groups(model, lr=...)`` gives the optimizer groups.
@@ -61,7 +66,12 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
         progress(f"planning rule {rule.id!r}")
     plan = make_plan(report, cap.graph, rule, _aliases(model))
     if init:
-        rescale_init(model, base, plan)
+        targets = init_targets(model, base, plan)
+        object.__setattr__(model, INIT_ATTR, targets)
+        if any(p.is_meta for p in model.parameters()):
+            object.__setattr__(model, PENDING_ATTR, True)
+        else:
+            rescale_to_targets(model, targets)
     install(model, plan)
     if compile:
         compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule
@@ -76,3 +86,25 @@ def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
         first = canonical.setdefault(id(param), name)
         names.setdefault(first, []).append(name)
     return {k: tuple(v) for k, v in names.items()}
+
+
+def rescale_init(model: nn.Module) -> dict[str, float]:
+    """Rescale a rewritten model's parameters to the rule's init scale, in place.
+
+    ``apply`` does this itself for a model with real parameters. For one built on the meta
+    device, call it after ``model.to_empty(device=...)`` and your own init (sharded FSDP2
+    parameters are fine). Idempotent. Returns the factor applied to each parameter.
+    """
+    from .optim import unwrap
+
+    model = unwrap(model)
+    if plan_of(model) is None:
+        raise MuprewriteError(f"{type(model).__name__} was not rewritten by muprewrite.apply",
+                              fix="model = muprewrite.apply(model, inputs, base=...) first")
+    targets = getattr(model, INIT_ATTR, None)
+    if targets is None:
+        raise MuprewriteError("apply was called with init=False: there is no init to follow",
+                              fix="apply(..., init=True) with base on a real device")
+    applied = rescale_to_targets(model, targets)
+    object.__setattr__(model, PENDING_ATTR, False)
+    return applied

@@ -75,7 +75,11 @@ def _to_device(value: Any, device: torch.device | None) -> Any:
     if device is None:
         return value
     if isinstance(value, torch.Tensor):
-        return value if value.device == device else value.to(device)
+        if value.device == device:
+            return value
+        if value.is_meta:  # meta inputs for a real model (e.g. its base): shapes are enough
+            return torch.zeros(value.shape, dtype=value.dtype, device=device)
+        return value.to(device)
     if isinstance(value, (list, tuple)):
         return type(value)(_to_device(v, device) for v in value)
     if isinstance(value, dict):

@@ -18,6 +18,7 @@ the same factor, so the ratios between groups (the muP part) survive them.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from torch import nn
@@ -28,13 +29,26 @@ from .rewrite.hosts import PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
 
-__all__ = ["param_groups", "plan_of"]
+__all__ = ["param_groups", "plan_of", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The user's model inside ``torch.compile`` (``_orig_mod``) and DDP / DataParallel
+    (``module``) wrappers; FSDP2's ``fully_shard`` wraps nothing and keeps every name."""
+    from torch.nn.parallel import DataParallel, DistributedDataParallel
+
+    while True:
+        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod  # type: ignore[assignment]
+        elif isinstance(model, (DistributedDataParallel, DataParallel)):
+            model = model.module
+        else:
+            return model
 
 
 def plan_of(model: nn.Module) -> Plan | None:
     """The plan ``muprewrite.apply`` put in effect on ``model`` (None if it was not rewritten)."""
-    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model
-    return getattr(model, PLAN_ATTR, None)
+    return getattr(unwrap(model), PLAN_ATTR, None)
 
 
 def param_groups(model: nn.Module, report: Report | None = None, *,
@@ -42,14 +56,21 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                  eps: float = 1e-8) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into groups scaled per the muP rule.
 
+    Build the groups after wrapping or sharding (DDP, FSDP2's ``fully_shard``,
+    ``torch.compile``): names are looked up in the model itself, so wrappers do not matter,
+    and the groups hold the parameters the optimizer must step (FSDP2's sharded ones).
     For a model returned by ``apply``, nothing else is needed: the rule and the width
     multipliers come from the plan in effect. For a model that was not rewritten, pass the
     ``report`` of ``analyze(model, ..., base=...)`` and a ``rule`` (default ``"mup"``).
     ``lr``, ``weight_decay`` and ``eps`` are the values tuned at base width. Frozen
     parameters are left out.
     """
-    model = getattr(model, "_orig_mod", model)  # a torch.compile'd model
+    model = unwrap(model)  # torch.compile / DDP wrappers: the names are the model's own
     plan = plan_of(model)
+    if getattr(model, "_muprewrite_init_pending", False):
+        warnings.warn("the model was built on the meta device and its init has not been "
+                      "rescaled yet: call muprewrite.rescale_init(model) after to_empty() and "
+                      "your own init", stacklevel=2)
     if plan is not None:
         if rule is not None and (rule if isinstance(rule, str) else rule.id) != plan.rule:
             raise MuprewriteError(f"the model was rewritten with rule {plan.rule!r}, not "

@@ -5,7 +5,7 @@ init), ``mode.py`` (the runtime edit) and ``hosts.py`` (install it on the module
 """
 
 from .hosts import PLAN_ATTR, install
-from .init import rescale_init
+from .init import init_targets, rescale_to_targets
 from .plan import Plan, make_plan, param_factors
 
-__all__ = ["Plan", "make_plan", "param_factors", "rescale_init", "install", "PLAN_ATTR"]
+__all__ = ["Plan", "make_plan", "param_factors", "init_targets", "rescale_to_targets", "install", "PLAN_ATTR"]
