@@ -26,7 +26,7 @@ demo: $(STAMP)
 		--widths 64,128,256,512 --rule mup --rule sp --seeds 1
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

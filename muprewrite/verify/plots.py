@@ -50,7 +50,8 @@ def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str
                 else:
                     style = dict(color="tab:gray", lw=0.6, alpha=0.5, zorder=1)
                 ax.plot(check.widths, values, **style)
-            ax.set(xscale="log", yscale="log")
+            ax.set_xscale("log", base=2)
+            ax.set_yscale("log")
             ax.set_xticks(check.widths, [str(w) for w in check.widths], fontsize=7)
             ax.minorticks_off()
             ax.set_title(f"{check.rule}: step {step}", fontsize=9)
