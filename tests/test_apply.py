@@ -297,3 +297,39 @@ def test_compile_true_matches_eager() -> None:
     assert muprewrite.plan_of(compiled) is not None
     assert len(muprewrite.param_groups(compiled, lr=1e-3)) == len(
         muprewrite.param_groups(model, lr=1e-3))
+
+
+def test_trap_models() -> None:
+    """The analyzer's trap models: unused/frozen parameters and buffers, a width-tied sinusoid,
+    an FF width that looks fixed, a backbone with no readout. apply leaves unused and frozen
+    parameters alone and the rewritten models train."""
+    from test_traps import RoundedFF, WidthTiedSinusoid, _inputs
+
+    torch.manual_seed(0)
+    model, base = WidthTiedSinusoid(128, 4), WidthTiedSinusoid(64, 2)
+    unused, frozen = model.unused.weight.clone(), model.frozen.clone()
+    inputs = _inputs(model)
+    muprewrite.apply(model, inputs, base=base)
+    assert torch.equal(model.unused.weight, unused) and torch.equal(model.frozen, frozen)
+    models = [(model, inputs)]
+    rounded = muprewrite.apply(RoundedFF(256), torch.randn(2, 4), base=RoundedFF(128))
+    models.append((rounded, (torch.randn(2, 4),)))
+    transformers = pytest.importorskip("transformers")
+
+    def vit(scale: int) -> nn.Module:
+        config = transformers.ViTConfig(hidden_size=32 * scale, num_hidden_layers=2,
+                                        num_attention_heads=2, intermediate_size=64 * scale,
+                                        image_size=16, patch_size=4, num_channels=3)
+        return transformers.ViTModel(config, add_pooling_layer=False)
+
+    images = torch.randn(2, 3, 16, 16)
+    backbone = muprewrite.apply(vit(2), images, base=vit(1))
+    plan = muprewrite.plan_of(backbone)
+    assert plan is not None and not any(h.uses for h in plan.hosts)  # no readout to scale
+    models.append((backbone, (images,)))
+    for m, batch in models:
+        opt = torch.optim.AdamW(muprewrite.param_groups(m, lr=1e-3))
+        out = m(*batch)
+        out = out[0] if isinstance(out, tuple) else getattr(out, "last_hidden_state", out)
+        out.square().mean().backward()
+        opt.step()
