@@ -93,7 +93,9 @@ class CoordCheck:
     def verdict(self, threshold: float = SLOPE_THRESHOLD) -> str:
         """A few lines for people: the output's slope and the flagged modules."""
         flagged = self.flagged(threshold)
-        lines = [f"rule {self.rule!r}: output slope {self.slope(OUTPUT):+.2f} "
+        out = self.slope(OUTPUT)
+        lines = [f"rule {self.rule!r}: output slope {out:+.2f}"
+                 f"{' (FLAGGED)' if out > threshold else ''} "
                  f"(log2 RMS per doubling of width, threshold {threshold:+.2f}); "
                  f"{len(flagged)} of {len(self.rms)} modules flagged"]
         lines += [f"  FLAGGED {m or '<output>'}: slope {s:+.2f}, "
