@@ -1,8 +1,8 @@
 """Train the examples' DiT under muP with FSDP2, on CPU (gloo) or GPUs (nccl).
 
-    torchrun --nproc_per_node 2 examples/train_fsdp.py            # 2 CPU processes
-    torchrun --nproc_per_node 2 examples/train_fsdp.py --meta     # build on the meta device
-    torchrun --nproc_per_node 8 examples/train_fsdp.py --width 1152 --device cuda
+    torchrun --standalone --nproc_per_node 2 examples/train_fsdp.py            # 2 CPU processes
+    torchrun --standalone --nproc_per_node 2 examples/train_fsdp.py --meta     # build on the meta device
+    torchrun --standalone --nproc_per_node 8 examples/train_fsdp.py --width 1152 --device cuda
 
 The order that keeps muP intact:
 

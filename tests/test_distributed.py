@@ -212,7 +212,7 @@ def _torchrun(*args: str) -> list[float]:
 
     root = Path(__file__).resolve().parents[1]
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
          str(root / "examples" / "train_fsdp.py"), "--steps", "3", *args],
         capture_output=True, text=True, timeout=600, cwd=root)
     assert result.returncode == 0, result.stderr[-3000:]
