@@ -21,15 +21,14 @@ from torch import nn
 
 from .analysis.attention import HeadsConvention
 from .analyzer import analyze_with_capture
+from .capture import canonical_names
 from .errors import MuprewriteError
-from .optim import plan_of
+from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
+from .rewrite.hosts import INIT_ATTR, PENDING_ATTR
 from .rules import Rule, load_rule
 
 __all__ = ["apply", "rescale_init"]
-
-INIT_ATTR = "_muprewrite_init_rms"  # target RMS per parameter, kept for meta-built models
-PENDING_ATTR = "_muprewrite_init_pending"
 
 
 def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
@@ -80,11 +79,10 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
 
 
 def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    canonical: dict[int, str] = {}
+    """Canonical parameter name -> every name it has in the module tree."""
     names: dict[str, list[str]] = {}
-    for name, param in model.named_parameters(remove_duplicate=False):
-        first = canonical.setdefault(id(param), name)
-        names.setdefault(first, []).append(name)
+    for alias, name in canonical_names(model).items():
+        names.setdefault(name, []).append(alias)
     return {k: tuple(v) for k, v in names.items()}
 
 
@@ -95,8 +93,6 @@ def rescale_init(model: nn.Module) -> dict[str, float]:
     device, call it after ``model.to_empty(device=...)`` and your own init (sharded FSDP2
     parameters are fine). Idempotent. Returns the factor applied to each parameter.
     """
-    from .optim import unwrap
-
     model = unwrap(model)
     if plan_of(model) is None:
         raise MuprewriteError(f"{type(model).__name__} was not rewritten by muprewrite.apply",

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import CaptureError
 
-__all__ = ["Capture", "capture", "normalize_inputs"]
+__all__ = ["Capture", "capture", "normalize_inputs", "canonical_names"]
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def _quiet() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _canonical_names(model: nn.Module) -> dict[str, str]:
+def canonical_names(model: nn.Module) -> dict[str, str]:
     """Every alias of every parameter -> the name ``named_parameters()`` reports."""
     by_id: dict[int, str] = {id(p): name for name, p in model.named_parameters()}
     return {
@@ -125,7 +125,7 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         raise _capture_error(model, exc) from exc
     sig = program.graph_signature
     _inline_subgraphs(program.graph_module)
-    canonical = _canonical_names(model)
+    canonical = canonical_names(model)
     params = {node: canonical.get(fqn, fqn) for node, fqn in sig.inputs_to_parameters.items()}
     constants = frozenset(sig.inputs_to_lifted_tensor_constants)
     return Capture(

@@ -25,7 +25,7 @@ from torch import nn
 
 from .analysis.report import Report
 from .errors import MuprewriteError
-from .rewrite.hosts import PLAN_ATTR
+from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
 
@@ -67,14 +67,15 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     """
     model = unwrap(model)  # torch.compile / DDP wrappers: the names are the model's own
     plan = plan_of(model)
-    if getattr(model, "_muprewrite_init_pending", False):
+    if getattr(model, PENDING_ATTR, False):
         warnings.warn("the model was built on the meta device and its init has not been "
                       "rescaled yet: call muprewrite.rescale_init(model) after to_empty() and "
                       "your own init", stacklevel=2)
     if plan is not None:
-        if rule is not None and (rule if isinstance(rule, str) else rule.id) != plan.rule:
+        asked = rule if isinstance(rule, str) or rule is None else rule.id
+        if asked is not None and asked != plan.rule:
             raise MuprewriteError(f"the model was rewritten with rule {plan.rule!r}, not "
-                                  f"{rule if isinstance(rule, str) else rule.id!r}",
+                                  f"{asked!r}",
                                   fix="leave rule= out, or apply the other rule to a fresh model")
         factors, report = plan.params, plan.report
         uses_eps = load_rule(plan.rule).optimizer == "adam"

@@ -33,9 +33,9 @@ class ExampleSpec:
     wide_heads: dict[str, Any]  # heads grow, d_head fixed
     wide_dhead: dict[str, Any]  # heads fixed, d_head grows
 
-    def build(self, kwargs: dict[str, Any]) -> torch.nn.Module:
+    def build(self, kwargs: dict[str, Any], device: str = "meta") -> torch.nn.Module:
         model_cls = getattr(importlib.import_module(f"examples.{self.module}"), self.cls)
-        with torch.device("meta"):
+        with torch.device(device):
             return model_cls(**kwargs)
 
 

@@ -96,7 +96,7 @@ def test_wide_examples_train(spec: ExampleSpec) -> None:
     runs forward and backward, and one AdamW step keeps it finite."""
     for wide in (spec.wide_heads, spec.wide_dhead):
         torch.manual_seed(0)
-        model = muprewrite.apply(_materialize(spec, wide), base=_materialize(spec, spec.small))
+        model = muprewrite.apply(spec.build(wide, "cpu"), base=spec.build(spec.small, "cpu"))
         inputs = _inputs(model)
         opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3, weight_decay=0.1))
         model(*inputs).float().square().mean().backward()
@@ -108,7 +108,7 @@ def test_wide_examples_train(spec: ExampleSpec) -> None:
 def test_identity_at_base_width(spec: ExampleSpec) -> None:
     """Forward and the first AdamW step are exactly those of the original model."""
     torch.manual_seed(0)
-    model = _materialize(spec, spec.small)
+    model = spec.build(spec.small, "cpu")
     twin, base = copy.deepcopy(model), copy.deepcopy(model)
     inputs = _inputs(model)
     muprewrite.apply(model, inputs, base=base)
@@ -120,13 +120,6 @@ def test_identity_at_base_width(spec: ExampleSpec) -> None:
         opt.step()
     for (name, a), b in zip(model.named_parameters(), twin.parameters()):
         assert torch.equal(a, b), name
-
-
-def _materialize(spec: ExampleSpec, kwargs: dict) -> nn.Module:
-    import importlib
-
-    cls = getattr(importlib.import_module(f"examples.{spec.module}"), spec.cls)
-    return cls(**kwargs)  # type: ignore[no-any-return]
 
 
 class ConstantInit(nn.Module):

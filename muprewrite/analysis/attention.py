@@ -16,17 +16,19 @@ from torch import fx
 from ..dims import Axis, Mark
 from ..dims.registry import Ctx, op_name
 
-__all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention"]
+__all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention",
+           "SDPA_OPS", "SOFTMAX_OPS", "MATMUL_OPS"]
 
 HeadsConvention = Literal["grow", "fixed"]
 
-_SDPA = {"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
-         "_scaled_dot_product_efficient_attention",
-         "_scaled_dot_product_flash_attention_for_cpu", "_scaled_dot_product_cudnn_attention"}
-_SOFTMAX = {"softmax", "_softmax", "_safe_softmax"}
+SDPA_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash_attention",
+                      "_scaled_dot_product_efficient_attention",
+                      "_scaled_dot_product_flash_attention_for_cpu",
+                      "_scaled_dot_product_cudnn_attention"})
+SOFTMAX_OPS = frozenset({"softmax", "_softmax", "_safe_softmax"})
 _PASS = {"div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "to", "clone",
          "contiguous", "type_as", "tanh"}  # ops between q.k^T and softmax (scale, mask, cap)
-_MATMUL = {"matmul", "bmm", "einsum", "baddbmm"}
+MATMUL_OPS = frozenset({"matmul", "bmm", "einsum", "baddbmm"})
 
 
 @dataclass(frozen=True)
@@ -48,9 +50,9 @@ def find_attention(graph: fx.Graph) -> list[AttentionPattern]:
         if node.op != "call_function":
             continue
         name = op_name(node)
-        if name in _SDPA:
+        if name in SDPA_OPS:
             found.append(_sdpa(node))
-        elif name in _SOFTMAX:
+        elif name in SOFTMAX_OPS:
             site = _softmax(node)
             if site is not None:
                 found.append(site)
@@ -78,7 +80,7 @@ def _softmax(node: fx.Node) -> AttentionPattern | None:
         if not isinstance(cur, fx.Node) or cur.op != "call_function":
             return None
         name = op_name(cur)
-        if name in _MATMUL:
+        if name in MATMUL_OPS:
             break
         if name not in _PASS:
             return None

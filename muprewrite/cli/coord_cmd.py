@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -120,7 +121,5 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
                 click.echo(f"  {name or '<output>'}: slope {check.slope(name):+.2f}")
     title = f"{Path(model_file).name}: {template}, {steps} Adam steps, lr {lr:g}"
     plot_coord_checks(checks, png, title=title)
-    import json
-
     data.write_text(json.dumps({c.rule: c.to_dict() for c in checks}, indent=1))
     click.echo(f"wrote {png} and {data}")

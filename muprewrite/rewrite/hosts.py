@@ -17,10 +17,12 @@ from torch import nn
 from .mode import RewriteMode
 from .plan import HostEdit, Plan
 
-__all__ = ["install", "HOST_ATTR", "PLAN_ATTR", "original_class"]
+__all__ = ["install", "HOST_ATTR", "PLAN_ATTR", "INIT_ATTR", "PENDING_ATTR"]
 
 HOST_ATTR = "_muprewrite_host"
 PLAN_ATTR = "_muprewrite_plan"
+INIT_ATTR = "_muprewrite_init_rms"  # target RMS per parameter, kept for meta-built models
+PENDING_ATTR = "_muprewrite_init_pending"  # built on meta, rescale_init not yet called
 INPUT_FACTOR_ATTR = "_muprewrite_input_factor"
 _GENERATED: dict[type, type] = {}
 # leaf layers whose forward is linear in its input apart from the bias: a multiplier on the
@@ -56,10 +58,6 @@ def _subclass(cls: type) -> type:
             "_muprewrite_original": cls,
         })
     return _GENERATED[cls]
-
-
-def original_class(module: nn.Module) -> type:
-    return getattr(type(module), "_muprewrite_original", type(module))
 
 
 def install(model: nn.Module, plan: Plan) -> None:

@@ -17,7 +17,7 @@ from typing import Literal
 
 from torch import fx
 
-from ..analysis.attention import AttentionPattern, find_attention
+from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPattern, find_attention
 from ..analysis.report import ParamInfo, Report
 from ..dims.registry import op_name
 from ..rules import Rule, RuleError, Scaling
@@ -27,15 +27,10 @@ __all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_f
 
 Family = Literal["sdpa", "softmax", "matmul"]
 
-# graph op names (aten overload packets) of each call family
-FAMILIES: Mapping[str, Family] = MappingProxyType({
-    "scaled_dot_product_attention": "sdpa", "_scaled_dot_product_flash_attention": "sdpa",
-    "_scaled_dot_product_efficient_attention": "sdpa",
-    "_scaled_dot_product_flash_attention_for_cpu": "sdpa",
-    "_scaled_dot_product_cudnn_attention": "sdpa",
-    "softmax": "softmax", "_softmax": "softmax", "_safe_softmax": "softmax",
-    "matmul": "matmul", "bmm": "matmul", "einsum": "matmul", "baddbmm": "matmul",
-})
+# graph op names (aten overload packets) of each call family: the attention finder's sets
+FAMILIES: Mapping[str, Family] = MappingProxyType(
+    {**dict.fromkeys(SDPA_OPS, "sdpa"), **dict.fromkeys(SOFTMAX_OPS, "softmax"),
+     **dict.fromkeys(MATMUL_OPS, "matmul")})
 # ops between q.k^T and softmax through which a factor on the softmax input equals a factor
 # on the logits (positive scalings, -inf masks, casts)
 _HOMOGENEOUS = {"mul", "div", "masked_fill", "where", "_to_copy", "to", "clone", "contiguous",

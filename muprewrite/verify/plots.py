@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -76,8 +77,6 @@ def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> P
     each width's optimum marked. The y range starts just below the best loss and stops at
     1.5x it, so the region around the optima is readable; worse or diverged runs leave the
     top of the panel."""
-    import math
-
     plt = _pyplot()
     finite = [v for sw in sweeps for row in sw.loss for v in row if math.isfinite(v)]
     low = min(finite) if finite else 1.0
@@ -85,7 +84,7 @@ def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> P
                              sharey=True)
     cmap = plt.get_cmap("viridis")
     for ax, sweep in zip(axes[0], sweeps):
-        xs = [_log2(lr) for lr in sweep.lrs]
+        xs = [math.log2(lr) for lr in sweep.lrs]
         for i, width in enumerate(sweep.widths):
             color = cmap(i / max(1, len(sweep.widths) - 1))
             ax.plot(xs, sweep.loss[i], color=color, marker="o", ms=3, label=f"width {width}")
@@ -101,12 +100,6 @@ def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> P
     fig.suptitle(title or "learning-rate transfer", fontsize=10)
     fig.tight_layout()
     return _save(fig, plt, path)
-
-
-def _log2(x: float) -> float:
-    import math
-
-    return math.log2(x)
 
 
 def _save(fig: Any, plt: Any, path: str | Path) -> Path:
