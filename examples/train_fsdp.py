@@ -22,6 +22,7 @@ Rank 0 prints the loss; every rank trains on its own slice of each batch.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 from pathlib import Path
@@ -87,6 +88,10 @@ def main() -> None:
         dist.all_reduce(value)
         if rank == 0:
             print(f"step {step}: loss {value.item() / world:.4f}", flush=True)
+    # Free cyclic garbage holding gloo work while the group is alive, and let no rank tear
+    # down while another still talks to it: torch 2.13 can abort at exit otherwise.
+    gc.collect()
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -9,6 +9,7 @@ gradient, so the losses must match a single-process run of the same model.
 from __future__ import annotations
 
 import copy
+import gc
 import io
 import json
 import os
@@ -90,6 +91,8 @@ def _worker(rank: int, world: int, init_file: str, mode: str, out: str) -> None:
         losses = _train(model, rank, world)
         if rank == 0:
             Path(out).write_text(json.dumps(losses))
+        gc.collect()  # as in examples/train_fsdp.py: no gloo work left to cycles at exit
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
