@@ -103,7 +103,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t_freq = self.timestep_embedding(t, self.frequency_embedding_size)  # (B, 256)
-        return self.mlp(t_freq)  # (B, D)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (B, D); in the model's dtype
 
 
 class LabelEmbedder(nn.Module):

@@ -82,7 +82,7 @@ class TimestepEmbedder(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         t_freq = self.sinusoid(t, self.frequency_embedding_size)  # (B, 256)
-        return self.mlp(t_freq)  # (B, D)
+        return self.mlp(t_freq.to(self.mlp[0].weight.dtype))  # (B, D); in the model's dtype
 
 
 class PooledTextEmbedder(nn.Module):

@@ -198,7 +198,8 @@ class UViT(nn.Module):
         Returns (B, C, H, W).
         """
         x = self.patch_embed(x)  # (B, num_patches, D)
-        time_token = self.time_embed(timestep_embedding(t, self.frequency_embedding_size))  # (B, D)
+        t_freq = timestep_embedding(t, self.frequency_embedding_size).to(x.dtype)  # (B, 256)
+        time_token = self.time_embed(t_freq)  # (B, D)
         time_token = time_token.unsqueeze(1)  # (B, 1, D); D grows with width
         label_token = self.label_emb(y).unsqueeze(1)  # (B, 1, D); D grows with width
         x = torch.cat([time_token, label_token, x], dim=1)  # (B, L, D); L = extras + num_patches is fixed

@@ -34,10 +34,24 @@ Nothing is written to disk.
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Main(click.Group):
+    """``muprewrite model.py ...`` is ``muprewrite emit model.py ...``."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0].endswith(".py"):
+            args = ["emit", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_Main, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="muprewrite")
 def cli() -> None:
-    """muprewrite: put a PyTorch model into muP (maximal update parametrization)."""
+    """muprewrite: put a PyTorch model into muP (maximal update parametrization).
+
+    \b
+    muprewrite model.py --model "DiT(...)" --base "DiT(...)" -o model_mup.py
+        writes the muP version of your model file (same as `muprewrite emit ...`).
+    """
 
 
 @cli.command("analyze", help=_ANALYZE_HELP)
@@ -76,10 +90,12 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
 
 
 from .coord_cmd import coord_check_cmd  # noqa: E402 - the group is defined above
+from .emit_cmd import emit_cmd  # noqa: E402
 from .rules_cmd import rules_group  # noqa: E402
 
 cli.add_command(rules_group)
 cli.add_command(coord_check_cmd)
+cli.add_command(emit_cmd)
 
 
 def _stage_printer() -> Callable[[str], None] | None:

@@ -1,0 +1,134 @@
+"""``muprewrite model.py --model ... --base ...``: write the muP version of a model file."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tempfile
+from pathlib import Path
+
+import click
+
+from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+
+__all__ = ["emit_cmd"]
+
+_HELP = """Write the muP version of the model defined in MODEL_FILE, as plain PyTorch.
+
+\b
+  muprewrite examples/dit.py --model "DiT(hidden_size=1152, num_heads=16)" \\
+      --base "DiT(hidden_size=288, num_heads=4)" -o dit_mup.py
+
+\b
+--base is the same architecture at the width where you tune learning rate,
+weight decay and init; the emitted file works at every width and needs no
+muprewrite at run time. What changes (every other line keeps its bytes):
+  - a block after the imports: MUP_* constants, mup_init(), mup_param_groups();
+  - the model's __init__ ends with mup_init(self) (init scale, multipliers);
+  - the output multiplier at the readout call, the attention scale at each
+    scaled_dot_product_attention call;
+  - a header comment naming the rule.
+Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
+
+\b
+Output: -o FILE, default MODEL_FILE's name with _mup (an existing file is kept
+unless --force); --diff prints a unified diff instead; --in-place rewrites
+MODEL_FILE itself. --check exits 1 unless MODEL_FILE is already muP (for CI).
+On any error nothing is written.
+"""
+
+
+@click.command("emit", help=_HELP)
+@click.argument("model_file", type=click.Path(dir_okay=False))
+@click.option("--model", "model_expr", metavar="EXPR",
+              help='Constructor call, e.g. "DiT(hidden_size=1152, num_heads=16)".')
+@click.option("--base", "base_expr", metavar="EXPR",
+              help='The model at the base (tuning) width, e.g. "DiT(hidden_size=288, num_heads=4)".')
+@click.option("--rule", default="mup", show_default=True,
+              help="Parametrization from rules/ (see `muprewrite rules list`).")
+@click.option("--inputs", "inputs_expr", metavar="SPECS",
+              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
+@click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
+              hidden=True)
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the base model's init draw that the emitted init matches.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; write nothing.")
+@click.option("--in-place", is_flag=True, help="Overwrite MODEL_FILE.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
+def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
+             inputs_expr: str | None, heads: str, seed: int, output: str | None,
+             show_diff: bool, in_place: bool, force: bool, check: bool) -> None:
+    from ..emit import emit, emitted_rule
+    from .main import _stage_printer
+
+    path = Path(model_file)
+    if check:
+        _check(path, emitted_rule)
+        return
+    if not model_expr or not base_expr:
+        missing = "--model" if not model_expr else "--base"
+        raise click.UsageError(f"{missing} is required, e.g. --model \"DiT(hidden_size=1152, "
+                               "num_heads=16)\" --base \"DiT(hidden_size=288, num_heads=4)\"")
+    if in_place and output:
+        raise click.UsageError("--in-place writes MODEL_FILE itself; leave -o out")
+    target = path if in_place else Path(output) if output else path.with_name(
+        f"{path.stem}_mup{path.suffix}")
+    if not show_diff and not in_place:
+        if target.resolve() == path.resolve():
+            raise click.UsageError("the output is MODEL_FILE itself: pass --in-place to "
+                                   "overwrite it, or another -o")
+        if target.exists() and not force:
+            raise click.ClickException(f"{target} exists; pass --force to overwrite it, or "
+                                       "another -o")
+    try:
+        emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
+                        seed=seed, heads=heads, progress=_stage_printer())  # type: ignore[arg-type]
+    except (ModelSpecError, InputSpecError) as exc:
+        raise click.ClickException(exc.one_line()) from None
+    except MuprewriteError as exc:
+        raise click.ClickException(str(exc)) from None
+    if show_diff:
+        before = path.read_text().splitlines(keepends=True)
+        after = emission.source.splitlines(keepends=True)
+        click.echo("".join(difflib.unified_diff(before, after, str(path), str(target))), nl=False)
+        return
+    _write(target, emission.source)
+    for change in emission.changes:
+        click.echo(f"  - {change}", err=True)
+    click.echo(f"wrote {target}", err=True)
+
+
+def _check(path: Path, emitted_rule) -> None:  # type: ignore[no-untyped-def]
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise click.ClickException(f"cannot read {path}: {exc}") from None
+    rule = emitted_rule(text)
+    if rule is None:
+        click.echo(f"{path}: not muP (no muprewrite header); run "
+                   f"`muprewrite {path} --model ... --base ... -o ...`", err=True)
+        raise SystemExit(1)
+    if "mup_init(self)" not in text or "def mup_param_groups" not in text:
+        click.echo(f"{path}: has a muprewrite header but mup_init(self) or mup_param_groups "
+                   "is gone; regenerate it from the original file", err=True)
+        raise SystemExit(1)
+    click.echo(f"{path}: muP (rule {rule!r})")
+
+
+def _write(target: Path, text: str) -> None:
+    """Write via a temporary file in the same folder, so a failure leaves ``target`` as it was."""
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
+    except OSError as exc:
+        raise click.ClickException(f"cannot write {target}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        if target.exists():
+            os.chmod(tmp, target.stat().st_mode & 0o777)
+        os.replace(tmp, target)
+    except OSError as exc:
+        Path(tmp).unlink(missing_ok=True)
+        raise click.ClickException(f"cannot write {target}: {exc.strerror}") from None

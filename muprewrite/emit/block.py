@@ -1,0 +1,204 @@
+"""The code the emitter adds to the user's file: constants, ``mup_init``, ``mup_param_groups``.
+
+Everything here is text. The added code is plain PyTorch and works at any width: each factor
+is ``m_in ** a * m_out ** b`` with ``m = size / base size`` of a parameter's fan axes, the
+exponents being the rule's, so the same file trains the base proxy and the wide model. The
+init is matched, parameter by parameter, to the RMS of a base model drawn with a fixed seed —
+exactly what ``muprewrite.apply`` does with the base it is given.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+__all__ = ["Entry", "layer_pattern", "collapse", "render_block", "render_header", "MARKER"]
+
+MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
+
+_INDEX = re.compile(r"(^|\.)\d+(?=\.)")
+
+
+def layer_pattern(name: str) -> str:
+    """``blocks.3.attn.qkv.weight`` -> ``blocks.*.attn.qkv.weight`` (the emitted lookup)."""
+    return _INDEX.sub(r"\1*", name)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One parameter's line in ``MUP_PARAMS``: fan axes and the nonzero exponents."""
+
+    fan_in: tuple[int, ...]
+    fan_out: tuple[int, ...]
+    exponents: tuple[tuple[str, float, float], ...]  # (quantity, exponent of m_in, of m_out)
+
+    def code(self) -> str:
+        exps = ", ".join(f'"{q}": ({a!r}, {b!r})' for q, a, b in self.exponents)
+        return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)}, {{{exps}}})"
+
+
+def _tuple(axes: tuple[int, ...]) -> str:
+    return "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
+
+
+def collapse(values: Mapping[str, Entry | None]) -> dict[str, Entry]:
+    """Merge names that differ only in layer indices when every such name has the same value.
+
+    ``values`` holds every parameter (None: no entry), so that a pattern never covers a
+    parameter that should have none.
+    """
+    groups: dict[str, list[str]] = {}
+    for name in values:
+        groups.setdefault(layer_pattern(name), []).append(name)
+    out: dict[str, Entry] = {}
+    for pattern, names in groups.items():
+        first = values[names[0]]
+        if len(names) > 1 and all(values[n] == first for n in names):
+            if first is not None:
+                out[pattern] = first
+            continue
+        for n in names:
+            entry = values[n]
+            if entry is not None:
+                out[n] = entry
+    return out
+
+
+def render_header(file: str, rule: str, title: str, changes: Sequence[str],
+                  base: str) -> list[str]:
+    """The comment lines that open the emitted file (without newlines)."""
+    text = (f'muP version of {file} (rule "{rule}": {title}; base width {base}). Changed: '
+            + "; ".join(changes) + ". Regenerate from the original file to change the rule "
+            "or the base.")
+    lines = _wrap(f"{MARKER} {text}", 92)
+    return [lines[0]] + [f"# {line}" for line in lines[1:]]
+
+
+def _wrap(text: str, width: int) -> list[str]:
+    lines, current = [], ""
+    for word in text.split():
+        if current and len(current) + 1 + len(word) > width - 2:
+            lines.append(current)
+            current = word
+        else:
+            current = f"{current} {word}" if current else word
+    return lines + [current]
+
+
+def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, Entry],
+                 unused: Sequence[str], multipliers: Mapping[str, Mapping[str, str]],
+                 d_head: Mapping[str, int], uses_eps: bool, imports: Sequence[str]) -> str:
+    """The module-level code added after the file's imports."""
+    out = [*imports, "" if imports else None, "",
+           f'# ---- muP (written by muprewrite, rule "{rule}") ' + "-" * 40, "",
+           f'MUP_RULE = "{rule}"',
+           f"MUP_BASE_SEED = {seed}  # seed of the base init draw the init scale is matched to"]
+    for name, size in d_head.items():
+        out.append(f"{name} = {size}  # head size at base width; the logits scale as 1/d_head "
+                   "from there")
+    out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents of",
+            "# m_in, m_out (size / base size of those axes) of each factor the rule changes",
+            "MUP_PARAMS = {"]
+    out += [f'    "{name}": {entry.code()},' for name, entry in entries.items()]
+    out.append("}")
+    if unused:
+        out.append("MUP_UNUSED = {" + ", ".join(f'"{n}"' for n in unused) + "}  # never used "
+                   "by forward: left as they are")
+    else:
+        out.append("MUP_UNUSED: set[str] = set()  # parameters forward never uses")
+    out += ["# forward multipliers: module -> {attribute: parameter whose multiplier it holds}",
+            "MUP_MULTIPLIERS = {"]
+    for module, attrs in multipliers.items():
+        inner = ", ".join(f'"{a}": "{p}"' for a, p in attrs.items())
+        out.append(f'    "{module}": {{{inner}}},')
+    out.append("}")
+    out.append(_FUNCTIONS.format(base_call=base_call, eps_key=_EPS if uses_eps else ""))
+    return "\n".join(line for line in out if line is not None)
+
+
+_EPS = ', "eps": eps * key[2]'
+
+_FUNCTIONS = '''_MUP_BUILDING_BASE = False
+
+
+def mup_base_model() -> torch.nn.Module:
+    """The model at the base width, drawn with MUP_BASE_SEED (the caller's RNG is untouched)."""
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
+        torch.random.default_generator.manual_seed(MUP_BASE_SEED)
+        return {base_call}
+
+
+def _mup_entry(name: str) -> tuple | None:
+    return MUP_PARAMS.get(name) or MUP_PARAMS.get(re.sub(r"(^|\\.)\\d+(?=\\.)", r"\\1*", name))
+
+
+def _mup_rms(t: torch.Tensor) -> float:
+    return float(t.detach().double().square().mean().sqrt()) if t.numel() else 0.0
+
+
+def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """Per parameter, the factor on each quantity (init, multiplier, lr, eps, weight_decay)."""
+    base_shapes = {{name: p.shape for name, p in base.named_parameters()}}
+    factors = {{}}
+    for name, p in model.named_parameters():
+        entry = _mup_entry(name)
+        if entry is None or name not in base_shapes or name in MUP_UNUSED:
+            continue
+        fan_in, fan_out, exponents = entry
+        m_in = m_out = 1.0
+        for a in fan_in:
+            if base_shapes[name][a]:
+                m_in *= p.shape[a] / base_shapes[name][a]
+        for a in fan_out:
+            if base_shapes[name][a]:
+                m_out *= p.shape[a] / base_shapes[name][a]
+        factors[name] = {{q: float(m_in**e_in * m_out**e_out) for q, (e_in, e_out) in exponents.items()}}
+    return factors
+
+
+def mup_init(model: torch.nn.Module) -> None:
+    """Put a freshly initialised model into muP: match each parameter's init RMS to the rule's
+    factor x the base model's, and set the forward multipliers. A model built on the meta
+    device: call mup_init(model) again after to_empty() and your own init."""
+    global _MUP_BUILDING_BASE
+    if _MUP_BUILDING_BASE:
+        return  # this is the base model being built
+    _MUP_BUILDING_BASE = True
+    try:
+        base = mup_base_model()
+    finally:
+        _MUP_BUILDING_BASE = False
+    model.mup_factors = mup_factors(model, base)
+    base_params = dict(base.named_parameters())
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            ref = base_params.get(name)
+            if ref is None or ref.shape == p.shape or not p.requires_grad or p.is_meta:
+                continue
+            if name in MUP_UNUSED or (rms := _mup_rms(p)) == 0.0:
+                continue  # zero init stays zero
+            p.mul_(model.mup_factors.get(name, {{}}).get("init", 1.0) * _mup_rms(ref) / rms)
+    for path, attributes in MUP_MULTIPLIERS.items():
+        for attribute, name in attributes.items():
+            factor = model.mup_factors.get(name, {{}}).get("multiplier", 1.0)
+            setattr(model.get_submodule(path), attribute, factor)
+
+
+def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                     eps: float = 1e-8) -> list[dict]:
+    """Optimizer groups from the values tuned at base width, e.g.
+    torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1))."""
+    while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
+        model = getattr(model, "_orig_mod", None) or model.module
+    groups: dict[tuple, dict] = {{}}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        f = model.mup_factors.get(name, {{}})
+        key = (f.get("lr", 1.0), f.get("weight_decay", 1.0), f.get("eps", 1.0))
+        if key not in groups:
+            groups[key] = {{"params": [], "lr": lr * key[0], "weight_decay": weight_decay * key[1]{eps_key}}}
+        groups[key]["params"].append(param)
+    return list(groups.values())
+'''

@@ -1,0 +1,165 @@
+"""``emit(path, model, base)``: the user's model file, rewritten into muP as source text.
+
+Analysis runs on the meta device (no memory, no RNG drawn); the emitted file carries the
+base constructor call and a seed, and matches its init to that base at run time, as
+``muprewrite.apply`` does with the base it is handed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import libcst as cst
+from libcst.metadata import MetadataWrapper
+from torch import nn
+
+from ..analysis.attention import HeadsConvention
+from ..analysis.report import ParamInfo
+from ..analyzer import analyze_with_capture
+from ..capture import canonical_names
+from ..cli.spec import build_model, load_module, parse_inputs
+from ..errors import InputSpecError
+from ..rewrite.plan import make_plan
+from ..rules import Exponents, Rule, Scaling, load_rule
+from .block import MARKER, Entry, collapse, render_block, render_header
+from .sites import EmitError, locate
+from .transform import SourceEdits, class_spans, rewrite
+
+__all__ = ["Emission", "emit", "is_emitted", "emitted_rule"]
+
+_QUANTITIES = ("init", "multiplier", "lr", "eps", "weight_decay")
+
+
+@dataclass(frozen=True)
+class Emission:
+    source: str  # the new file's text
+    changes: tuple[str, ...]  # one line per kind of change, for people
+
+
+def is_emitted(text: str) -> bool:
+    """Whether ``text`` is a file this emitter wrote (its header carries the marker)."""
+    return emitted_rule(text) is not None
+
+
+def emitted_rule(text: str) -> str | None:
+    for line in text.splitlines()[:5]:
+        if line.startswith(MARKER):
+            return line.split('rule "', 1)[1].split('"', 1)[0] if 'rule "' in line else "?"
+    return None
+
+
+def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule = "mup",
+         inputs_expr: str | None = None, seed: int = 0, heads: HeadsConvention = "grow",
+         progress: Callable[[str], None] | None = None) -> Emission:
+    """The text of ``path`` rewritten into ``rule`` for the model ``model_expr``.
+
+    Raises EmitError (or another MuprewriteError) without touching any file.
+    """
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EmitError(f"cannot read {path}: {exc}") from None
+    done = emitted_rule(text)
+    if done is not None:
+        raise EmitError(f"{path} was written by muprewrite (rule {done!r}); rewriting it again "
+                        "would apply muP twice", fix="run muprewrite on the original file")
+    try:
+        wrapper = MetadataWrapper(cst.parse_module(text))
+    except cst.ParserSyntaxError as exc:
+        raise EmitError(f"{path}:{exc.raw_line}: syntax error: {exc.message}") from None
+    rule = load_rule(rule) if isinstance(rule, str) else rule
+    user = load_module(path)
+    model = build_model(user, model_expr, "--model")
+    base = build_model(user, base_expr, "--base")
+    root = type(model)
+    spans = class_spans(wrapper)
+    if root.__module__ != user.__name__ or root.__name__ not in spans:
+        raise EmitError(f"--model builds {root.__name__}, which is not defined in {path.name}",
+                        fix=f"emit the file that defines {root.__name__}")
+    inputs = parse_inputs(inputs_expr) if inputs_expr else None
+    if inputs is None and not callable(getattr(model, "example_inputs", None)):
+        raise InputSpecError(f"{root.__name__} has no example_inputs() method",
+                             fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
+    report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
+    aliases = _aliases(model)
+    plan = make_plan(report, cap.graph, rule, aliases)
+    if progress:
+        progress("locating the edits in the source")
+    sites = locate(model, user, path, plan, spans, aliases)
+
+    entries = collapse({info.name: _entry(info, rule) for info in report})
+    unused = [i.name for i in report if i.role == "unused"]
+    defaults: dict[str, list[str]] = {}
+    for site in sites.readouts:
+        if site.attribute not in defaults.setdefault(site.host_class, []):
+            defaults[site.host_class].append(site.attribute)
+    imports = [f"import {m}" for m in ("re", "torch") if not _imports(wrapper.module, m)]
+    base_call = _call_text(base_expr)
+    block = render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
+                         unused=unused, multipliers=sites.multipliers, d_head=sites.d_head,
+                         uses_eps=rule.optimizer == "adam", imports=imports)
+    changes = _changes(root.__name__, report, plan, sites, entries)
+    header = render_header(path.name, rule.id, rule.title, changes, base_call)
+    source = rewrite(wrapper, SourceEdits(sites.readouts, sites.attention, defaults,
+                                          root.__name__), block, header)
+    try:
+        compile(source, str(path), "exec")
+    except SyntaxError as exc:  # a bug here, never the user's
+        raise EmitError(f"internal error: the emitted code does not compile ({exc})",
+                        fix="please report it with the model file") from None
+    return Emission(source, tuple(changes))
+
+
+def _entry(info: ParamInfo, rule: Rule) -> Entry | None:
+    if info.role == "unused":
+        return None
+    row = rule.scaling(info.role, info.kind)
+    exps: dict[str, Exponents] = {q: getattr(row, q) for q in _QUANTITIES}
+    if info.tied:  # its readout use scales as an output weight's (see param_factors)
+        out = rule.scaling("output", "weight")
+        exps["multiplier"] = Exponents(
+            -(row.init.m_in + row.multiplier.m_in),
+            out.init.m_in + out.multiplier.m_in - (row.init.m_out + row.multiplier.m_out))
+    kept = tuple((q, float(e.m_in), float(e.m_out)) for q, e in exps.items() if e.m_in or e.m_out)
+    return Entry(info.fan_in, info.fan_out, kept) if kept else None
+
+
+def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    names: dict[str, list[str]] = {}
+    for alias, name in canonical_names(model).items():
+        names.setdefault(name, []).append(alias)
+    return {k: tuple(v) for k, v in names.items()}
+
+
+def _imports(module: cst.Module, name: str) -> bool:
+    for stmt in module.body:
+        if isinstance(stmt, cst.SimpleStatementLine):
+            for small in stmt.body:
+                if isinstance(small, cst.Import) and any(
+                        a.asname is None and module.code_for_node(a.name) == name
+                        for a in small.names):
+                    return True
+    return False
+
+
+def _call_text(expr: str) -> str:
+    """The --base expression as code (a bare class name becomes a call)."""
+    node = cst.parse_expression(expr.strip())
+    return cst.Module([]).code_for_node(node if isinstance(node, cst.Call) else cst.Call(node))
+
+
+def _changes(root: str, report, plan, sites, entries) -> list[str]:  # type: ignore[no-untyped-def]
+    rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
+    out = [f"{root}.__init__ ends with mup_init(self) (init scale of {rescaled} parameters, "
+           "forward multipliers)"]
+    if sites.readouts:
+        where = sorted({f"{s.host_class}.{s.callee or s.param_attr}" for s in sites.readouts})
+        out.append(f"output multiplier at {', '.join(where)}")
+    if sites.attention:
+        out.append("attention scale at line(s) "
+                   f"{', '.join(str(s.line) for s in sites.attention)}")
+    out.append("added MUP_* constants, mup_init and mup_param_groups(model, lr, weight_decay)")
+    return out

@@ -1,0 +1,162 @@
+"""Stage 6a — where the source changes go: from the plan to lines and calls in the user's file.
+
+A readout multiplier is placed on the call that feeds the weight (``self.linear(x)``), in the
+method of the module instance ("host") whose class is written in the file and holds that
+line. An attention scale is placed on the ``scaled_dot_product_attention`` call at the
+attention site's line. A change that would fall outside the file (a library module) is an
+error naming the place: the emitter never writes a silently incomplete model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+
+from torch import nn
+
+from ..analysis.report import Report
+from ..errors import MuprewriteError
+from ..rewrite.plan import Plan
+
+__all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "locate", "split_source"]
+
+
+class EmitError(MuprewriteError):
+    """The model file cannot be rewritten into muP as source."""
+
+
+@dataclass(frozen=True)
+class ReadoutSite:
+    """Multiply at ``line``: the input of ``self.<callee>(...)`` (or, for a functional use,
+    the call taking ``self.<param_attr>``) by ``self.<attribute>``."""
+
+    line: int
+    host_class: str
+    callee: str  # attribute chain after ``self.``; "" for a functional use in the host itself
+    param_attr: str  # chain after ``self.`` to the parameter (functional uses)
+    attribute: str
+    scale_input: bool  # False: scale the call's result (an embedding lookup)
+
+
+@dataclass(frozen=True)
+class AttentionScaleSite:
+    line: int
+    constant: str  # name of the base head size constant
+
+
+@dataclass(frozen=True)
+class Sites:
+    readouts: tuple[ReadoutSite, ...]
+    attention: tuple[AttentionScaleSite, ...]
+    multipliers: Mapping[str, Mapping[str, str]]  # host path -> {attribute: parameter}
+    d_head: Mapping[str, int]  # constant name -> base head size
+
+
+def split_source(source: str) -> tuple[str, int]:
+    file, _, line = source.rpartition(":")
+    return file, int(line) if line.isdigit() else 0
+
+
+def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
+           spans: Mapping[str, tuple[int, int]], aliases: Mapping[str, tuple[str, ...]]) -> Sites:
+    """``spans``: top-level class name -> (first line, last line) in ``file``."""
+    readouts: dict[tuple, ReadoutSite] = {}
+    multipliers: dict[str, dict[str, str]] = {}
+    report = plan.report
+    for name, factors in plan.params.items():
+        if factors.multiplier == 1.0:
+            continue
+        info = report[name]
+        for use in info.uses:
+            if info.tied and use.slot == "embedding":
+                continue
+            line = _line_in_file(use.source, file, f"the forward multiplier of {name!r}")
+            host, cls = _host(model, user, spans, use.module, line, use.source, name)
+            callee = use.module[len(host) + 1:] if host else use.module
+            param_attr = ""
+            if use.module == host:
+                callee = ""
+                param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
+            leaf = (callee or param_attr).rpartition(".")[2]
+            attribute = f"mup_{leaf}_multiplier"
+            scale_input = not isinstance(model.get_submodule(use.module),
+                                         (nn.Embedding, nn.EmbeddingBag))
+            site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input)
+            readouts.setdefault((line, cls, callee, param_attr), site)
+            taken = multipliers.setdefault(host, {})
+            if taken.get(attribute, name) != name:
+                raise EmitError(f"two parameters with multipliers are both read out through "
+                                f"'{leaf}' in {host or 'the root module'}", where=use.source)
+            taken[attribute] = name
+    attention, d_head = _attention_sites(report, plan, file)
+    return Sites(tuple(readouts.values()), attention, multipliers, d_head)
+
+
+def _attention_sites(report: Report, plan: Plan, file: Path
+                     ) -> tuple[tuple[AttentionScaleSite, ...], dict[str, int]]:
+    edited = {edit.site for host in plan.hosts for edit in host.attention}
+    bases: dict[int, set[int]] = {}
+    for site in report.attention:
+        if site.node not in edited:
+            continue
+        if site.kind != "sdpa":
+            raise EmitError("attention written as an explicit softmax(q k^T) is not rewritten "
+                            "as source yet: its logits need the muP factor",
+                            where=site.source or site.node,
+                            fix="call F.scaled_dot_product_attention there, or use "
+                                "muprewrite.apply(model, ...) at runtime")
+        line = _line_in_file(site.source, file, "an attention scale")
+        assert site.d_head_base is not None  # make_plan checked it
+        bases.setdefault(line, set()).add(site.d_head_base)
+    for line, sizes in bases.items():
+        if len(sizes) > 1:
+            raise EmitError(f"the attention call at line {line} runs with base head sizes "
+                            f"{sorted(sizes)} in different modules; one constant cannot serve "
+                            "both", where=f"{file}:{line}",
+                            fix="use muprewrite.apply(model, ...) at runtime for this model")
+    distinct = sorted({next(iter(s)) for s in bases.values()})
+    names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
+             for size in distinct}
+    sites = tuple(AttentionScaleSite(line, names[next(iter(s))]) for line, s in sorted(bases.items()))
+    return sites, {names[size]: size for size in distinct}
+
+
+def _line_in_file(source: str, file: Path, what: str) -> int:
+    where, line = split_source(source)
+    if not where or not line:
+        raise EmitError(f"{what} has no source line to edit", where=source or "?",
+                        fix="use muprewrite.apply(model, ...) at runtime")
+    if Path(where).resolve() != file.resolve():
+        raise EmitError(f"{what} belongs at {where}:{line}, outside {file.name}",
+                        where=f"{where}:{line}",
+                        fix=f"define that module in {file.name} (a local subclass), or use "
+                            "muprewrite.apply(model, ...) at runtime")
+    return line
+
+
+def _host(model: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]], module: str,
+          line: int, source: str, name: str) -> tuple[str, str]:
+    """The innermost module around ``module`` whose class (in the file) holds ``line``."""
+    path = module
+    while True:
+        for cls in type(model.get_submodule(path)).__mro__:
+            span = spans.get(cls.__name__)
+            if cls.__module__ == user.__name__ and span and span[0] <= line <= span[1]:
+                return path, cls.__name__
+        if not path:
+            raise EmitError(f"no module class in the file holds line {line}, where {name!r} "
+                            "is read out", where=source,
+                            fix="use muprewrite.apply(model, ...) at runtime")
+        path = path.rpartition(".")[0]
+
+
+def _relative(names: tuple[str, ...], host: str, name: str, source: str) -> str:
+    for alias in names:
+        if not host:
+            return alias
+        if alias.startswith(host + "."):
+            return alias[len(host) + 1:]
+    raise EmitError(f"{name!r} is read out in {host} but does not belong to it", where=source,
+                    fix="use muprewrite.apply(model, ...) at runtime")
