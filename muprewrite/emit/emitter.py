@@ -16,15 +16,15 @@ from libcst.metadata import MetadataWrapper
 from torch import nn
 
 from ..analysis.attention import HeadsConvention
-from ..analysis.report import ParamInfo
+from ..analysis.report import ParamInfo, Report
 from ..analyzer import analyze_with_capture
 from ..capture import canonical_names
 from ..cli.spec import build_model, load_module, parse_inputs
 from ..errors import InputSpecError
 from ..rewrite.plan import make_plan
-from ..rules import Exponents, Rule, Scaling, load_rule
+from ..rules import Exponents, Rule, load_rule
 from .block import MARKER, Entry, collapse, render_block, render_header
-from .sites import EmitError, locate
+from .sites import EmitError, Sites, locate
 from .transform import SourceEdits, class_spans, rewrite
 
 __all__ = ["Emission", "emit", "is_emitted", "emitted_rule"]
@@ -101,7 +101,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     block = render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                          unused=unused, multipliers=sites.multipliers, d_head=sites.d_head,
                          uses_eps=rule.optimizer == "adam", imports=imports)
-    changes = _changes(root.__name__, report, plan, sites, entries)
+    changes = _changes(root.__name__, report, sites)
     header = render_header(path.name, rule.id, rule.title, changes, base_call)
     source = rewrite(wrapper, SourceEdits(sites.readouts, sites.attention, defaults,
                                           root.__name__), block, header)
@@ -151,7 +151,7 @@ def _call_text(expr: str) -> str:
     return cst.Module([]).code_for_node(node if isinstance(node, cst.Call) else cst.Call(node))
 
 
-def _changes(root: str, report, plan, sites, entries) -> list[str]:  # type: ignore[no-untyped-def]
+def _changes(root: str, report: Report, sites: Sites) -> list[str]:
     rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
     out = [f"{root}.__init__ ends with mup_init(self) (init scale of {rescaled} parameters, "
            "forward multipliers)"]

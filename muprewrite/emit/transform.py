@@ -127,7 +127,10 @@ class SourceEdits(cst.CSTTransformer):
                       keyword=cst.Name("scale"),
                       equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
         if args and isinstance(args[-1].comma, cst.Comma):  # a trailing comma: one arg a line
+            between = args[-2].comma if len(args) > 1 else args[-1].comma
             args.append(new.with_changes(comma=args[-1].comma))
+            if isinstance(between, cst.Comma):
+                args[-2] = args[-2].with_changes(comma=between)
         elif args:  # the new argument goes where the last one ended, before any line break
             last = args[-1]
             args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
@@ -145,7 +148,10 @@ class SourceEdits(cst.CSTTransformer):
         name = self.classes.pop()
         if self.classes:  # nested class: left alone
             return updated
-        body = list(updated.body.body)
+        body: list[cst.BaseStatement] = [
+            s for s in updated.body.body if isinstance(s, cst.BaseStatement)]
+        if len(body) != len(updated.body.body):  # a one-line class: class A(B): pass
+            return updated
         if name == self.root:
             body = self._with_init_call(body)
         attributes = self.defaults.get(name, [])
@@ -210,9 +216,21 @@ def rewrite(wrapper: MetadataWrapper, edits: SourceEdits, block: str,
     missing = [e for e in [*edits.readouts, *edits.attention, "init"] if e not in edits.done]
     if missing:
         first = missing[0]
-        where = f"line {first.line}" if not isinstance(first, str) else f"class {edits.root}"
-        raise EmitError(f"could not find the code to change at {where} ({first})",
-                        fix="use muprewrite.apply(model, ...) at runtime for this model")
+        if isinstance(first, AttentionScaleSite):
+            raise EmitError(f"line {first.line}: the attention there is not a "
+                            "scaled_dot_product_attention call written in this file (a library "
+                            "module computes it), so its scale cannot be set here",
+                            fix="call F.scaled_dot_product_attention in your own module, or use "
+                                "muprewrite.apply(model, ...) at runtime")
+        if isinstance(first, ReadoutSite):
+            how = f"self.{first.callee}(x)" if first.callee else \
+                f"F.linear(x, self.{first.param_attr})"
+            raise EmitError(f"line {first.line}: no call of self.{first.callee or first.param_attr} "
+                            f"in {first.host_class} to put the output multiplier on",
+                            fix=f"write the readout as {how} on that line, or use "
+                                "muprewrite.apply(model, ...) at runtime")
+        raise EmitError(f"class {edits.root} has no __init__ to end with mup_init(self)",
+                        fix="give it an __init__ that calls super().__init__(...)")
     body = list(module.body)
     last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
                        and any(isinstance(x, (cst.Import, cst.ImportFrom)) for x in s.body)),
@@ -222,8 +240,8 @@ def rewrite(wrapper: MetadataWrapper, edits: SourceEdits, block: str,
     body[at:at] = added
     lines = list(module.header)
     keep = 0
-    while keep < len(lines) and lines[keep].comment and lines[keep].comment.value.startswith(
-            ("#!", "# -*-", "# vim:", "# coding")):
+    while keep < len(lines) and (comment := lines[keep].comment) is not None and \
+            comment.value.startswith(("#!", "# -*-", "# vim:", "# coding")):
         keep += 1
     comments = [cst.EmptyLine(comment=cst.Comment(text)) for text in header]
     module = module.with_changes(body=body, header=[*lines[:keep], *comments, *lines[keep:]])
