@@ -1,5 +1,6 @@
-# make demo: create .venv, install, analyse the bundled DiT example, then coordinate-check it
-#            under mup and sp (figure and JSON in demo-output/).
+# make demo: create .venv, install, analyse the bundled DiT example, write its muP source
+#            (demo-output/dit_mup.py), then coordinate-check it under mup and sp (figure and
+#            JSON in demo-output/).
 # make test: create .venv, install, run the whole test suite (slow tests included).
 PY      ?= python3
 VENV    := .venv
@@ -21,6 +22,9 @@ demo: $(STAMP)
 	$(BIN)/muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)" \
 		--base "DiT(depth=4, hidden_size=128, num_heads=2)"
 	mkdir -p demo-output
+	$(BIN)/muprewrite examples/dit.py --force -o demo-output/dit_mup.py \
+		--model "DiT(depth=4, hidden_size=256, num_heads=2)" --base "DiT(depth=4, hidden_size=128, num_heads=2)"
+	$(BIN)/muprewrite demo-output/dit_mup.py --check
 	$(BIN)/muprewrite coord-check examples/dit.py --force -o demo-output/coord_check.png \
 		--model "DiT(depth=2, hidden_size={width}, num_heads={width} // 32)" \
 		--widths 64,128,256,512 --rule mup --rule sp --seeds 1

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import ExampleSpec
+from conftest import EXAMPLES, ExampleSpec
 
 import muprewrite
 from muprewrite.emit import emit
@@ -62,9 +62,20 @@ def _train(model: torch.nn.Module, groups: list[dict], inputs: tuple, target: to
 @pytest.mark.parametrize("width", ["wide_dhead", "wide_heads"])
 def test_emitted_example_equals_runtime_apply(example: ExampleSpec, width: str,
                                               tmp_path: Path) -> None:
+    _compare(example, width, "mup", tmp_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("rule", ["mup-absorbed", "mup-sgd", "sp"])
+@pytest.mark.parametrize("module", ["gpt", "dit"])
+def test_every_rule_emits_what_apply_runs(module: str, rule: str, tmp_path: Path) -> None:
+    _compare(next(e for e in EXAMPLES if e.module == module), "wide_dhead", rule, tmp_path)
+
+
+def _compare(example: ExampleSpec, width: str, rule: str, tmp_path: Path) -> None:
     wide = getattr(example, width)
     emission = emit(ROOT / "examples" / f"{example.module}.py", _call(example.cls, wide),
-                    _call(example.cls, example.small))
+                    _call(example.cls, example.small), rule=rule)
     path = tmp_path / f"{example.module}_mup.py"
     path.write_text(emission.source)
     imported = {a.name for node in ast.walk(ast.parse(emission.source))
@@ -75,7 +86,8 @@ def test_emitted_example_equals_runtime_apply(example: ExampleSpec, width: str,
     emitted = _import_without_muprewrite(path)
     original = getattr(importlib.import_module(f"examples.{example.module}"), example.cls)
     has_attention_edit = "MUP_D_HEAD_BASE" in emission.source
-    assert has_attention_edit == (width == "wide_dhead" and example.module not in ("mlp", "cnn"))
+    assert has_attention_edit == (width == "wide_dhead" and rule != "sp"
+                                  and example.module not in ("mlp", "cnn"))
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
@@ -83,7 +95,7 @@ def test_emitted_example_equals_runtime_apply(example: ExampleSpec, width: str,
         torch.manual_seed(0)  # the emitted file's MUP_BASE_SEED
         base = original(**example.small)
         torch.manual_seed(1)
-        runtime = muprewrite.apply(original(**wide), base=base)
+        runtime = muprewrite.apply(original(**wide), base=base, rule=rule)
         torch.manual_seed(1)
         model = getattr(emitted, example.cls)(**wide)
 
@@ -105,3 +117,34 @@ def test_emitted_example_equals_runtime_apply(example: ExampleSpec, width: str,
         torch.set_default_dtype(previous)
     assert len(set(expected)) > 1  # it trained
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
+
+
+def test_one_emitted_file_serves_every_width(tmp_path: Path) -> None:
+    """Emitted for one width, the file is the original model at base width and equals
+    ``apply`` at a width it was not emitted for."""
+    from examples.dit import DiT
+
+    small = dict(depth=2, hidden_size=64, num_heads=1)
+    emission = emit(ROOT / "examples" / "dit.py", "DiT(depth=2, hidden_size=128, num_heads=1)",
+                    _call("DiT", small))
+    path = tmp_path / "dit_mup.py"
+    path.write_text(emission.source)
+    emitted = _import_without_muprewrite(path)
+    torch.manual_seed(3)
+    inputs = DiT(**small).example_inputs()
+    for width, heads in ((64, 1), (256, 1), (256, 4)):
+        kwargs = dict(depth=2, hidden_size=width, num_heads=heads)
+        torch.manual_seed(0)
+        base = DiT(**small)
+        torch.manual_seed(1)
+        expected = DiT(**kwargs) if width == 64 else muprewrite.apply(DiT(**kwargs), base=base)
+        torch.manual_seed(1)
+        model = emitted.DiT(**kwargs)
+        for (name, a), b in zip(expected.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), (width, name)
+        with torch.no_grad():  # the zero-initialised adaLN and final layer would hide the forward
+            for a, b in zip(expected.parameters(), model.parameters()):
+                if not a.any():
+                    a.normal_()
+                    b.copy_(a)
+        torch.testing.assert_close(model(*inputs), expected(*inputs), rtol=1e-5, atol=1e-6)
