@@ -134,14 +134,16 @@ def test_no_attention_edit_when_heads_grow_at_fixed_head_size(tmp_path: Path) ->
 @pytest.mark.parametrize("readout, expected", [
     ("F.linear(h, self.w)", "F.linear(h, self.w) * self.mup_w_multiplier"),
     ("F.linear(h, self.w, self.b)", "F.linear(h * self.mup_w_multiplier, self.w, self.b)"),
-    ("h @ self.w.t() + 0", None),
-], ids=["functional", "functional-bias", "matmul"])
+    ("h @ self.w.t() + self.b", "(h @ self.w.t()) * self.mup_w_multiplier + self.b"),
+    ("torch.einsum('bnd,od->bno', h, self.w)", "torch.einsum('bnd,od->bno', h, self.w) * self.mup_w_multiplier"),
+    ("torch.mm(h.flatten(0, 1), self.w.t())", None),
+], ids=["functional", "functional-bias", "matmul", "einsum", "no-self-weight-argument"])
 def test_functional_readouts(tmp_path: Path, readout: str, expected: str | None) -> None:
     src = NET.replace("        self.out = nn.Linear(width, 3)\n",
                       "        self.w = nn.Parameter(torch.randn(3, width) / width**0.5)\n"
                       "        self.b = nn.Parameter(torch.zeros(3))\n"
                       ).replace("return self.out(h)  # logits", f"return {readout}  # logits")
-    if expected is None:  # an operator, not a call: refused with the line and a fix
+    if expected is None:  # the weight is no argument of the call itself: refused, with a fix
         with pytest.raises(EmitError, match=r"line 31: no call of self\.w in Net") as err:
             _emit(tmp_path, src)
         assert "F.linear(x, self.w)" in str(err.value)

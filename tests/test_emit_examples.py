@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import ast
 import importlib
-import importlib.util
-import sys
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
 import torch
 from conftest import EXAMPLES, ExampleSpec
+from emitted import import_without_muprewrite
 
 import muprewrite
 from muprewrite.emit import emit
@@ -27,22 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _call(cls: str, kwargs: dict[str, Any]) -> str:
     return f"{cls}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-
-
-def _import_without_muprewrite(path: Path) -> ModuleType:
-    saved = {k: v for k, v in sys.modules.items() if k == "muprewrite" or k.startswith("muprewrite.")}
-    for k in saved:
-        del sys.modules[k]
-    sys.modules["muprewrite"] = None  # type: ignore[assignment]  # any import of it fails
-    try:
-        spec = importlib.util.spec_from_file_location(f"emitted_{path.stem}", path)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        return module
-    finally:
-        del sys.modules["muprewrite"]
-        sys.modules.update(saved)
 
 
 def _train(model: torch.nn.Module, groups: list[dict], inputs: tuple, target: torch.Tensor) -> list[float]:
@@ -83,7 +65,7 @@ def _compare(example: ExampleSpec, width: str, rule: str, tmp_path: Path) -> Non
     imported |= {node.module for node in ast.walk(ast.parse(emission.source))
                  if isinstance(node, ast.ImportFrom) and node.module}
     assert not any(name.startswith("muprewrite") for name in imported)
-    emitted = _import_without_muprewrite(path)
+    emitted = import_without_muprewrite(path)
     original = getattr(importlib.import_module(f"examples.{example.module}"), example.cls)
     has_attention_edit = "MUP_D_HEAD_BASE" in emission.source
     assert has_attention_edit == (width == "wide_dhead" and rule != "sp"
@@ -129,7 +111,7 @@ def test_one_emitted_file_serves_every_width(tmp_path: Path) -> None:
                     _call("DiT", small))
     path = tmp_path / "dit_mup.py"
     path.write_text(emission.source)
-    emitted = _import_without_muprewrite(path)
+    emitted = import_without_muprewrite(path)
     torch.manual_seed(3)
     inputs = DiT(**small).example_inputs()
     for width, heads in ((64, 1), (256, 1), (256, 4)):

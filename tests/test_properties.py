@@ -1,6 +1,7 @@
 """Property tests on random architectures: roles equal the two-width ground truth and do not
 depend on module names or registration order; apply at base width changes nothing; apply
-equals muP written by hand; applying twice is refused and changes nothing.
+equals muP written by hand; applying twice is refused and changes nothing; the emitted source
+equals apply.
 
 Profiles (registered in conftest.py): ``ci`` (default, used by make test) and ``thorough``
 (HYPOTHESIS_PROFILE=thorough, 500 examples per property; ``make test-thorough``).
@@ -9,9 +10,12 @@ Profiles (registered in conftest.py): ``ci`` (default, used by make test) and ``
 from __future__ import annotations
 
 import copy
+import tempfile
+from pathlib import Path
 
 import pytest
 import torch
+from emitted import import_without_muprewrite
 from ground_truth import ground_truth_roles
 from hypothesis import given
 from hypothesis import strategies as st
@@ -21,6 +25,7 @@ from strategies import net_specs, widths
 
 import muprewrite
 from muprewrite import analyze
+from muprewrite.emit import EmitError, emit
 
 pytestmark = pytest.mark.properties
 
@@ -118,3 +123,45 @@ def test_roles_invariant_to_renaming_and_registration_order(spec: NetSpec,
     for old, new in mapping.items():
         assert single_renamed[new].role == single[old].role, (old, new)
         assert measured_renamed[new].role == measured[old].role, (old, new)
+
+
+@given(spec=net_specs(), sizes=widths)
+def test_emitted_source_equals_apply(spec: NetSpec, sizes: tuple[int, int]) -> None:
+    """random_arch.py plus a class fixing the drawn spec, emitted as source, equals apply:
+    same parameters after seeding, same outputs, same first AdamW step (float64). The one
+    construct the emitter refuses, explicit-softmax attention whose d_head grows, is refused
+    with its line."""
+    source = Path(__file__).with_name("random_arch.py").read_text() + (
+        "\n\nclass Net(RandomNet):\n    def __init__(self, width: int) -> None:\n"
+        f"        super().__init__({spec!r}, width)\n")
+    refused = spec.heads == "fixed" and any(b.explicit for b in spec.blocks if b.kind != "mlp")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "net.py"
+        path.write_text(source)
+        if refused:
+            with pytest.raises(EmitError, match=r"explicit softmax.*\n  at: .*net\.py:\d+"):
+                emit(path, f"Net(width={sizes[0]})", f"Net(width={sizes[1]})")
+            return
+        emission = emit(path, f"Net(width={sizes[0]})", f"Net(width={sizes[1]})")
+        out = Path(folder) / "net_mup.py"
+        out.write_text(emission.source)
+        emitted = import_without_muprewrite(out)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        base = _materialized(spec, sizes[1], seed=0)  # seed 0: the emitted MUP_BASE_SEED
+        runtime = muprewrite.apply(_materialized(spec, sizes[0], seed=1), base=base)
+        torch.manual_seed(1)
+        model = emitted.Net(sizes[0])
+        for (name, a), b in zip(runtime.state_dict().items(), model.state_dict().values()):
+            assert torch.equal(a, b), name
+        inputs = runtime.example_inputs()
+        torch.testing.assert_close(model(*inputs), runtime(*inputs), rtol=1e-12, atol=1e-12)
+        for m, groups in ((runtime, muprewrite.param_groups(runtime, lr=1e-2, weight_decay=0.1)),
+                          (model, emitted.mup_param_groups(model, lr=1e-2, weight_decay=0.1))):
+            opt = torch.optim.AdamW(groups)
+            m(*inputs).square().mean().backward()
+            opt.step()
+        torch.testing.assert_close(model(*inputs), runtime(*inputs), rtol=1e-12, atol=1e-12)
+    finally:
+        torch.set_default_dtype(previous)

@@ -79,7 +79,7 @@ def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
             if use.module == host:
                 callee = ""
                 param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
-            leaf = (callee or param_attr).rpartition(".")[2]
+            leaf = callee.rpartition(".")[2] if callee else param_attr.replace(".", "_")
             attribute = f"mup_{leaf}_multiplier"
             scale_input = not isinstance(model.get_submodule(use.module),
                                          (nn.Embedding, nn.EmbeddingBag))

@@ -8,6 +8,7 @@ imports; the header comment.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import libcst as cst
@@ -36,6 +37,12 @@ def _chain(node: cst.BaseExpression) -> str | None:
     if isinstance(node, cst.Name) and node.value == "self" and parts:
         return ".".join(reversed(parts))
     return None
+
+
+def _mentions(node: cst.BaseExpression, attr: str) -> bool:
+    """Whether ``node`` reads ``self.<attr>`` (possibly as ``self.<attr>.t()``)."""
+    code = cst.Module([]).code_for_node(node)
+    return re.search(rf"\bself\.{re.escape(attr)}(?![\w])", code) is not None
 
 
 def _callee_name(node: cst.BaseExpression) -> str:
@@ -139,6 +146,20 @@ class SourceEdits(cst.CSTTransformer):
         else:
             args.append(new)
         return call.with_changes(args=args)
+
+    def leave_BinaryOperation(self, original: cst.BinaryOperation,
+                              updated: cst.BinaryOperation) -> cst.BaseExpression:
+        """``h @ self.embed.weight.t()``: a readout through the matmul operator."""
+        if not isinstance(updated.operator, cst.MatrixMultiply):
+            return updated
+        first, last = self._lines(original)
+        for site in self.readouts:
+            if (first <= site.line <= last and not site.callee
+                    and self.classes[-1:] == [site.host_class]
+                    and any(_mentions(side, site.param_attr) for side in (updated.left, updated.right))):
+                self.done.add(site)
+                return _times(updated, cst.parse_expression(f"self.{site.attribute}"))
+        return updated
 
     # -- classes -----------------------------------------------------------------------------
     def visit_ClassDef(self, node: cst.ClassDef) -> None:
