@@ -136,8 +136,10 @@ def test_no_attention_edit_when_heads_grow_at_fixed_head_size(tmp_path: Path) ->
     ("F.linear(h, self.w, self.b)", "F.linear(h * self.mup_w_multiplier, self.w, self.b)"),
     ("h @ self.w.t() + self.b", "(h @ self.w.t()) * self.mup_w_multiplier + self.b"),
     ("torch.einsum('bnd,od->bno', h, self.w)", "torch.einsum('bnd,od->bno', h, self.w) * self.mup_w_multiplier"),
+    ("F.linear(h, self.w).float()", "(F.linear(h, self.w) * self.mup_w_multiplier).float()"),
     ("torch.mm(h.flatten(0, 1), self.w.t())", None),
-], ids=["functional", "functional-bias", "matmul", "einsum", "no-self-weight-argument"])
+], ids=["functional", "functional-bias", "matmul", "einsum", "method-on-result",
+        "no-self-weight-argument"])
 def test_functional_readouts(tmp_path: Path, readout: str, expected: str | None) -> None:
     src = NET.replace("        self.out = nn.Linear(width, 3)\n",
                       "        self.w = nn.Parameter(torch.randn(3, width) / width**0.5)\n"
@@ -160,12 +162,23 @@ def test_root_class_in_another_file_is_refused(tmp_path: Path) -> None:
         emit(path, WIDE, BASE)
 
 
-def test_explicit_softmax_attention_is_refused_with_its_line(tmp_path: Path) -> None:
-    src = NET.replace("        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)\n",
-                      "        y = (q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v\n")
-    with pytest.raises(EmitError, match="explicit softmax") as err:
-        _emit(tmp_path, src)
-    assert "net.py:15" in str(err.value)
+@pytest.mark.parametrize("logits, expected", [
+    ("(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5).softmax(-1) @ v",
+     "((q @ k.transpose(-2, -1)) * (MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5 / q.shape[-1] ** 0.5)"
+     ".softmax(-1) @ v"),
+    ("torch.matmul(q, k.transpose(-2, -1)).mul(q.shape[-1] ** -0.5).softmax(-1) @ v",
+     "(torch.matmul(q, k.transpose(-2, -1)) * (MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5)"
+     ".mul(q.shape[-1] ** -0.5).softmax(-1) @ v"),
+    ("torch.einsum('bhqd,bhkd->bhqk', q, k).div(8).softmax(-1) @ v",
+     "(torch.einsum('bhqd,bhkd->bhqk', q, k) * (MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5)"
+     ".div(8).softmax(-1) @ v"),
+], ids=["operator", "matmul", "einsum"])
+def test_explicit_softmax_attention_scales_the_logits(tmp_path: Path, logits: str,
+                                                      expected: str) -> None:
+    src = NET.replace("F.scaled_dot_product_attention(q, k, v)", logits)
+    (old, new), _readout = _changed(src, _emit(tmp_path, src))
+    assert (old, new) == (f"        y = {logits}  # (B, H, N, Dh)",
+                          f"        y = {expected}  # (B, H, N, Dh)")
 
 
 # -- the command line ----------------------------------------------------------------------

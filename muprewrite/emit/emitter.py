@@ -15,8 +15,9 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper
 from torch import nn
 
-from ..analysis.attention import HeadsConvention
+from ..analysis.attention import HeadsConvention, find_attention
 from ..analysis.report import ParamInfo, Report
+from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import canonical_names
 from ..cli.spec import build_model, load_module, parse_inputs
@@ -88,7 +89,10 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     plan = make_plan(report, cap.graph, rule, aliases)
     if progress:
         progress("locating the edits in the source")
-    sites = locate(model, user, path, plan, spans, aliases)
+    nodes = {n.name: n for n in cap.graph.nodes}
+    logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
+              if p.kind == "softmax" and p.logits is not None}
+    sites = locate(model, user, path, plan, spans, aliases, logits)
 
     entries = collapse({info.name: _entry(info, rule) for info in report})
     unused = [i.name for i in report if i.role == "unused"]
@@ -159,7 +163,7 @@ def _changes(root: str, report: Report, sites: Sites) -> list[str]:
         where = sorted({f"{s.host_class}.{s.callee or s.param_attr}" for s in sites.readouts})
         out.append(f"output multiplier at {', '.join(where)}")
     if sites.attention:
-        out.append("attention scale at line(s) "
+        out.append("attention logit scale at line(s) "
                    f"{', '.join(str(s.line) for s in sites.attention)}")
     out.append("added MUP_* constants, mup_init and mup_param_groups(model, lr, weight_decay)")
     return out

@@ -42,8 +42,12 @@ class ReadoutSite:
 
 @dataclass(frozen=True)
 class AttentionScaleSite:
+    """``kind="sdpa"``: set ``scale=`` of the SDPA call at ``line``; ``"logits"``: multiply
+    the q.k^T product at ``line`` (explicit softmax attention)."""
+
     line: int
     constant: str  # name of the base head size constant
+    kind: str = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -60,8 +64,10 @@ def split_source(source: str) -> tuple[str, int]:
 
 
 def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
-           spans: Mapping[str, tuple[int, int]], aliases: Mapping[str, tuple[str, ...]]) -> Sites:
-    """``spans``: top-level class name -> (first line, last line) in ``file``."""
+           spans: Mapping[str, tuple[int, int]], aliases: Mapping[str, tuple[str, ...]],
+           logits: Mapping[str, str]) -> Sites:
+    """``spans``: top-level class name -> (first line, last line) in ``file``; ``logits``:
+    explicit-softmax site -> source of its q.k^T product."""
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
     report = plan.report
@@ -90,36 +96,39 @@ def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
                 raise EmitError(f"two parameters with multipliers are both read out through "
                                 f"'{leaf}' in {host or 'the root module'}", where=use.source)
             taken[attribute] = name
-    attention, d_head = _attention_sites(report, plan, file)
+    attention, d_head = _attention_sites(report, plan, file, logits)
     return Sites(tuple(readouts.values()), attention, multipliers, d_head)
 
 
-def _attention_sites(report: Report, plan: Plan, file: Path
+def _attention_sites(report: Report, plan: Plan, file: Path, logits: Mapping[str, str]
                      ) -> tuple[tuple[AttentionScaleSite, ...], dict[str, int]]:
     edited = {edit.site for host in plan.hosts for edit in host.attention}
-    bases: dict[int, set[int]] = {}
+    bases: dict[tuple[int, str], set[int]] = {}
     for site in report.attention:
         if site.node not in edited:
             continue
-        if site.kind != "sdpa":
-            raise EmitError("attention written as an explicit softmax(q k^T) is not rewritten "
-                            "as source yet: its logits need the muP factor",
+        if site.kind == "sdpa":
+            line, kind = _line_in_file(site.source, file, "an attention scale"), "sdpa"
+        elif site.node in logits:
+            line = _line_in_file(logits[site.node], file, "an attention logit factor")
+            kind = "logits"
+        else:
+            raise EmitError("explicit softmax attention with no q.k^T product found",
                             where=site.source or site.node,
-                            fix="call F.scaled_dot_product_attention there, or use "
-                                "muprewrite.apply(model, ...) at runtime")
-        line = _line_in_file(site.source, file, "an attention scale")
+                            fix="use muprewrite.apply(model, ...) at runtime")
         assert site.d_head_base is not None  # make_plan checked it
-        bases.setdefault(line, set()).add(site.d_head_base)
-    for line, sizes in bases.items():
+        bases.setdefault((line, kind), set()).add(site.d_head_base)
+    for (line, _kind), sizes in bases.items():
         if len(sizes) > 1:
-            raise EmitError(f"the attention call at line {line} runs with base head sizes "
+            raise EmitError(f"the attention at line {line} runs with base head sizes "
                             f"{sorted(sizes)} in different modules; one constant cannot serve "
                             "both", where=f"{file}:{line}",
                             fix="use muprewrite.apply(model, ...) at runtime for this model")
     distinct = sorted({next(iter(s)) for s in bases.values()})
     names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
              for size in distinct}
-    sites = tuple(AttentionScaleSite(line, names[next(iter(s))]) for line, s in sorted(bases.items()))
+    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind)
+                  for (line, kind), s in sorted(bases.items()))
     return sites, {names[size]: size for size in distinct}
 
 

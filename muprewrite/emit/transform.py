@@ -51,6 +51,17 @@ def _callee_name(node: cst.BaseExpression) -> str:
     return node.value if isinstance(node, cst.Name) else ""
 
 
+_MULTIPLICATIVE = (cst.Multiply, cst.Divide, cst.FloorDivide, cst.Modulo, cst.MatrixMultiply)
+
+
+def _paren(node: cst.BaseExpression) -> cst.BaseExpression:
+    """Parenthesise a product we built where the parser would bind tighter than ``*``."""
+    if isinstance(node, cst.BinaryOperation) and not node.lpar and isinstance(
+            node.operator, _MULTIPLICATIVE):
+        return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return node
+
+
 def _times(value: cst.BaseExpression, factor: cst.BaseExpression) -> cst.BinaryOperation:
     if not isinstance(value, _SIMPLE) and not value.lpar:
         value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
@@ -74,18 +85,51 @@ class SourceEdits(cst.CSTTransformer):
         pos = self.get_metadata(PositionProvider, node)
         return pos.start.line, pos.end.line
 
+    # -- precedence: an unparenthesised product where Python needs parentheses is ours ---------
+    def leave_Attribute(self, original: cst.Attribute, updated: cst.Attribute) -> cst.Attribute:
+        return updated.with_changes(value=_paren(updated.value))
+
+    def leave_Subscript(self, original: cst.Subscript, updated: cst.Subscript) -> cst.Subscript:
+        return updated.with_changes(value=_paren(updated.value))
+
+    def leave_UnaryOperation(self, original: cst.UnaryOperation,
+                             updated: cst.UnaryOperation) -> cst.UnaryOperation:
+        return updated.with_changes(expression=_paren(updated.expression))
+
     # -- calls -------------------------------------------------------------------------------
     def leave_Call(self, original: cst.Call, updated: cst.Call) -> cst.BaseExpression:
+        updated = updated.with_changes(func=_paren(updated.func))
         first, last = self._lines(original)
         for site in self.readouts:
             if first <= site.line <= last and self._is_readout(updated, site):
                 self.done.add(site)
                 return self._scale_readout(updated, site)
-        if _callee_name(updated.func) == "scaled_dot_product_attention":
+        name = _callee_name(updated.func)
+        if name == "scaled_dot_product_attention":
             for asite in self.attention:
-                if first <= asite.line <= last:
+                if asite.kind == "sdpa" and first <= asite.line <= last:
                     self.done.add(asite)
                     return self._scale_attention(updated, asite)
+        if name in ("matmul", "bmm", "einsum"):  # q.k^T written as a call
+            at = 1 if name == "einsum" else 0
+            query = updated.args[at].value if len(updated.args) > at else None
+            return self._scale_logits(original, updated, query)
+        return updated
+
+    def _scale_logits(self, original: cst.BaseExpression, updated: cst.BaseExpression,
+                      query: cst.BaseExpression | None) -> cst.BaseExpression:
+        """Multiply the q.k^T product by sqrt(d_head_base / d_head), d_head read off q."""
+        first, last = self._lines(original)
+        for site in self.attention:
+            if site.kind != "logits" or site in self.done or not first <= site.line <= last:
+                continue
+            if not isinstance(query, (cst.Name, cst.Attribute, cst.Subscript)):
+                raise EmitError(f"line {site.line}: the query of q.k^T is not a plain name, so "
+                                "its head size cannot be read",
+                                fix="assign the query to a variable first: q = ...; q @ k.T")
+            d = f"{cst.Module([]).code_for_node(query)}.shape[-1]"
+            self.done.add(site)
+            return _times(updated, cst.parse_expression(f"({site.constant} / {d}) ** 0.5"))
         return updated
 
     def _is_readout(self, call: cst.Call, site: ReadoutSite) -> bool:
@@ -150,8 +194,15 @@ class SourceEdits(cst.CSTTransformer):
     def leave_BinaryOperation(self, original: cst.BinaryOperation,
                               updated: cst.BinaryOperation) -> cst.BaseExpression:
         """``h @ self.embed.weight.t()``: a readout through the matmul operator."""
+        if isinstance(updated.operator, cst.Power):
+            updated = updated.with_changes(left=_paren(updated.left), right=_paren(updated.right))
+        elif isinstance(updated.operator, _MULTIPLICATIVE):
+            updated = updated.with_changes(right=_paren(updated.right))
         if not isinstance(updated.operator, cst.MatrixMultiply):
             return updated
+        logits = self._scale_logits(original, updated, updated.left)
+        if logits is not updated:
+            return logits
         first, last = self._lines(original)
         for site in self.readouts:
             if (first <= site.line <= last and not site.callee
