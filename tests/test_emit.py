@@ -154,6 +154,20 @@ def test_functional_readouts(tmp_path: Path, readout: str, expected: str | None)
     assert pairs[-1] == (f"        return {readout}  # logits", f"        return {expected}  # logits")
 
 
+def test_a_change_inside_another_file_is_refused_with_its_location(tmp_path: Path) -> None:
+    """Attention computed in a module from another file (a library): an error names that
+    line and the way out, instead of a model silently missing the attention factor."""
+    (tmp_path / "lib.py").write_text(NET)
+    path = tmp_path / "user.py"
+    user = NET[NET.index("class Net"):].replace("class Net", "class UserNet")
+    path.write_text(NET[:NET.index("class Attn")] + "from lib import Attn\n\n\n" + user)
+    with pytest.raises(EmitError, match=r"an attention scale belongs at .*lib\.py:15, outside "
+                                        r"user\.py") as err:
+        emit(path, "UserNet(width=64, heads=2)", "UserNet(width=32, heads=2)")
+    assert "local subclass" in str(err.value)
+    assert path.read_text().startswith("import torch")  # untouched
+
+
 def test_root_class_in_another_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "lib.py").write_text(NET)
     path = tmp_path / "user.py"

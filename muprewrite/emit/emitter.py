@@ -127,7 +127,8 @@ def _entry(info: ParamInfo, rule: Rule) -> Entry | None:
         exps["multiplier"] = Exponents(
             -(row.init.m_in + row.multiplier.m_in),
             out.init.m_in + out.multiplier.m_in - (row.init.m_out + row.multiplier.m_out))
-    kept = tuple((q, float(e.m_in), float(e.m_out)) for q, e in exps.items() if e.m_in or e.m_out)
+    kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
+                 for q, e in exps.items() if e.m_in or e.m_out)
     return Entry(info.fan_in, info.fan_out, kept) if kept else None
 
 
