@@ -25,8 +25,8 @@ weight decay and init; the emitted file works at every width and needs no
 muprewrite at run time. What changes (every other line keeps its bytes):
   - a block after the imports: MUP_* constants, mup_init(), mup_param_groups();
   - the model's __init__ ends with mup_init(self) (init scale, multipliers);
-  - the output multiplier at the readout call, the attention scale at each
-    scaled_dot_product_attention call;
+  - the output multiplier at the readout call; the attention scale on each
+    scaled_dot_product_attention call (scale=) or explicit q @ k^T product;
   - a header comment naming the rule.
 Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
 
