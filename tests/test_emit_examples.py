@@ -130,3 +130,31 @@ def test_one_emitted_file_serves_every_width(tmp_path: Path) -> None:
                     a.normal_()
                     b.copy_(a)
         torch.testing.assert_close(model(*inputs), expected(*inputs), rtol=1e-5, atol=1e-6)
+
+
+def test_emitted_model_built_on_meta_gets_its_init_after_materialising(tmp_path: Path) -> None:
+    """Meta device: mup_init during construction only sets the multipliers; after
+    to_empty(), the model's own init and mup_init(model) again, every rescaled parameter has
+    the RMS the eager build has (both match the same base)."""
+    kwargs = dict(depth=2, hidden_size=128, num_heads=1)
+    emission = emit(ROOT / "examples" / "dit.py", _call("DiT", kwargs),
+                    "DiT(depth=2, hidden_size=64, num_heads=1)")
+    path = tmp_path / "dit_mup.py"
+    path.write_text(emission.source)
+    emitted = import_without_muprewrite(path)
+    torch.manual_seed(1)
+    eager = emitted.DiT(**kwargs)
+    with torch.device("meta"):
+        model = emitted.DiT(**kwargs)
+    assert model.final_layer.mup_linear_multiplier == 0.5
+    model.to_empty(device="cpu")
+    model.initialize_weights()
+    emitted.mup_init(model)
+    base = emitted.mup_base_model()
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        rms = float(p.detach().double().square().mean().sqrt())
+        assert torch.isfinite(p).all(), name
+        if p.shape != dict(base.named_parameters())[name].shape and rms:
+            # float32 values: the product p * factor rounds each element (~6e-8 relative)
+            assert rms == pytest.approx(float(q.detach().double().square().mean().sqrt()),
+                                        rel=1e-6), name
