@@ -21,7 +21,7 @@ from torch import nn
 
 from .analysis.attention import HeadsConvention
 from .analyzer import analyze_with_capture
-from .capture import canonical_names
+from .capture import aliases
 from .errors import MuprewriteError
 from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
@@ -63,7 +63,7 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
                                        progress=progress)
     if progress:
         progress(f"planning rule {rule.id!r}")
-    plan = make_plan(report, cap.graph, rule, _aliases(model))
+    plan = make_plan(report, cap.graph, rule, aliases(model))
     if init:
         targets = init_targets(model, base, plan)
         object.__setattr__(model, INIT_ATTR, targets)
@@ -76,14 +76,6 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
         compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule
         return compiled
     return model
-
-
-def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    """Canonical parameter name -> every name it has in the module tree."""
-    names: dict[str, list[str]] = {}
-    for alias, name in canonical_names(model).items():
-        names.setdefault(name, []).append(alias)
-    return {k: tuple(v) for k, v in names.items()}
 
 
 def rescale_init(model: nn.Module) -> dict[str, float]:

@@ -24,7 +24,7 @@ from torch import nn
 
 from .errors import CaptureError
 
-__all__ = ["Capture", "capture", "normalize_inputs", "canonical_names"]
+__all__ = ["Capture", "capture", "normalize_inputs", "canonical_names", "aliases"]
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,14 @@ def canonical_names(model: nn.Module) -> dict[str, str]:
         alias: by_id[id(p)]
         for alias, p in model.named_parameters(remove_duplicate=False)
     }
+
+
+def aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
+    """Canonical parameter name -> every name it has in the module tree."""
+    names: dict[str, list[str]] = {}
+    for alias, name in canonical_names(model).items():
+        names.setdefault(name, []).append(alias)
+    return {k: tuple(v) for k, v in names.items()}
 
 
 def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Capture:

@@ -60,12 +60,12 @@ On any error nothing is written.
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
              inputs_expr: str | None, heads: str, seed: int, output: str | None,
              show_diff: bool, in_place: bool, force: bool, check: bool) -> None:
-    from ..emit import emit, emitted_rule
+    from ..emit import emit
     from .main import _stage_printer
 
     path = Path(model_file)
     if check:
-        _check(path, emitted_rule)
+        _check(path)
         return
     if not model_expr or not base_expr:
         missing = "--model" if not model_expr else "--base"
@@ -100,7 +100,9 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
     click.echo(f"wrote {target}", err=True)
 
 
-def _check(path: Path, emitted_rule) -> None:  # type: ignore[no-untyped-def]
+def _check(path: Path) -> None:
+    from ..emit import emitted_rule
+
     try:
         text = path.read_text()
     except (OSError, UnicodeDecodeError) as exc:

@@ -10,6 +10,7 @@ exactly what ``muprewrite.apply`` does with the base it is given.
 from __future__ import annotations
 
 import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -71,19 +72,9 @@ def render_header(file: str, rule: str, title: str, changes: Sequence[str],
     text = (f'muP version of {file} (rule "{rule}": {title}; base width {base}). Changed: '
             + "; ".join(changes) + ". Regenerate from the original file to change the rule "
             "or the base.")
-    lines = _wrap(f"{MARKER} {text}", 92)
+    lines = textwrap.wrap(f"{MARKER} {text}", 90, break_long_words=False,
+                          break_on_hyphens=False)
     return [lines[0]] + [f"# {line}" for line in lines[1:]]
-
-
-def _wrap(text: str, width: int) -> list[str]:
-    lines, current = [], ""
-    for word in text.split():
-        if current and len(current) + 1 + len(word) > width - 2:
-            lines.append(current)
-            current = word
-        else:
-            current = f"{current} {word}" if current else word
-    return lines + [current]
 
 
 def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, Entry],

@@ -13,16 +13,15 @@ from pathlib import Path
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper
-from torch import nn
 
 from ..analysis.attention import HeadsConvention, find_attention
 from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
-from ..capture import canonical_names
+from ..capture import aliases
 from ..cli.spec import build_model, load_module, parse_inputs
 from ..errors import InputSpecError
-from ..rewrite.plan import make_plan
+from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
 from .block import MARKER, Entry, collapse, render_block, render_header
 from .sites import EmitError, Sites, locate
@@ -85,14 +84,14 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
         raise InputSpecError(f"{root.__name__} has no example_inputs() method",
                              fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
-    aliases = _aliases(model)
-    plan = make_plan(report, cap.graph, rule, aliases)
+    names = aliases(model)
+    plan = make_plan(report, cap.graph, rule, names)
     if progress:
         progress("locating the edits in the source")
     nodes = {n.name: n for n in cap.graph.nodes}
     logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
               if p.kind == "softmax" and p.logits is not None}
-    sites = locate(model, user, path, plan, spans, aliases, logits)
+    sites = locate(model, user, path, plan, spans, names, logits)
 
     entries = collapse({info.name: _entry(info, rule) for info in report})
     unused = [i.name for i in report if i.role == "unused"]
@@ -122,21 +121,11 @@ def _entry(info: ParamInfo, rule: Rule) -> Entry | None:
         return None
     row = rule.scaling(info.role, info.kind)
     exps: dict[str, Exponents] = {q: getattr(row, q) for q in _QUANTITIES}
-    if info.tied:  # its readout use scales as an output weight's (see param_factors)
-        out = rule.scaling("output", "weight")
-        exps["multiplier"] = Exponents(
-            -(row.init.m_in + row.multiplier.m_in),
-            out.init.m_in + out.multiplier.m_in - (row.init.m_out + row.multiplier.m_out))
+    if info.tied:  # its readout use scales as an output weight's
+        exps["multiplier"] = tied_multiplier(rule, row)
     kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
                  for q, e in exps.items() if e.m_in or e.m_out)
     return Entry(info.fan_in, info.fan_out, kept) if kept else None
-
-
-def _aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
-    names: dict[str, list[str]] = {}
-    for alias, name in canonical_names(model).items():
-        names.setdefault(name, []).append(alias)
-    return {k: tuple(v) for k, v in names.items()}
 
 
 def _imports(module: cst.Module, name: str) -> bool:

@@ -18,7 +18,7 @@ from torch import nn
 
 from ..analysis.report import Report
 from ..errors import MuprewriteError
-from ..rewrite.plan import Plan
+from ..rewrite.plan import Plan, multiplied_uses
 
 __all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "locate", "split_source"]
 
@@ -70,33 +70,26 @@ def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
     explicit-softmax site -> source of its q.k^T product."""
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
-    report = plan.report
-    for name, factors in plan.params.items():
-        if factors.multiplier == 1.0:
-            continue
-        info = report[name]
-        for use in info.uses:
-            if info.tied and use.slot == "embedding":
-                continue
-            line = _line_in_file(use.source, file, f"the forward multiplier of {name!r}")
-            host, cls = _host(model, user, spans, use.module, line, use.source, name)
-            callee = use.module[len(host) + 1:] if host else use.module
-            param_attr = ""
-            if use.module == host:
-                callee = ""
-                param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
-            leaf = callee.rpartition(".")[2] if callee else param_attr.replace(".", "_")
-            attribute = f"mup_{leaf}_multiplier"
-            scale_input = not isinstance(model.get_submodule(use.module),
-                                         (nn.Embedding, nn.EmbeddingBag))
-            site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input)
-            readouts.setdefault((line, cls, callee, param_attr), site)
-            taken = multipliers.setdefault(host, {})
-            if taken.get(attribute, name) != name:
-                raise EmitError(f"two parameters with multipliers are both read out through "
-                                f"'{leaf}' in {host or 'the root module'}", where=use.source)
-            taken[attribute] = name
-    attention, d_head = _attention_sites(report, plan, file, logits)
+    for name, use in multiplied_uses(plan.report, plan.params):
+        line = _line_in_file(use.source, file, f"the forward multiplier of {name!r}")
+        host, cls = _host(model, user, spans, use.module, line, use.source, name)
+        callee = use.module[len(host) + 1:] if host else use.module
+        param_attr = ""
+        if use.module == host:
+            callee = ""
+            param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
+        leaf = callee.rpartition(".")[2] if callee else param_attr.replace(".", "_")
+        attribute = f"mup_{leaf}_multiplier"
+        scale_input = not isinstance(model.get_submodule(use.module),
+                                     (nn.Embedding, nn.EmbeddingBag))
+        site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input)
+        readouts.setdefault((line, cls, callee, param_attr), site)
+        taken = multipliers.setdefault(host, {})
+        if taken.get(attribute, name) != name:
+            raise EmitError(f"two parameters with multipliers are both read out through "
+                            f"'{leaf}' in {host or 'the root module'}", where=use.source)
+        taken[attribute] = name
+    attention, d_head = _attention_sites(plan.report, plan, file, logits)
     return Sites(tuple(readouts.values()), attention, multipliers, d_head)
 
 

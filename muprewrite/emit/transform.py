@@ -262,6 +262,8 @@ def _is_docstring(stmt: cst.BaseStatement) -> bool:
 
 
 class _Returns(cst.CSTVisitor):
+    """Finds a return statement, not counting those of nested functions."""
+
     def __init__(self) -> None:
         self.found = False
 
@@ -269,15 +271,12 @@ class _Returns(cst.CSTVisitor):
         self.found = True
 
     def visit_FunctionDef(self, node: cst.FunctionDef) -> bool:
-        return not self.found and node is self.top  # nested functions may return
-
-    top: cst.FunctionDef | None = None
+        return False  # a nested function may return
 
 
 def _returns_early(fn: cst.FunctionDef) -> bool:
     finder = _Returns()
-    finder.top = fn
-    fn.visit(finder)
+    fn.body.visit(finder)
     return finder.found
 
 

@@ -10,7 +10,7 @@ among calls of the same family within one call of that module.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Literal
@@ -19,11 +19,12 @@ from torch import fx
 
 from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPattern, find_attention
 from ..analysis.report import ParamInfo, Report
+from ..analysis.uses import Use
 from ..dims.registry import op_name
-from ..rules import Rule, RuleError, Scaling
+from ..rules import Exponents, Rule, RuleError, Scaling
 
 __all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_factors",
-           "make_plan", "FAMILIES"]
+           "tied_multiplier", "multiplied_uses", "make_plan", "FAMILIES"]
 
 Family = Literal["sdpa", "softmax", "matmul"]
 
@@ -95,9 +96,15 @@ def _m(info: ParamInfo) -> tuple[float, float]:
     return (info.m_in or 1.0), (info.m_out or 1.0)
 
 
-def _effective(row: Scaling, m_in: float, m_out: float) -> float:
-    """Scale of a weight's contribution to the forward pass: init x multiplier."""
-    return row.init.factor(m_in, m_out) * row.multiplier.factor(m_in, m_out)
+def tied_multiplier(rule: Rule, row: Scaling) -> Exponents:
+    """Exponents of a tied embedding/readout weight's multiplier at its readout uses.
+
+    Its readout contribution (init x multiplier) must scale as an output weight's at the
+    readout's fan-in, which is the embedding's m_out: output(m_out, 1) / row(m_in, m_out).
+    """
+    out = rule.scaling("output", "weight")
+    return Exponents(-(row.init.m_in + row.multiplier.m_in),
+                     out.init.m_in + out.multiplier.m_in - (row.init.m_out + row.multiplier.m_out))
 
 
 def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
@@ -116,8 +123,7 @@ def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
         row = rule.scaling(info.role, info.kind)
         multiplier = row.multiplier.factor(m_in, m_out)
         if info.tied:
-            readout = rule.scaling("output", "weight")
-            multiplier = _effective(readout, m_out, 1.0) / _effective(row, m_in, m_out)
+            multiplier = tied_multiplier(rule, row).factor(m_in, m_out)
         elif multiplier != 1.0 and info.kind not in ("weight", "embedding"):
             raise RuleError(f"rule {rule.id!r} gives the {info.kind} parameter {info.name!r} "
                             f"a forward multiplier; only weights and embeddings can take one",
@@ -134,18 +140,12 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
     """``aliases``: canonical parameter name -> every name it has in the module tree."""
     params = param_factors(report, rule)
     hosts: dict[str, tuple[list[UseEdit], list[AttentionEdit]]] = {}
-    for name, plan in params.items():
-        if plan.multiplier == 1.0:
-            continue
-        info = report[name]
-        for use in info.uses:
-            if info.tied and use.slot == "embedding":
-                continue
-            host, rel = _host_of(use.module, aliases.get(name, (name,)))
-            edits = hosts.setdefault(host, ([], []))[0]
-            edit = UseEdit(rel, name, plan.multiplier, skip_gather=info.tied)
-            if edit not in edits:
-                edits.append(edit)
+    for name, use in multiplied_uses(report, params):
+        host, rel = _host_of(use.module, aliases.get(name, (name,)))
+        edits = hosts.setdefault(host, ([], []))[0]
+        edit = UseEdit(rel, name, params[name].multiplier, skip_gather=report[name].tied)
+        if edit not in edits:
+            edits.append(edit)
     nodes = {n.name: n for n in graph.nodes}
     sites = {s.node: s for s in report.attention}
     for pattern in find_attention(graph):
@@ -163,6 +163,19 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
             AttentionEdit(pattern.node, site.source, family, ordinal, factor))
     return Plan(rule.id, report, MappingProxyType(params),
                 tuple(HostEdit(h, tuple(u), tuple(a)) for h, (u, a) in hosts.items()))
+
+
+def multiplied_uses(report: Report, params: Mapping[str, ParamPlan]
+                    ) -> Iterator[tuple[str, Use]]:
+    """(parameter, use) for every use that takes a forward multiplier: all uses of a
+    parameter whose multiplier is not 1, except a tied weight's embedding lookups."""
+    for name, plan in params.items():
+        if plan.multiplier == 1.0:
+            continue
+        info = report[name]
+        for use in info.uses:
+            if not (info.tied and use.slot == "embedding"):
+                yield name, use
 
 
 def _logit_call(pattern: AttentionPattern) -> tuple[Family, str]:
