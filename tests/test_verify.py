@@ -13,7 +13,7 @@ from torch import nn
 
 import muprewrite
 from muprewrite.cli.main import cli
-from muprewrite.cli.spec import parse_call
+from muprewrite.spec import parse_call
 from muprewrite.errors import ModelSpecError
 from muprewrite.verify import coord_check, lr_sweep
 from muprewrite.verify.coordcheck import slope

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from ..errors import InputSpecError, ModelSpecError, MuprewriteError
-from .spec import build_model, load_module, parse_inputs
+from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["coord_check_cmd"]
 

@@ -9,7 +9,7 @@ from collections.abc import Callable
 import click
 
 from ..errors import InputSpecError, ModelSpecError, MuprewriteError
-from .spec import build_model, load_module, parse_inputs
+from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["main", "cli"]
 

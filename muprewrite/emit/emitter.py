@@ -19,7 +19,7 @@ from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
-from ..cli.spec import build_model, load_module, parse_inputs
+from ..spec import build_model, load_module, parse_inputs
 from ..errors import InputSpecError
 from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
