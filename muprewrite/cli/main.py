@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
+from types import FrameType
 
 import click
 
-from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+from ..errors import InputSpecError, MuprewriteError
 from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["main", "cli"]
@@ -16,8 +19,9 @@ __all__ = ["main", "cli"]
 _ANALYZE_HELP = """Print the muP role of every parameter of a model defined in MODEL_FILE.
 
 \b
-The model is built on the meta device (no memory is allocated) from --model, a
-constructor call with literal arguments, evaluated without eval():
+MODEL_FILE is imported, as Python runs it (its top-level code runs; its prints go to
+stderr). The model is built on the meta device (no memory is allocated) from --model,
+a spec in the grammar of `muprewrite --help` (parsed, never evaluated):
   muprewrite analyze examples/dit.py --model "DiT(depth=4, hidden_size=256, num_heads=4)"
 
 \b
@@ -51,6 +55,24 @@ def cli() -> None:
     \b
     muprewrite model.py --model "DiT(...)" --base "DiT(...)" -o model_mup.py
         writes the muP version of your model file (same as `muprewrite emit ...`).
+
+    \b
+    MODEL_FILE is imported as Python runs it: its top-level code runs, with stdout
+    sent to stderr and sys.argv = [MODEL_FILE]; a file inside a package (folder with
+    __init__.py) is imported as a module of its package, so relative imports work.
+
+    \b
+    Specs (--model, --base, --inputs, coord-check templates) are parsed, never
+    evaluated. A spec is a call of a class or function that MODEL_FILE defines or
+    imports from your project (files under its folder, or above its package):
+      "GPT(GPTConfig(n_embd=256, n_head=256 // 64), dropout=0.0)"
+    Arguments are literals (numbers, strings, tuples, lists, dicts, True/False/None),
+    nested calls of the same, and + - * / // % ** on numbers; integers stay within
+    +-2**63 and floats finite. No attribute access into libraries, no *args/**kwargs,
+    no keyword twice. --inputs uses tensor specs: "float(2, 8), t=int(2, high=1000)".
+
+    \b
+    Exit status: 0 done, 1 error (one "Error:" line with a fix), 130 interrupted.
     """
 
 
@@ -64,28 +86,29 @@ def cli() -> None:
               help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               help="Without --base: grow = more heads at fixed d_head; fixed = d_head grows.")
+@click.option("--device", type=click.Choice(["meta", "cpu"]), default="meta", show_default=True,
+              help="Where to build the model: meta allocates nothing; cpu for constructors that "
+                   "need real values (.item() in __init__).")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="List every parameter (default: merge rows that differ only in a layer index).")
 def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: str | None,
-                heads: str, as_json: bool, show_all: bool) -> None:
+                heads: str, device: str, as_json: bool, show_all: bool) -> None:
     from ..analyzer import analyze
 
     try:
         module = load_module(model_file)
-        model = build_model(module, model_expr, "--model")
-        base = build_model(module, base_expr, "--base") if base_expr else None
-        inputs = parse_inputs(inputs_expr) if inputs_expr else None
+        model = build_model(module, model_expr, "--model", device=device)
+        base = build_model(module, base_expr, "--base", device=device) if base_expr else None
+        inputs = parse_inputs(inputs_expr, device=device) if inputs_expr else None
         if inputs is None and not callable(getattr(model, "example_inputs", None)):
             raise InputSpecError(
                 f"{type(model).__name__} has no example_inputs() method",
                 fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
         report = analyze(model, inputs, base=base, heads=heads,  # type: ignore[arg-type]
                          progress=_stage_printer())
-    except (ModelSpecError, InputSpecError) as exc:
-        raise click.ClickException(exc.one_line()) from None
     except MuprewriteError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(exc.one_line()) from None
     click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
 
 
@@ -110,8 +133,37 @@ def _stage_printer() -> Callable[[str], None] | None:
     return say
 
 
-def main() -> None:
+class Terminated(BaseException):
+    """SIGTERM, raised where the program stands so that ``finally`` blocks clean up."""
+
+
+def _on_sigterm(signum: int, frame: FrameType | None) -> None:
+    raise Terminated
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI: exit 0 on success, 1 with one ``Error:`` line, 130 on Ctrl-C, 143 on SIGTERM.
+
+    Temporary files are removed on every way out (writes clean up in ``finally``).
+    """
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        cli(prog_name="muprewrite")
-    except KeyboardInterrupt:
+        code = cli.main(args=argv, prog_name="muprewrite", standalone_mode=False)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        click.echo("Interrupted; nothing was left half-written.", err=True)
         sys.exit(130)
+    except Terminated:
+        sys.exit(143)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except MuprewriteError as exc:
+        click.echo(f"Error: {exc.one_line()}", err=True)
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - a bug of ours: one line, traceback on request
+        if os.environ.get("MUPREWRITE_TRACEBACK"):
+            raise
+        click.echo(f"Error: internal error: {type(exc).__name__}: {exc}; fix: please report it "
+                   "(MUPREWRITE_TRACEBACK=1 shows the traceback)", err=True)
+        sys.exit(1)
+    sys.exit(code if isinstance(code, int) else 0)

@@ -1,0 +1,231 @@
+"""Hostile and careless input through the real CLI, in subprocesses.
+
+Every case runs ``muprewrite`` in a fresh folder holding a small model file, a sentinel file
+and whatever the case adds, then checks: the exit status; on failure exactly one ``Error:``
+line, with a fix, and no traceback; and a byte/mode/inode snapshot of the folder identical
+before and after (or changed exactly as the case asks). A spec that ran code would delete
+the sentinel or create ``pwned``.
+
+The cases run concurrently (each is a separate process importing torch), once per session.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+CLI = str(Path(sys.executable).with_name("muprewrite"))
+
+NET = '''"""A small MLP-like model for hostile-input tests."""
+
+import os  # noqa: F401 - a spec must not reach it
+
+import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width: int = 32, depth: int = 2, fail: bool = False) -> None:
+        super().__init__()
+        if fail:
+            raise RuntimeError("the constructor failed on purpose")  # FAIL-LINE
+        self.inp = nn.Linear(8, width)
+        self.hidden = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hidden(torch.relu(self.inp(x)))))
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(2, 8, device=self.inp.weight.device),)
+
+
+def make_net(width: int = 32) -> Net:
+    return Net(width=width)
+
+
+def not_a_model(width: int = 32) -> int:
+    return width
+'''
+
+ITEM = NET + '''
+
+class Dropped(Net):
+    """Drop-path rates from linspace, as timm-style models do: needs real values."""
+
+    def __init__(self, width: int = 32, depth: int = 2) -> None:
+        super().__init__(width, depth)
+        self.rates = [r.item() for r in torch.linspace(0, 0.1, depth)]  # ITEM-LINE
+'''
+
+ARGPARSE = '''import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--data", required=True)
+args = parser.parse_args()  # ARGV-LINE
+''' + NET
+
+ARGPARSE_OPTIONAL = '''import argparse
+parser = argparse.ArgumentParser()
+parser.add_argument("--lr", type=float, default=1e-3)
+args = parser.parse_args()
+''' + NET
+
+
+@dataclass(frozen=True)
+class Case:
+    id: str
+    argv: tuple[str, ...]
+    error: str = ""  # regex on the single Error: line; "" means success expected
+    files: dict[str, str] = field(default_factory=dict)  # written before the run
+    model: str = NET
+    changes: frozenset[str] = frozenset()  # files the command may create or change
+
+
+def analyze(*args: str, **kw) -> tuple[str, ...]:  # noqa: ANN003
+    return ("analyze", "model.py", *args)
+
+
+M = ("--model", "Net(width=64)")
+CASES = [
+    # --- a spec never runs code --------------------------------------------------------
+    Case("os-remove", analyze("--model", "torch.os.remove('model.py')"),
+         r"'torch\.os\.remove' is not a class or function of your project"),
+    Case("exec", analyze("--model", "torch.builtins.exec(\"open('pwned', 'w')\")"),
+         r"is not a class or function of your project"),
+    Case("module-os", analyze("--model", "os.system('touch pwned')"),
+         r"'os\.system' is not a class or function of your project"),
+    Case("dunder-import", analyze("--model", "__import__('os').system('touch pwned')"),
+         r"is not a call|callee"),
+    Case("import-in-arg", analyze("--model", "Net(width=__import__('os').getpid())"),
+         r"callee|not a class"),
+    Case("globals-chain", analyze("--model", "Net.__init__.__globals__.get('os')"),
+         r"not a class or function of your project"),
+    Case("library-class", analyze("--model", "nn.Linear(8, 8)"),
+         r"'nn\.Linear' is not a class or function of your project"),
+    Case("inputs-code", analyze(*M, "--inputs", "float(2, 8), x=os.system('touch pwned')"),
+         r"os\.system\(\.\.\.\) is not a tensor spec"),
+    # --- specs that would never finish, or mean something else ------------------------
+    Case("tower", analyze("--model", "Net(width=((((9**64)**64)**64)**64)**64)"),
+         r"would exceed 2\*\*63"),
+    Case("big-power", analyze("--model", "Net(width=10**64)"), r"would exceed 2\*\*63"),
+    Case("float-overflow", analyze("--model", "Net(width=1e300**2)"), r"out of range"),
+    Case("splat", analyze("--model", "Net(**{'width': 7})"), r"splats are not supported"),
+    Case("duplicate-kw", analyze("--model", "Net(width=8, width=16)"), r"'width' is given twice"),
+    Case("zero-width", analyze("--model", "Net(width=0)"), r"zero-size parameters"),
+    Case("not-a-module", analyze("--model", "not_a_model(width=8)"),
+         r"returned a int, not an nn\.Module"),
+    Case("factory", analyze("--model", "make_net(width=16)", "--json")),
+    Case("unknown-name", analyze("--model", "Nett(width=8)"), r"Nett is not defined in .*model\.py"),
+    Case("no-parse", analyze("--model", "Net(width=8"), r"does not parse"),
+    # --- inputs ------------------------------------------------------------------------
+    Case("negative-size", analyze(*M, "--inputs", "float(-2, 8)"), r"sizes must be integers >= 1"),
+    Case("fractional-size", analyze(*M, "--inputs", "float(2.5, 8)"), r"integers >= 1"),
+    Case("zero-range", analyze(*M, "--inputs", "int(2, high=0)"), r"high must be an integer >= 1"),
+    Case("huge-input", analyze(*M, "--inputs", "float(2**30, 2**30)"), r"elements \(at most"),
+    Case("unknown-option", analyze(*M, "--inputs", "float(2, 8, low=3)"), r"unknown option 'low'"),
+    # --- importing the user's file -----------------------------------------------------
+    Case("print-at-import", analyze(*M, "--json"), model='print("hello from import")\n' + NET),
+    Case("exit-at-import", analyze(*M), r"calls sys\.exit\(0\) when imported",
+         model="import sys\nsys.exit(0)\n" + NET),
+    Case("argparse-at-import", analyze(*M), r"parses the command line when imported",
+         model=ARGPARSE),
+    Case("argparse-optional", analyze(*M, "--json"), model=ARGPARSE_OPTIONAL),
+    Case("missing-module", analyze(*M), r"No module named 'not_a_module_xyz'.*install",
+         model="import not_a_module_xyz\n" + NET),
+    Case("raise-at-import", analyze(*M), r"raised ValueError: boom.*model\.py:1",
+         model="raise ValueError('boom')\n" + NET),
+    Case("syntax-error", analyze(*M), r"model\.py:1: syntax error", model="def (:\n" + NET),
+    Case("constructor-raises", analyze("--model", "Net(fail=True)"),
+         r"raised RuntimeError: the constructor failed on purpose.*model\.py:\d+"),
+    Case("item-on-meta", analyze("--model", "Dropped(width=16)"), r"--device cpu", model=ITEM),
+    Case("item-on-cpu", analyze("--model", "Dropped(width=16)", "--device", "cpu", "--json"),
+         model=ITEM),
+    Case("not-python", ("analyze", "notes.txt", *M), r"not a Python source file",
+         files={"notes.txt": "hello"}),
+    Case("missing-file", ("analyze", "nope.py", *M), r"no such file"),
+    # --- numbers that reach emitted code ------------------------------------------------
+    Case("seed-huge", ("model.py", *M, "--base", "Net(width=32)", "--seed", str(2**70)),
+         r"seed|range"),
+]
+
+
+def _snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
+    out = {}
+    for p in sorted(folder.rglob("*")):
+        if "__pycache__" in p.parts or p.is_dir():
+            continue
+        st = p.lstat()
+        out[str(p.relative_to(folder))] = (p.read_bytes() if not p.is_symlink() else
+                                           os.readlink(p).encode(), st.st_mode, st.st_ino)
+    return out
+
+
+@dataclass
+class Outcome:
+    code: int
+    stdout: str
+    stderr: str
+    before: dict
+    after: dict
+
+
+def _run(case: Case, root: Path) -> Outcome:
+    folder = root / case.id
+    folder.mkdir()
+    (folder / "model.py").write_text(case.model)
+    (folder / "sentinel.txt").write_text("still here\n")
+    for name, text in case.files.items():
+        (folder / name).write_text(text)
+    before = _snapshot(folder)
+    env = {k: v for k, v in os.environ.items() if k != "MUPREWRITE_TRACEBACK"}
+    proc = subprocess.run([CLI, *case.argv], cwd=folder, capture_output=True, text=True,
+                          timeout=300, env=env, stdin=subprocess.DEVNULL)
+    return Outcome(proc.returncode, proc.stdout, proc.stderr, before, _snapshot(folder))
+
+
+@pytest.fixture(scope="module")
+def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
+    root = tmp_path_factory.mktemp("hostile")
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures = {c.id: pool.submit(_run, c, root) for c in CASES}
+        return {k: f.result() for k, f in futures.items()}
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
+def test_cli_case(case: Case, outcomes: dict[str, Outcome]) -> None:
+    out = outcomes[case.id]
+    both = out.stdout + out.stderr
+    assert "Traceback" not in both, both
+    assert "sentinel.txt" in out.after and not any("pwned" in k for k in out.after)
+    changed = {k for k in set(out.before) | set(out.after) if out.before.get(k) != out.after.get(k)}
+    assert changed <= case.changes, f"changed: {changed}"
+    if not case.error:
+        assert out.code == 0, both
+        if "--json" in case.argv:
+            json.loads(out.stdout)  # stdout stays valid JSON
+        return
+    assert out.code == 1, both
+    errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
+    assert len(errors) == 1, out.stderr
+    assert "fix:" in errors[0], errors[0]
+    assert re.search(case.error, errors[0]), errors[0]
+
+
+def test_constructor_error_names_the_line(outcomes: dict[str, Outcome]) -> None:
+    line = NET.splitlines().index(next(s for s in NET.splitlines() if "FAIL-LINE" in s)) + 1
+    assert f"model.py:{line}:" in outcomes["constructor-raises"].stderr
+
+
+def test_print_at_import_goes_to_stderr(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["print-at-import"]
+    assert "hello from import" in out.stderr and "hello" not in out.stdout
