@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+from ..files import check_distinct, check_output, write_file
 from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["coord_check_cmd"]
@@ -32,7 +33,9 @@ nothing should be flagged; under sp (the standard parametrization) the output is
 
 \b
 Writes a PNG (one row per rule, one panel per step, one line per module) and a JSON
-file with every number. Existing files are not overwritten without --force.
+file with every number. Existing files are not overwritten without --force; both outputs
+are checked before anything is computed (they must be writable, distinct, and neither
+MODEL_FILE nor a rule file).
 """
 
 
@@ -72,14 +75,11 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
                     json_path: str | None, force: bool, show_all: bool) -> None:
     from ..rules import load_rule
     from ..verify import coord_check
-    from ..verify.plots import plot_coord_checks
+    from ..verify.plots import coord_checks_image, image_format
 
     png = Path(out)
     data = Path(json_path) if json_path else png.with_suffix(".json")
-    for path in (png, data):
-        if path.exists() and not force:
-            raise click.ClickException(f"{path} exists; pass --force to overwrite it, or -o "
-                                       "another name")
+    _check_outputs(model_file, rules, png, data, force)
     if "{width}" not in template:
         raise click.BadParameter('the template needs {width}, e.g. "DiT(hidden_size={width})"',
                                  param_hint="--model")
@@ -120,6 +120,31 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
             for name in check.rms:
                 click.echo(f"  {name or '<output>'}: slope {check.slope(name):+.2f}")
     title = f"{Path(model_file).name}: {template}, {steps} Adam steps, lr {lr:g}"
-    plot_coord_checks(checks, png, title=title)
-    data.write_text(json.dumps({c.rule: c.to_dict() for c in checks}, indent=1))
+    try:
+        image = coord_checks_image(checks, title=title, fmt=image_format(png))
+        write_file(png, image, force=force)
+        write_file(data, json.dumps({c.rule: c.to_dict() for c in checks}, indent=1).encode(),
+                   force=force)
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None
     click.echo(f"wrote {png} and {data}")
+
+
+def _check_outputs(model_file: str, rules: tuple[str, ...], png: Path, data: Path,
+                   force: bool) -> None:
+    """Refuse, before any compute, outputs that clash with an input or each other, cannot be
+    written, or name an image format matplotlib lacks."""
+    from ..verify.plots import image_format
+
+    inputs = [("MODEL_FILE", Path(model_file))] + [
+        ("--rule", Path(rule)) for rule in rules if rule.endswith(".toml")]
+    try:
+        check_distinct([("-o", png), ("--json", data)], inputs)
+        check_output(png, force=force, option="-o")
+        check_output(data, force=force, option="--json")
+        image_format(png)
+    except ImportError:
+        raise click.ClickException("coord-check draws its figure with matplotlib, which is not "
+                                   "installed; fix: pip install matplotlib") from None
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None

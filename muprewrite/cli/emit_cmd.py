@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import difflib
 import os
-import tempfile
 from pathlib import Path
 
 import click
 
-from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+from ..errors import MuprewriteError
+from ..files import check_distinct, check_output, read_source, split_lines, write_file
 
 __all__ = ["emit_cmd"]
 
@@ -34,7 +34,9 @@ Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
 Output: -o FILE, default MODEL_FILE's name with _mup (an existing file is kept
 unless --force); --diff prints a unified diff instead; --in-place rewrites
 MODEL_FILE itself. --check exits 1 unless MODEL_FILE is already muP (for CI).
-On any error nothing is written.
+The output keeps MODEL_FILE's encoding, BOM and line endings; a symlink is written
+through, an existing file keeps its mode, a read-only one needs --force. On any
+error nothing is written.
 """
 
 
@@ -75,38 +77,54 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
         raise click.UsageError("--in-place writes MODEL_FILE itself; leave -o out")
     target = path if in_place else Path(output) if output else path.with_name(
         f"{path.stem}_mup{path.suffix}")
-    if not show_diff and not in_place:
-        if target.resolve() == path.resolve():
-            raise click.UsageError("the output is MODEL_FILE itself: pass --in-place to "
-                                   "overwrite it, or another -o")
-        if target.exists() and not force:
-            raise click.ClickException(f"{target} exists; pass --force to overwrite it, or "
-                                       "another -o")
+    if not show_diff:
+        _check_target(path, target, rule, in_place=in_place, force=force)
     try:
         emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
                         seed=seed, heads=heads, progress=_stage_printer())  # type: ignore[arg-type]
-    except (ModelSpecError, InputSpecError) as exc:
-        raise click.ClickException(exc.one_line()) from None
     except MuprewriteError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(exc.one_line()) from None
     if show_diff:
-        before = path.read_text().splitlines(keepends=True)
-        after = emission.source.splitlines(keepends=True)
-        click.echo("".join(difflib.unified_diff(before, after, str(path), str(target))), nl=False)
+        click.echo(_diff(emission.original, emission.source, str(path), str(target)), nl=False)
         return
-    _write(target, emission.source)
+    try:
+        write_file(target, emission.data, force=force)
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None
     for change in emission.changes:
         click.echo(f"  - {change}", err=True)
     click.echo(f"wrote {target}", err=True)
+
+
+def _check_target(path: Path, target: Path, rule: str, *, in_place: bool, force: bool) -> None:
+    """Refuse, before any analysis, an output that is an input or cannot be written."""
+    if not in_place and os.path.realpath(target) == os.path.realpath(path):
+        raise click.UsageError("the output is MODEL_FILE itself: pass --in-place to "
+                               "overwrite it, or another -o")
+    inputs = [] if in_place else [("MODEL_FILE", path)]
+    if rule.endswith(".toml"):
+        inputs.append(("--rule", Path(rule)))
+    try:
+        check_distinct([("-o", target)], inputs)
+        check_output(target, force=force, may_exist=in_place)
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None
+
+
+def _diff(before: str, after: str, old_name: str, new_name: str) -> str:
+    """A unified diff of the decoded texts; a changed line ending is a changed line."""
+    lines = difflib.unified_diff(split_lines(before), split_lines(after), old_name, new_name)
+    return "".join(line if line.endswith(("\n", "\r")) else
+                   f"{line}\n\\ No newline at end of file\n" for line in lines)
 
 
 def _check(path: Path) -> None:
     from ..emit import emitted_rule
 
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise click.ClickException(f"cannot read {path}: {exc}") from None
+        text = read_source(path).text
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None
     rule = emitted_rule(text)
     if rule is None:
         click.echo(f"{path}: not muP (no muprewrite header); run "
@@ -117,20 +135,3 @@ def _check(path: Path) -> None:
                    "is gone; regenerate it from the original file", err=True)
         raise SystemExit(1)
     click.echo(f"{path}: muP (rule {rule!r})")
-
-
-def _write(target: Path, text: str) -> None:
-    """Write via a temporary file in the same folder, so a failure leaves ``target`` as it was."""
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", dir=target.parent or ".")
-    except OSError as exc:
-        raise click.ClickException(f"cannot write {target}: {exc.strerror}") from None
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
-        os.replace(tmp, target)
-    except OSError as exc:
-        Path(tmp).unlink(missing_ok=True)
-        raise click.ClickException(f"cannot write {target}: {exc.strerror}") from None

@@ -21,6 +21,7 @@ from ..analyzer import analyze_with_capture
 from ..capture import aliases
 from ..spec import build_model, load_module, parse_inputs
 from ..errors import InputSpecError
+from ..files import SourceError, SourceText, read_source, split_lines
 from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
 from .block import MARKER, Entry, collapse, render_block, render_header
@@ -34,8 +35,15 @@ _QUANTITIES = ("init", "multiplier", "lr", "eps", "weight_decay")
 
 @dataclass(frozen=True)
 class Emission:
-    source: str  # the new file's text
+    source: str  # the new file's text, line endings as in the input
     changes: tuple[str, ...]  # one line per kind of change, for people
+    original: str = ""  # the input's text, decoded as ``source`` is (for diffs)
+    encoding: str = "utf-8"  # the input's encoding ("utf-8-sig": it starts with a BOM)
+
+    @property
+    def data(self) -> bytes:
+        """The new file's bytes: the input's encoding, BOM and line endings."""
+        return self.source.encode(self.encoding)
 
 
 def is_emitted(text: str) -> bool:
@@ -55,13 +63,16 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
          progress: Callable[[str], None] | None = None) -> Emission:
     """The text of ``path`` rewritten into ``rule`` for the model ``model_expr``.
 
-    Raises EmitError (or another MuprewriteError) without touching any file.
+    The file is decoded as Python decodes it (BOM, PEP 263 coding comment) with its line
+    endings kept; the result is in the same encoding and endings. Raises EmitError (or
+    another MuprewriteError) without touching any file.
     """
     path = Path(path)
     try:
-        text = path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise EmitError(f"cannot read {path}: {exc}") from None
+        original = read_source(path)
+    except SourceError as exc:
+        raise EmitError(exc.message, fix=exc.fix) from None
+    text = original.text
     done = emitted_rule(text)
     if done is not None:
         raise EmitError(f"{path} was written by muprewrite (rule {done!r}); rewriting it again "
@@ -108,12 +119,26 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     header = render_header(path.name, rule.id, rule.title, changes, base_call)
     source = rewrite(wrapper, SourceEdits(sites.readouts, sites.attention, defaults,
                                           root.__name__), block, header)
+    data = _encode(path, original, source)
     try:
-        compile(source, str(path), "exec")
+        compile(data, str(path), "exec")  # as bytes: the coding comment and BOM are checked too
     except SyntaxError as exc:  # a bug here, never the user's
         raise EmitError(f"internal error: the emitted code does not compile ({exc})",
                         fix="please report it with the model file") from None
-    return Emission(source, tuple(changes))
+    return Emission(source, tuple(changes), text, original.encoding)
+
+
+def _encode(path: Path, original: SourceText, source: str) -> bytes:
+    """``source`` in the input's encoding; EmitError if the added code does not fit in it."""
+    try:
+        return original.encode(source)
+    except UnicodeEncodeError as exc:
+        line = len(split_lines(source[:exc.start] + "x"))
+        raise EmitError(f"{path} is encoded as {original.encoding}, which cannot hold "
+                        f"{exc.object[exc.start:exc.end]!r} in the muP code at line {line} "
+                        "of the output",
+                        fix="save the file as UTF-8 (and make its coding comment utf-8), or "
+                            "use only ASCII in --base and the file name") from None
 
 
 def _entry(info: ParamInfo, rule: Rule) -> Entry | None:

@@ -18,6 +18,7 @@ from .sites import AttentionScaleSite, EmitError, ReadoutSite
 
 __all__ = ["class_spans", "SourceEdits", "rewrite"]
 
+_COOKIE = re.compile(r"[ \t\f]*#.*?coding[:=]")  # PEP 263: must stay on line 1 or 2
 _SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
 
 
@@ -306,13 +307,16 @@ def rewrite(wrapper: MetadataWrapper, edits: SourceEdits, block: str,
     last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
                        and any(isinstance(x, (cst.Import, cst.ImportFrom)) for x in s.body)),
                       default=0 if body and _is_docstring(body[0]) else -1)
-    added = cst.parse_module(block).body
+    # the file's newline, also inside the block's multi-line strings (libcst renders every
+    # other newline it adds with the module's default)
+    added = cst.parse_module(block.replace("\n", module.default_newline)).body
     at = last_import + 1
     body[at:at] = added
     lines = list(module.header)
     keep = 0
-    while keep < len(lines) and (comment := lines[keep].comment) is not None and \
-            comment.value.startswith(("#!", "# -*-", "# vim:", "# coding")):
+    while keep < len(lines) and (comment := lines[keep].comment) is not None and (
+            comment.value.startswith(("#!", "# -*-", "# vim:", "# coding"))
+            or keep < 2 and _COOKIE.match(comment.value)):
         keep += 1
     comments = [cst.EmptyLine(comment=cst.Comment(text)) for text in header]
     module = module.with_changes(body=body, header=[*lines[:keep], *comments, *lines[keep:]])

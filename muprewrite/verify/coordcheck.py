@@ -34,6 +34,7 @@ from torch import nn
 
 from ..apply import apply
 from ..capture import normalize_inputs
+from ..files import write_file
 from ..optim import param_groups
 
 __all__ = ["CoordCheck", "coord_check", "SLOPE_THRESHOLD", "OUTPUT"]
@@ -111,10 +112,9 @@ class CoordCheck:
         data["threshold"] = SLOPE_THRESHOLD
         return data
 
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+    def save_json(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write ``to_dict()`` as JSON (``force``: over a read-only file too)."""
+        return write_file(path, json.dumps(self.to_dict(), indent=1).encode(), force=force)
 
 
 def _first_tensor(out: Any) -> torch.Tensor | None:

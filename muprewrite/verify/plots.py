@@ -1,18 +1,26 @@
-"""Figures for coordinate checks and LR sweeps (PNG). matplotlib is imported here only."""
+"""Figures for coordinate checks and LR sweeps. matplotlib is imported here only.
+
+Each figure is drawn into memory (``*_image``: bytes in the format the file name asks for,
+PNG by default) and written with ``muprewrite.files.write_file``, so a failure never leaves
+half an image.
+"""
 
 from __future__ import annotations
 
+import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..files import OutputError, write_file
 from .coordcheck import OUTPUT, SLOPE_THRESHOLD, CoordCheck
 
 if TYPE_CHECKING:
     from .sweep import Sweep
 
-__all__ = ["plot_coord_checks", "plot_sweeps"]
+__all__ = ["coord_checks_image", "image_format", "plot_coord_checks", "plot_sweeps",
+           "sweeps_image"]
 
 
 def _pyplot() -> Any:
@@ -26,8 +34,30 @@ def _pyplot() -> Any:
     return plt
 
 
+def image_format(path: str | Path) -> str:
+    """The image format ``path``'s suffix names ("png" without one); OutputError if
+    matplotlib cannot write it."""
+    fmt = Path(path).suffix[1:].lower() or "png"
+    _pyplot()  # ImportError with the fix if matplotlib is missing
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    supported = FigureCanvasBase.get_supported_filetypes()
+    if fmt not in supported:
+        raise OutputError(f"cannot draw {path}: matplotlib writes {', '.join(sorted(supported))}"
+                          f", not {fmt!r}", fix=f"name the figure {Path(path).stem}.png")
+    return fmt
+
+
 def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str = "",
-                      threshold: float = SLOPE_THRESHOLD) -> Path:
+                      threshold: float = SLOPE_THRESHOLD, *, force: bool = False) -> Path:
+    """Draw ``coord_checks_image`` to ``path`` (its format from the suffix); ``force``
+    overwrites a read-only file."""
+    data = coord_checks_image(checks, title, threshold, fmt=image_format(path))
+    return _save(data, path, force)
+
+
+def coord_checks_image(checks: Sequence[CoordCheck], title: str = "",
+                       threshold: float = SLOPE_THRESHOLD, fmt: str = "png") -> bytes:
     """One row per check (rule), one panel per step; x = width (log2), y = RMS (log).
 
     Every module is a thin grey line, flagged modules (slope > threshold at the last step)
@@ -69,10 +99,16 @@ def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title or "coordinate check", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    return _save(fig, plt, path)
+    return _image(fig, plt, fmt)
 
 
-def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> Path:
+def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "", *,
+                force: bool = False) -> Path:
+    """Draw ``sweeps_image`` to ``path`` (its format from the suffix)."""
+    return _save(sweeps_image(sweeps, title, fmt=image_format(path)), path, force)
+
+
+def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> bytes:
     """One panel per parametrization: loss against log2 learning rate, one line per width,
     each width's optimum marked. The y range starts just below the best loss and stops at
     1.5x it, so the region around the optima is readable; worse or diverged runs leave the
@@ -99,12 +135,19 @@ def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "") -> P
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title or "learning-rate transfer", fontsize=10)
     fig.tight_layout()
-    return _save(fig, plt, path)
+    return _image(fig, plt, fmt)
 
 
-def _save(fig: Any, plt: Any, path: str | Path) -> Path:
+def _image(fig: Any, plt: Any, fmt: str) -> bytes:
+    buffer = io.BytesIO()
+    try:
+        fig.savefig(buffer, format=fmt, dpi=110)
+    finally:
+        plt.close(fig)
+    return buffer.getvalue()
+
+
+def _save(data: bytes, path: str | Path, force: bool) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return write_file(path, data, force=force)

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..apply import apply
+from ..files import write_file
 
 __all__ = ["Sweep", "lr_sweep"]
 
@@ -76,10 +77,9 @@ class Sweep:
         data["drift"], data["spread"] = self.drift(), self.spread()
         return data
 
-    def save_json(self, path: str | Path) -> Path:
-        path = Path(path)
-        path.write_text(json.dumps(self.to_dict(), indent=1))
-        return path
+    def save_json(self, path: str | Path, *, force: bool = False) -> Path:
+        """Write ``to_dict()`` as JSON (``force``: over a read-only file too)."""
+        return write_file(path, json.dumps(self.to_dict(), indent=1).encode(), force=force)
 
     @classmethod
     def load_json(cls, path: str | Path) -> Sweep:
