@@ -68,6 +68,34 @@ class Dropped(Net):
         self.rates = [r.item() for r in torch.linspace(0, 0.1, depth)]  # ITEM-LINE
 '''
 
+PKG_CONFIG = """from dataclasses import dataclass
+
+
+@dataclass
+class Config:
+    n_embd: int = 32
+"""
+
+PKG_MODEL = """import torch
+from torch import nn
+
+from .config import Config
+
+
+class Net(nn.Module):
+    def __init__(self, cfg: Config) -> None:
+        super().__init__()
+        print(f"number of parameters: {3 * cfg.n_embd}")  # nanoGPT prints in __init__
+        self.inp = nn.Linear(8, cfg.n_embd)
+        self.out = nn.Linear(cfg.n_embd, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(self.inp(x).relu())
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(2, 8, device=self.inp.weight.device),)
+"""
+
 ARGPARSE = '''import argparse
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)
@@ -150,6 +178,12 @@ CASES = [
     Case("item-on-meta", analyze("--model", "Dropped(width=16)"), r"--device cpu", model=ITEM),
     Case("item-on-cpu", analyze("--model", "Dropped(width=16)", "--device", "cpu", "--json"),
          model=ITEM),
+    Case("package", ("analyze", "pkg/model.py", "--model", "Net(Config(n_embd=64))", "--base",
+                     "Net(Config(n_embd=32))", "--json"),
+         files={"pkg/__init__.py": "", "pkg/config.py": PKG_CONFIG, "pkg/model.py": PKG_MODEL}),
+    Case("package-shadows-torch", ("analyze", "torch/model.py", "--model", "Net(Config())"),
+         r"package named 'torch'.*already imported",
+         files={"torch/__init__.py": "", "torch/config.py": PKG_CONFIG, "torch/model.py": PKG_MODEL}),
     Case("not-python", ("analyze", "notes.txt", *M), r"not a Python source file",
          files={"notes.txt": "hello"}),
     Case("missing-file", ("analyze", "nope.py", *M), r"no such file"),
@@ -185,6 +219,7 @@ def _run(case: Case, root: Path) -> Outcome:
     (folder / "model.py").write_text(case.model)
     (folder / "sentinel.txt").write_text("still here\n")
     for name, text in case.files.items():
+        (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
     before = _snapshot(folder)
     env = {k: v for k, v in os.environ.items() if k != "MUPREWRITE_TRACEBACK"}

@@ -52,6 +52,7 @@ def load_module(path: str | Path) -> ModuleType:
         raise ModelSpecError(f"{what}: {path}", fix="pass the path of your model's .py file")
     root = project_root(path)
     name = module_name(path)
+    _forget_project_modules(root)
     if "." in name:
         return _import_in_package(path, root, name)
     return _import_file(path, root, f"_muprewrite_user_{path.stem}")
@@ -76,10 +77,23 @@ def _import_in_package(path: Path, root: Path, name: str) -> ModuleType:
             f"{path} is in a package named {top!r}, but another module of that name is "
             f"already imported ({getattr(loaded, '__file__', None) or 'built in'})",
             fix=f"rename the package folder {root / top}")
-    for key in [k for k in sys.modules if k == top or k.startswith(top + ".")]:
-        del sys.modules[key]  # import the user's current files, not an earlier copy
     with _on_path(root), _translated(path, root):
         return importlib.import_module(name)
+
+
+def _forget_project_modules(root: Path) -> None:
+    """Drop cached modules of this project, or of another user folder with the same names.
+
+    Importing reads the user's files as they are now; a sibling ``blocks.py`` must not come
+    from an earlier load of another folder's ``blocks.py``.
+    """
+    local = {p.stem for p in root.glob("*.py")} | {p.parent.name for p in root.glob("*/__init__.py")}
+    for key, mod in list(sys.modules.items()):
+        filename = getattr(mod, "__file__", None)
+        if is_project_file(filename, root) or (
+                key.split(".", 1)[0] in local and filename
+                and is_project_file(filename, Path(filename).anchor)):
+            del sys.modules[key]
 
 
 @contextlib.contextmanager
