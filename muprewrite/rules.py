@@ -1,18 +1,50 @@
 """Parametrization rules: declarative TOML files in the top-level ``rules/`` folder.
 
-A rule is an exponent table (the abc-parametrization itself): for each role, the
-exponents of ``m_in`` and ``m_out`` that scale, relative to the base width, the init std,
-the forward multiplier, the learning rate, Adam's eps and the weight decay. Kind overrides
-(``[kind.bias]`` ...) replace a role's row for parameters of that kind. Nothing is
-evaluated: files are read with ``tomllib`` and every key is validated.
+A rule is an exponent table (the abc-parametrization itself): for each role, the exponents
+of ``m_in`` and ``m_out`` that scale, relative to the base width, the init std, the forward
+multiplier, the learning rate, Adam's eps and the weight decay. Kind overrides replace a
+role's row for parameters of that kind. Nothing is evaluated. :func:`load_rule` resolves
+the name (a file in ``rules/`` named like ``[a-z0-9][a-z0-9-]*``, or a path ending in
+``.toml``: a custom rule file), refuses a file that is not regular or is over 1 MiB before
+reading it, decodes UTF-8, parses with ``tomllib`` and validates every key. Anything wrong
+raises a :class:`RuleError` naming the file and the key, with a ``fix``; nothing else.
+
+Custom rule files work wherever a rule is accepted (``--rule path/to/my-rule.toml``,
+``muprewrite rules show path/to/my-rule.toml``, ``load_rule(path)``). Format, as the shipped
+files; unknown keys are refused at every level, strings hold no control characters:
+
+- top level: ``id`` (the file name without ``.toml``; a shipped rule's id only for that very
+  file), ``title`` (one line, <= 200 characters), ``status`` (stable, experimental),
+  ``optimizer`` (adam, sgd), ``attention`` (inverse, unchanged), ``weight_decay_convention``
+  (constant-lr-wd, constant-wd, custom; checked against the exponents);
+- ``[doc]``: ``what``, ``when``, ``example``, ``known_problems`` (texts; line breaks and tabs
+  allowed), ``references`` (a list of one-line strings);
+- ``[role.<role>]`` (input, hidden, output, fixed) and ``[kind.<kind>]`` (weight, bias, norm,
+  embedding, table): ``<quantity> = { m_in = x, m_out = y }`` for quantity in init,
+  multiplier, lr, eps, weight_decay; a missing exponent is 0 (factor 1).
+
+Exponents are finite numbers with ``|x| <= 4`` (``MAX_EXPONENT``). The shipped rules use
+``|x| <= 1``, muP variants in the literature stay within 2; 4 leaves room to experiment and
+keeps every factor finite in float64: for m in [2**-20, 2**20] one factor lies in
+[2**-160, 2**160], and a product of all ten exponents of a row (the rewrite combines fewer)
+in [2**-800, 2**800], inside float64's normal range [2**-1022, 2**1024).
 
 >>> rule = load_rule("mup")
 >>> rule.scaling("hidden", "weight").lr.factor(m_in=4.0, m_out=4.0)
 0.25
+>>> try:
+...     load_rule("../../etc/passwd")
+... except RuleError as exc:
+...     print(exc.message)
+'../../etc/passwd' is neither a rule name ([a-z0-9][a-z0-9-]{0,63}) nor a path ending in .toml
 """
 
 from __future__ import annotations
 
+import os
+import re
+import reprlib
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -23,19 +55,28 @@ from typing import Any
 from .errors import MuprewriteError
 
 __all__ = ["RuleError", "Exponents", "Scaling", "Rule", "load_rule", "available_rules",
-           "RULES_DIR", "ROLES", "QUANTITIES", "KINDS"]
+           "RULES_DIR", "ROLES", "QUANTITIES", "KINDS", "MAX_EXPONENT", "MAX_RULE_BYTES",
+           "NAME_PATTERN"]
 
 RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
 ROLES = ("input", "hidden", "output", "fixed")
 KINDS = ("weight", "bias", "norm", "embedding", "table")
 QUANTITIES = ("init", "multiplier", "lr", "eps", "weight_decay")
+MAX_EXPONENT = 4
+MAX_RULE_BYTES = 1 << 20
+NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _CHOICES = {
     "status": ("stable", "experimental"),
     "optimizer": ("adam", "sgd"),
     "attention": ("inverse", "unchanged"),
     "weight_decay_convention": ("constant-lr-wd", "constant-wd", "custom"),
 }
-_DOC_KEYS = {"what": str, "when": str, "example": str, "known_problems": str, "references": list}
+_TOP_KEYS = ("id", "title", *_CHOICES, "doc", "role", "kind")
+_DOC_KEYS = ("what", "when", "example", "known_problems", "references")
+_CONTROL = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
+_BAD_CHAR = {True: re.compile(f"[{_CONTROL}]"), False: re.compile(f"[{_CONTROL}\t\n]")}
+_SHORT = reprlib.Repr()  # bounded reprs of hostile values in messages
+_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
 
 
 class RuleError(MuprewriteError):
@@ -101,38 +142,138 @@ def available_rules(directory: Path = RULES_DIR) -> list[str]:
 
 def load_rule(name: str | Path, directory: Path = RULES_DIR) -> Rule:
     """Load ``rules/<name>.toml`` (or a path to a .toml file) and validate every key."""
-    path = Path(name) if str(name).endswith(".toml") else directory / f"{name}.toml"
-    if not path.is_file():
-        raise RuleError(f"no rule {str(name)!r}", where=str(path),
-                        fix=f"one of: {', '.join(available_rules(directory))}")
+    path = _resolve(name, directory)
+    rule = _parse(_toml(_read_bytes(path, name, directory), _shown(path)), path)
+    _check_unique(rule, directory)
+    return rule
+
+
+def _shown(path: Path | str) -> str:
+    return str(path) if str(path).isprintable() else ascii(str(path))
+
+
+def _others(directory: Path) -> str:
+    names = [n for n in available_rules(directory) if NAME_PATTERN.fullmatch(n)]
+    return f"one of: {', '.join(names)}, or a path to a rule file ending in .toml"
+
+
+def _resolve(name: str | Path, directory: Path) -> Path:
+    """A rule name from ``directory`` (matching NAME_PATTERN), or a path ending in .toml."""
+    if isinstance(name, Path) or str(name).endswith(".toml"):
+        path = Path(name)
+        if path.suffix != ".toml" or not NAME_PATTERN.fullmatch(path.stem):
+            raise RuleError(f"{_shown(path)}: a rule file is named <id>.toml, with the id "
+                            f"matching {NAME_PATTERN.pattern}", where=_shown(path),
+                            fix=f"rename it, e.g. to {_shown(path.with_name('my-rule.toml'))} "
+                                'with id = "my-rule"')
+        return path
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise RuleError(f"{_SHORT.repr(name)} is neither a rule name ({NAME_PATTERN.pattern}) "
+                        "nor a path ending in .toml", where="rule name",
+                        fix=_others(directory))
+    return directory / f"{name}.toml"
+
+
+def _read_bytes(path: Path, name: str | Path, directory: Path) -> bytes:
+    """The file's bytes; a non-regular or huge file is refused before it is read."""
+    shown = _shown(path)
     try:
-        data = tomllib.loads(path.read_text())
+        info = os.stat(path)
+        _check_file(info.st_mode, info.st_size, shown)
+        # O_NONBLOCK: a file swapped for a FIFO after the stat cannot block the open
+        with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
+            info = os.fstat(fh.fileno())
+            _check_file(info.st_mode, info.st_size, shown)
+            raw = fh.read(MAX_RULE_BYTES + 1)
+    except FileNotFoundError:
+        raise RuleError(f"no rule {_SHORT.repr(str(name))}", where=shown,
+                        fix=_others(directory)) from None
+    except (OSError, ValueError) as exc:
+        raise RuleError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}",
+                        where=shown, fix="pass the path of a readable rule file") from None
+    _check_file(stat.S_IFREG, len(raw), shown)  # it may have grown since the stat
+    return raw
+
+
+def _check_file(mode: int, size: int, shown: str) -> None:
+    if not stat.S_ISREG(mode):
+        raise RuleError(f"{shown} is not a regular file", where=shown,
+                        fix="pass the path of a rule file (a .toml text file)")
+    if size > MAX_RULE_BYTES:
+        raise RuleError(f"{shown} is over {MAX_RULE_BYTES} bytes, too large for a rule file",
+                        where=shown, fix="a rule file is a short table (the shipped ones are "
+                                         "under 2 KiB): check that the path names one")
+
+
+def _toml(raw: bytes, shown: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(raw.decode("utf-8-sig"))
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise RuleError(f"{shown}: not UTF-8: byte {exc.start} (line {line}) is "
+                        f"{raw[exc.start:exc.start + 1]!r}", where=f"{shown}:{line}",
+                        fix="save the file as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise RuleError(f"{path}: not valid TOML: {exc}") from exc
-    return _parse(data, path)
+        raise RuleError(f"{shown}: not valid TOML: {exc}", where=shown,
+                        fix="correct the TOML syntax at the line and column given") from None
+    except RecursionError:
+        raise RuleError(f"{shown}: not valid TOML: arrays or tables nested too deeply",
+                        where=shown, fix="a rule file nests two levels deep at most, as in "
+                                         "[role.hidden] lr = { m_in = -1 }") from None
 
 
-def _fail(path: Path, key: str, expected: str, got: Any) -> RuleError:
-    return RuleError(f"{path}: key {key!r}: expected {expected}, got "
-                     f"{type(got).__name__} {got!r}")
+def _error(path: Path, key: str, problem: str, fix: str) -> RuleError:
+    return RuleError(f"{_shown(path)}: key {_SHORT.repr(key)}: {problem}",
+                     where=f"{_shown(path)}: {_SHORT.repr(key)}", fix=fix)
+
+
+def _fail(path: Path, key: str, expected: str, got: Any, fix: str) -> RuleError:
+    return _error(path, key, f"expected {expected}, got {type(got).__name__} "
+                             f"{_SHORT.repr(got)}", fix)
+
+
+def _known(path: Path, prefix: str, table: dict[str, Any], what: str,
+           allowed: tuple[str, ...]) -> None:
+    for key in table:
+        if key not in allowed:
+            raise _error(path, prefix + key, f"unknown key: expected {what} in {list(allowed)}",
+                         f"remove it or correct its spelling ({', '.join(allowed)})")
+
+
+def _table(path: Path, key: str, value: Any, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _fail(path, key, "a table", value, f"write it as a table, e.g. {example}")
+    return value
+
+
+def _text(path: Path, key: str, value: Any, multiline: bool, limit: int = MAX_RULE_BYTES) -> str:
+    if not isinstance(value, str) or (not multiline and not value.strip()):
+        raise _fail(path, key, "a string" if multiline else "a non-empty one-line string",
+                    value, f'write {key} = "..."')
+    if len(value) > limit:
+        raise _error(path, key, f"{len(value)} characters, over {limit}", "shorten it")
+    bad = _BAD_CHAR[multiline].search(value)
+    if bad:
+        raise _error(path, key, f"control character {bad.group()!r} at offset {bad.start()}",
+                     "remove it" + ("" if multiline else "; this text is one line"))
+    return value
 
 
 def _parse(data: dict[str, Any], path: Path) -> Rule:
-    known = {"id", "title", "doc", "role", "kind", *_CHOICES}
-    for key in data:
-        if key not in known:
-            raise _fail(path, key, f"one of {sorted(known)}", key)
-    for key in ("id", "title"):
-        if not isinstance(data.get(key), str):
-            raise _fail(path, key, "a string", data.get(key))
-    if data["id"] != path.stem:
-        raise _fail(path, "id", f"the file's stem {path.stem!r}", data["id"])
+    _known(path, "", data, "a top-level key", _TOP_KEYS)
+    if data.get("id") != path.stem:
+        raise _fail(path, "id", f"the file's stem {path.stem!r}", data.get("id"),
+                    f'set id = "{path.stem}"' + (f", or rename the file to {data['id']}.toml"
+                                                 if isinstance(data.get("id"), str)
+                                                 and NAME_PATTERN.fullmatch(data["id"]) else ""))
+    title = _text(path, "title", data.get("title"), multiline=False, limit=200)
     for key, choices in _CHOICES.items():
         if data.get(key) not in choices:
-            raise _fail(path, key, f"one of {list(choices)}", data.get(key))
+            raise _fail(path, key, f"one of {list(choices)}", data.get(key),
+                        f'write {key} = "{choices[0]}" (or: {", ".join(choices[1:])})')
     roles = _rows(data.get("role", {}), ROLES, "role", path)
     kinds = _rows(data.get("kind", {}), KINDS, "kind", path)
-    rule = Rule(data["id"], data["title"], data["status"], data["optimizer"], data["attention"],
+    rule = Rule(data["id"], title, data["status"], data["optimizer"], data["attention"],
                 data["weight_decay_convention"], MappingProxyType(roles), MappingProxyType(kinds),
                 MappingProxyType(_doc(data.get("doc"), path)), path)
     _check_weight_decay(rule)
@@ -140,37 +281,41 @@ def _parse(data: dict[str, Any], path: Path) -> Rule:
 
 
 def _rows(table: Any, names: tuple[str, ...], prefix: str, path: Path) -> dict[str, Scaling]:
-    if not isinstance(table, dict):
-        raise _fail(path, prefix, "a table", table)
-    rows = {}
+    rows, table = {}, _table(path, prefix, table, f"[{prefix}.{names[1]}]")
+    _known(path, f"{prefix}.", table, f"a {prefix}", names)
     for name, row in table.items():
-        if name not in names:
-            raise _fail(path, f"{prefix}.{name}", f"a {prefix} in {list(names)}", name)
-        if not isinstance(row, dict):
-            raise _fail(path, f"{prefix}.{name}", "a table", row)
-        values = {}
+        values, row = {}, _table(path, f"{prefix}.{name}", row, "lr = { m_in = -1 }")
+        _known(path, f"{prefix}.{name}.", row, "a quantity", QUANTITIES)
         for quantity, exps in row.items():
             key = f"{prefix}.{name}.{quantity}"
-            if quantity not in QUANTITIES:
-                raise _fail(path, key, f"a quantity in {list(QUANTITIES)}", quantity)
-            if not isinstance(exps, dict) or set(exps) - {"m_in", "m_out"}:
-                raise _fail(path, key, "a table {m_in = number, m_out = number}", exps)
-            for axis, value in exps.items():
-                if isinstance(value, bool) or not isinstance(value, (int, float)):
-                    raise _fail(path, f"{key}.{axis}", "a number", value)
-            values[quantity] = Exponents(float(exps.get("m_in", 0)), float(exps.get("m_out", 0)))
+            exps = _table(path, key, exps, "{m_in = number, m_out = number}")
+            _known(path, f"{key}.", exps, "an axis", ("m_in", "m_out"))
+            values[quantity] = Exponents(*(_exponent(path, f"{key}.{axis}", exps.get(axis, 0))
+                                           for axis in ("m_in", "m_out")))
         rows[name] = Scaling(**values)
     return rows
 
 
+def _exponent(path: Path, key: str, value: Any) -> float:
+    fix = f"write a number from -{MAX_EXPONENT} to {MAX_EXPONENT}, e.g. {key.split('.')[-1]} = -0.5"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _fail(path, key, "a number", value, fix)
+    if not -MAX_EXPONENT <= value <= MAX_EXPONENT:  # also refuses nan and inf
+        raise _fail(path, key, f"a finite exponent with |x| <= {MAX_EXPONENT}", value, fix)
+    return float(value)
+
+
 def _doc(doc: Any, path: Path) -> dict[str, Any]:
-    if not isinstance(doc, dict):
-        raise _fail(path, "doc", "a table with what/when/example/known_problems/references", doc)
-    for key, kind in _DOC_KEYS.items():
-        if not isinstance(doc.get(key), kind):
-            raise _fail(path, f"doc.{key}", f"a {kind.__name__}", doc.get(key))
-    if not all(isinstance(r, str) for r in doc["references"]):
-        raise _fail(path, "doc.references", "a list of strings", doc["references"])
+    doc = _table(path, "doc", doc, "[doc] with what/when/example/known_problems/references")
+    _known(path, "doc.", doc, "a doc key", _DOC_KEYS)
+    for key in _DOC_KEYS[:-1]:
+        _text(path, f"doc.{key}", doc.get(key), multiline=True)
+    references = doc.get("references")
+    if not isinstance(references, list):
+        raise _fail(path, "doc.references", "a list of strings", references,
+                    'write doc.references = ["Author, Title, year"]')
+    for i, ref in enumerate(references):
+        _text(path, f"doc.references[{i}]", ref, multiline=False)
     return {key: doc[key] for key in _DOC_KEYS}
 
 
@@ -178,12 +323,27 @@ def _check_weight_decay(rule: Rule) -> None:
     """The declared convention must hold for every row (it is a claim, so check it)."""
     for prefix, rows in (("role", rule.roles), ("kind", rule.kinds)):
         for name, row in rows.items():
-            key = f"{prefix}.{name}.weight_decay"
+            key, lr, wd = f"{prefix}.{name}.weight_decay", row.lr, row.weight_decay
             if rule.weight_decay_convention == "constant-lr-wd" and (
-                    row.weight_decay.m_in != -row.lr.m_in or row.weight_decay.m_out != -row.lr.m_out):
-                raise RuleError(f"{rule.path}: key {key!r}: weight_decay_convention "
-                                "'constant-lr-wd' needs weight_decay exponents = -(lr exponents) "
-                                f"(lr is {row.lr}, weight_decay is {row.weight_decay})")
-            if rule.weight_decay_convention == "constant-wd" and row.weight_decay != Exponents():
-                raise RuleError(f"{rule.path}: key {key!r}: weight_decay_convention "
-                                f"'constant-wd' needs no weight_decay exponents, got {row.weight_decay}")
+                    wd.m_in != -lr.m_in or wd.m_out != -lr.m_out):
+                raise _error(rule.path, key, "weight_decay_convention 'constant-lr-wd' needs "
+                             f"weight_decay = -lr (lr is {lr}, weight_decay is {wd})",
+                             f"set weight_decay = {{ m_in = {-lr.m_in + 0.0:g}, m_out = "
+                             f"{-lr.m_out + 0.0:g} }}, or weight_decay_convention = \"custom\"")
+            if rule.weight_decay_convention == "constant-wd" and wd != Exponents():
+                raise _error(rule.path, key, "weight_decay_convention 'constant-wd' needs no "
+                             f"weight_decay exponents, got {wd}",
+                             "remove weight_decay, or weight_decay_convention = \"custom\"")
+
+
+def _check_unique(rule: Rule, directory: Path) -> None:
+    """A custom file may not take a shipped rule's id: emitted files record only the id."""
+    shipped = directory / f"{rule.id}.toml"
+    try:
+        clash = shipped.is_file() and not os.path.samefile(rule.path, shipped)
+    except OSError:
+        clash = False
+    if clash:
+        raise _error(rule.path, "id", f"{rule.id!r} is the id of the shipped rule {shipped}",
+                     f'rename the file and its id, e.g. {rule.id}-custom.toml with id = '
+                     f'"{rule.id}-custom"')

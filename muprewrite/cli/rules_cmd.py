@@ -1,4 +1,4 @@
-"""``muprewrite rules list`` and ``muprewrite rules show NAME``."""
+"""``muprewrite rules list`` and ``muprewrite rules show NAME`` (NAME: a rule or a .toml path)."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import textwrap
 
 import click
 
+from .. import rules
 from ..rules import QUANTITIES, ROLES, Rule, RuleError, available_rules, load_rule
 
 __all__ = ["rules_group"]
@@ -13,19 +14,48 @@ __all__ = ["rules_group"]
 
 @click.group("rules")
 def rules_group() -> None:
-    """List and explain the parametrization rules (files in rules/)."""
+    """List and explain the parametrization rules (files in rules/).
+
+    Wherever a rule is accepted (--rule of emit and coord-check, `rules show`), give a name
+    from rules/ (e.g. mup) or the path of your own rule file, ending in .toml:
+    --rule path/to/my-rule.toml. A rule file is TOML, UTF-8, at most 1 MiB:
+
+    \b
+      id = "my-rule"                  # the file name without .toml: [a-z0-9][a-z0-9-]*
+      title = "My muP variant"        # one line, <= 200 characters
+      status = "experimental"         # or "stable"
+      optimizer = "adam"              # or "sgd"
+      attention = "inverse"           # or "unchanged"
+      weight_decay_convention = "constant-lr-wd"  # or "constant-wd", "custom"
+      [doc]                           # what, when, example, known_problems: texts
+      what = "..."                    # references: a list of one-line strings
+      [role.hidden]                   # roles: input, hidden, output, fixed
+      init = { m_in = -0.5 }          # quantities: init, multiplier, lr, eps, weight_decay
+      lr = { m_in = -1 }
+      weight_decay = { m_in = 1 }
+      [kind.bias]                     # kinds (override the role's row): weight, bias,
+      lr = { m_out = 1 }              #   norm, embedding, table
+      weight_decay = { m_out = -1 }   # constant-lr-wd: weight_decay = -lr, checked
+
+    Each factor is m_in^x * m_out^y (m = size / base size of that axis); a missing exponent
+    is 0. Exponents are finite numbers with |x| <= 4. Unknown keys are refused at every level,
+    and every error names the file and key with a fix. The id may not be a shipped rule's.
+    """
 
 
 @rules_group.command("list")
 def list_cmd() -> None:
     """One line per rule: id, status, optimizer, title."""
     rows = []
-    for name in available_rules():
+    for name in available_rules(rules.RULES_DIR):
         try:
-            rule = load_rule(name)
+            rule = load_rule(name, rules.RULES_DIR)
             rows.append((rule.id, rule.status, rule.optimizer, rule.title))
         except RuleError as exc:
-            rows.append((name, "invalid", "-", exc.one_line()))
+            shown = name if name.isprintable() else ascii(name)
+            rows.append((shown, "invalid", "-", exc.one_line()))
+    if not rows:
+        raise click.ClickException(f"no rule files (*.toml) in {rules.RULES_DIR}")
     width = max(len(r[0]) for r in rows)
     for rid, status, optimizer, title in rows:
         click.echo(f"{rid.ljust(width)}  {status:<12} {optimizer:<5} {title}")
@@ -34,7 +64,7 @@ def list_cmd() -> None:
 @rules_group.command("show")
 @click.argument("name")
 def show_cmd(name: str) -> None:
-    """Explain one rule: what it does, when to use it, its exponent table, references."""
+    """Explain a rule (a name, or a path to a .toml file): what, when, exponents, references."""
     try:
         rule = load_rule(name)
     except RuleError as exc:
