@@ -96,6 +96,24 @@ class Net(nn.Module):
         return (torch.randn(2, 8, device=self.inp.weight.device),)
 """
 
+NAN_RULE = """id = "nan"
+title = "t"
+status = "experimental"
+optimizer = "adam"
+attention = "inverse"
+weight_decay_convention = "custom"
+
+[doc]
+what = "x"
+when = "x"
+example = "x"
+known_problems = "x"
+references = ["x"]
+
+[role.hidden]
+lr = { m_in = nan }
+"""
+
 ARGPARSE = '''import argparse
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)
@@ -117,6 +135,9 @@ class Case:
     files: dict[str, str] = field(default_factory=dict)  # written before the run
     model: str = NET
     changes: frozenset[str] = frozenset()  # files the command may create or change
+    links: dict[str, str] = field(default_factory=dict)  # symlink -> target
+    modes: dict[str, int] = field(default_factory=dict)  # chmod before the run
+    code: int = 1  # expected exit status on failure (2: a usage error, as click has it)
 
 
 def analyze(*args: str, **kw) -> tuple[str, ...]:  # noqa: ANN003
@@ -189,7 +210,30 @@ CASES = [
     Case("missing-file", ("analyze", "nope.py", *M), r"no such file"),
     # --- numbers that reach emitted code ------------------------------------------------
     Case("seed-huge", ("model.py", *M, "--base", "Net(width=32)", "--seed", str(2**70)),
-         r"seed|range"),
+         r"Invalid value for '--seed'.*range", code=2),
+    # --- files -------------------------------------------------------------------------
+    Case("symlink-in-place", ("src/link.py", *M, "--base", "Net(width=32)", "--in-place"),
+         files={"src/real.py": NET}, links={"src/link.py": "real.py"},
+         changes=frozenset({"src/real.py"})),
+    Case("read-only-in-place", ("model.py", *M, "--base", "Net(width=32)", "--in-place"),
+         r"read-only.*--force", modes={"model.py": 0o444}),
+    Case("read-only-output", ("model.py", *M, "--base", "Net(width=32)", "-o", "out.py"),
+         r"out\.py is read-only.*--force", files={"out.py": "keep me\n"}, modes={"out.py": 0o444}),
+    Case("crlf-in-place", ("model.py", *M, "--base", "Net(width=32)", "--in-place"),
+         model=NET.replace("\n", "\r\n"), changes=frozenset({"model.py"})),
+    Case("json-is-model", ("coord-check", "model.py", "--model", "Net(width={width})",
+                           "--widths", "16,32", "--json", "model.py", "--force"),
+         r"same file as MODEL_FILE"),
+    Case("json-is-png", ("coord-check", "model.py", "--model", "Net(width={width})",
+                         "--widths", "16,32", "-o", "cc.png", "--json", "cc.png"),
+         r"same file as -o"),
+    Case("output-folder-missing", ("coord-check", "model.py", "--model", "Net(width={width})",
+                                   "--widths", "16,32", "-o", "no/such/dir/cc.png"),
+         r"does not exist"),
+    Case("rule-escapes", ("model.py", *M, "--base", "Net(width=32)", "--rule", "../../etc/passwd"),
+         r"rule"),
+    Case("rule-nan", ("model.py", *M, "--base", "Net(width=32)", "--rule", "nan.toml"),
+         r"nan\.toml.*role\.hidden\.lr", files={"nan.toml": NAN_RULE}),
 ]
 
 
@@ -221,6 +265,10 @@ def _run(case: Case, root: Path) -> Outcome:
     for name, text in case.files.items():
         (folder / name).parent.mkdir(parents=True, exist_ok=True)
         (folder / name).write_text(text)
+    for name, target in case.links.items():
+        (folder / name).symlink_to(target)
+    for name, mode in case.modes.items():
+        (folder / name).chmod(mode)
     before = _snapshot(folder)
     env = {k: v for k, v in os.environ.items() if k != "MUPREWRITE_TRACEBACK"}
     proc = subprocess.run([CLI, *case.argv], cwd=folder, capture_output=True, text=True,
@@ -249,10 +297,10 @@ def test_cli_case(case: Case, outcomes: dict[str, Outcome]) -> None:
         if "--json" in case.argv:
             json.loads(out.stdout)  # stdout stays valid JSON
         return
-    assert out.code == 1, both
+    assert out.code == case.code, both
     errors = [line for line in out.stderr.splitlines() if line.startswith("Error:")]
     assert len(errors) == 1, out.stderr
-    assert "fix:" in errors[0], errors[0]
+    assert "fix:" in errors[0] or case.code == 2, errors[0]
     assert re.search(case.error, errors[0]), errors[0]
 
 
@@ -264,3 +312,17 @@ def test_constructor_error_names_the_line(outcomes: dict[str, Outcome]) -> None:
 def test_print_at_import_goes_to_stderr(outcomes: dict[str, Outcome]) -> None:
     out = outcomes["print-at-import"]
     assert "hello from import" in out.stderr and "hello" not in out.stdout
+
+
+def test_symlink_is_written_through(outcomes: dict[str, Outcome]) -> None:
+    out = outcomes["symlink-in-place"]
+    assert out.after["src/link.py"] == out.before["src/link.py"]  # still a link to real.py
+    assert b"mup_init(self)" in out.after["src/real.py"][0]
+
+
+def test_crlf_file_keeps_every_unedited_line(outcomes: dict[str, Outcome]) -> None:
+    old = outcomes["crlf-in-place"].before["model.py"][0].splitlines(keepends=True)
+    new = outcomes["crlf-in-place"].after["model.py"][0].splitlines(keepends=True)
+    assert all(line.endswith(b"\r\n") for line in new)
+    kept = [line for line in old if line in new]
+    assert len(old) - len(kept) <= 1, set(old) - set(kept)  # only the readout line is edited

@@ -13,8 +13,8 @@ from torch import nn
 
 import muprewrite
 from muprewrite.cli.main import cli
-from muprewrite.spec import parse_spec
 from muprewrite.errors import ModelSpecError
+from muprewrite.spec import parse_spec
 from muprewrite.verify import coord_check, lr_sweep
 from muprewrite.verify.coordcheck import slope
 from muprewrite.verify.plots import plot_coord_checks, plot_sweeps

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from ..errors import InputSpecError, ModelSpecError, MuprewriteError
+from ..errors import InputSpecError, MuprewriteError
 from ..files import check_distinct, check_output, write_file
 from ..spec import build_model, load_module, parse_inputs
 
@@ -56,7 +56,7 @@ def _widths(ctx: click.Context, param: click.Parameter, value: str) -> list[int]
 @click.option("--widths", callback=_widths, default="64,128,256,512,1024", show_default=True,
               help="Comma-separated widths; the narrowest is the base.")
 @click.option("--rule", "rules", multiple=True, default=("mup",), show_default=True,
-              help="Parametrization(s) to check; repeat for side by side (--rule mup --rule sp).")
+              help="Parametrization(s) to check, by name or path/to/rule.toml; repeat for side by side (--rule mup --rule sp).")
 @click.option("--inputs", "inputs_expr", metavar="SPECS",
               help='Example inputs, e.g. "float(8, 4, 32, 32), int(8, high=1000)" (default: model.example_inputs()).')
 @click.option("--steps", type=click.IntRange(1, 100), default=3, show_default=True,
@@ -110,10 +110,8 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
 
                 checks.append(coord_check(build, widths, inputs=inputs, rule=rule,
                                           steps=steps, lr=lr, seeds=seeds, progress=advance))
-    except (ModelSpecError, InputSpecError) as exc:
-        raise click.ClickException(exc.one_line()) from None
     except MuprewriteError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise click.ClickException(exc.one_line()) from None
     for check in checks:
         click.echo(check.verdict())
         if show_all:

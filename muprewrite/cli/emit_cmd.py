@@ -47,20 +47,23 @@ error nothing is written.
 @click.option("--base", "base_expr", metavar="EXPR",
               help='The model at the base (tuning) width, e.g. "DiT(hidden_size=288, num_heads=4)".')
 @click.option("--rule", default="mup", show_default=True,
-              help="Parametrization from rules/ (see `muprewrite rules list`).")
+              help="Parametrization: a name from `muprewrite rules list`, or path/to/rule.toml.")
 @click.option("--inputs", "inputs_expr", metavar="SPECS",
               help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               hidden=True)
-@click.option("--seed", type=int, default=0, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed of the base model's init draw that the emitted init matches.")
+@click.option("--device", type=click.Choice(["meta", "cpu"]), default="meta", show_default=True,
+              help="Where to build the models for analysis (cpu for constructors that need "
+                   "real values, e.g. .item() in __init__).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; write nothing.")
 @click.option("--in-place", is_flag=True, help="Overwrite MODEL_FILE.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
 @click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
-             inputs_expr: str | None, heads: str, seed: int, output: str | None,
+             inputs_expr: str | None, heads: str, seed: int, device: str, output: str | None,
              show_diff: bool, in_place: bool, force: bool, check: bool) -> None:
     from ..emit import emit
     from .main import _stage_printer
@@ -81,7 +84,7 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
         _check_target(path, target, rule, in_place=in_place, force=force)
     try:
         emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
-                        seed=seed, heads=heads, progress=_stage_printer())  # type: ignore[arg-type]
+                        seed=seed, heads=heads, device=device, progress=_stage_printer())  # type: ignore[arg-type]
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     if show_diff:

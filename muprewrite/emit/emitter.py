@@ -19,11 +19,11 @@ from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
-from ..spec import build_model, load_module, parse_inputs
 from ..errors import InputSpecError
 from ..files import SourceError, SourceText, read_source, split_lines
 from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
+from ..spec import build_model, load_module, parse_inputs
 from .block import MARKER, Entry, collapse, render_block, render_header
 from .sites import EmitError, Sites, locate
 from .transform import SourceEdits, class_spans, rewrite
@@ -60,7 +60,7 @@ def emitted_rule(text: str) -> str | None:
 
 def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule = "mup",
          inputs_expr: str | None = None, seed: int = 0, heads: HeadsConvention = "grow",
-         progress: Callable[[str], None] | None = None) -> Emission:
+         device: str = "meta", progress: Callable[[str], None] | None = None) -> Emission:
     """The text of ``path`` rewritten into ``rule`` for the model ``model_expr``.
 
     The file is decoded as Python decodes it (BOM, PEP 263 coding comment) with its line
@@ -68,6 +68,9 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     another MuprewriteError) without touching any file.
     """
     path = Path(path)
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**63:
+        raise EmitError(f"seed {seed!r} is not an integer in [0, 2**63)",
+                        fix="pass a seed such as 0 (torch.manual_seed takes 64-bit seeds)")
     try:
         original = read_source(path)
     except SourceError as exc:
@@ -83,14 +86,14 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
         raise EmitError(f"{path}:{exc.raw_line}: syntax error: {exc.message}") from None
     rule = load_rule(rule) if isinstance(rule, str) else rule
     user = load_module(path)
-    model = build_model(user, model_expr, "--model")
-    base = build_model(user, base_expr, "--base")
+    model = build_model(user, model_expr, "--model", device=device)
+    base = build_model(user, base_expr, "--base", device=device)
     root = type(model)
     spans = class_spans(wrapper)
     if root.__module__ != user.__name__ or root.__name__ not in spans:
         raise EmitError(f"--model builds {root.__name__}, which is not defined in {path.name}",
                         fix=f"emit the file that defines {root.__name__}")
-    inputs = parse_inputs(inputs_expr) if inputs_expr else None
+    inputs = parse_inputs(inputs_expr, device=device) if inputs_expr else None
     if inputs is None and not callable(getattr(model, "example_inputs", None)):
         raise InputSpecError(f"{root.__name__} has no example_inputs() method",
                              fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')

@@ -81,7 +81,7 @@ def parse_arguments(text: str, what: str) -> tuple[tuple[Any, ...], tuple[tuple[
     return call.args, call.kwargs
 
 
-def _parse(text: str, what: str, mode: str) -> ast.expr:
+def _parse(text: str, what: str, mode: str) -> ast.Call:
     if not isinstance(text, str) or not text.strip():
         raise ModelSpecError(f"{what} is empty", fix=f"write a constructor call, {_EXAMPLE}")
     if len(text) > MAX_SPEC_CHARS:

@@ -92,7 +92,7 @@ def _forget_project_modules(root: Path) -> None:
         filename = getattr(mod, "__file__", None)
         if is_project_file(filename, root) or (
                 key.split(".", 1)[0] in local and filename
-                and is_project_file(filename, Path(filename).anchor)):
+                and is_project_file(filename, Path(Path(filename).anchor))):
             del sys.modules[key]
 
 

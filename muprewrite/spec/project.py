@@ -45,9 +45,9 @@ def _excluded() -> tuple[str, ...]:
                                                          "platlib")}
     here = Path(__file__).resolve().parents[1]  # the muprewrite package
     paths.add(str(here))
-    torch = sys.modules.get("torch")
-    if torch is not None and getattr(torch, "__file__", None):
-        paths.add(str(Path(torch.__file__).resolve().parent))
+    torch_file = getattr(sys.modules.get("torch"), "__file__", None)
+    if torch_file:
+        paths.add(str(Path(torch_file).resolve().parent))
     return tuple(os.path.realpath(p) for p in paths if p)
 
 
