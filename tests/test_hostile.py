@@ -326,3 +326,26 @@ def test_crlf_file_keeps_every_unedited_line(outcomes: dict[str, Outcome]) -> No
     assert all(line.endswith(b"\r\n") for line in new)
     kept = [line for line in old if line in new]
     assert len(old) - len(kept) <= 1, set(old) - set(kept)  # only the readout line is edited
+
+
+_CTRL_C_MID_WRITE = """
+import os, signal, sys
+real_fsync = os.fsync
+def fsync(fd):  # the signal arrives while the temporary file is open
+    os.kill(os.getpid(), getattr(signal, sys.argv[1]))
+    real_fsync(fd)
+os.fsync = fsync
+from muprewrite.cli.main import main
+main(["model.py", "--model", "Net(width=64)", "--base", "Net(width=32)", "--in-place"])
+"""
+
+
+@pytest.mark.parametrize(("signame", "code"), [("SIGINT", 130), ("SIGTERM", 143)])
+def test_signal_while_writing_leaves_nothing(tmp_path: Path, signame: str, code: int) -> None:
+    (tmp_path / "model.py").write_text(NET)
+    before = _snapshot(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", _CTRL_C_MID_WRITE, signame], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == code, proc.stderr
+    assert "Traceback" not in proc.stderr and "Aborted!" not in proc.stderr
+    assert _snapshot(tmp_path) == before  # model.py untouched, no temporary file
