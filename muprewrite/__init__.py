@@ -8,10 +8,10 @@ rescale init, install multipliers and attention factors) -> the muP model.
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .analyzer import analyze
 from .apply import apply, rescale_init
-from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError
+from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
 from .optim import param_groups, plan_of
 from .rules import Rule, load_rule
 
 __all__ = ["analyze", "apply", "param_groups", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
-           "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
+           "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 __version__ = "0.1.0"

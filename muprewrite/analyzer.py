@@ -19,13 +19,14 @@ from torch import nn
 
 from .analysis.attention import HeadsConvention, find_attention, heads_marks
 from .analysis.classify import ParamFacts, classify_params
-from .analysis.diagnose import base_disagreements, solver_diagnostics
-from .analysis.report import AttentionSite, BufferInfo, Report
+from .analysis.diagnose import base_disagreements, routing_diagnostics, solver_diagnostics
+from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
 from .analysis.source import node_module, node_source
 from .capture import Capture, capture, normalize_inputs
 from .dims import Dims, build_axis_graph, solve
 from .dims.diff import base_sizes, with_base
-from .errors import MuprewriteError
+from .errors import CaptureError, MuprewriteError, UsageError
+from .optim import unwrap
 
 __all__ = ["analyze", "analyze_with_capture"]
 
@@ -52,11 +53,11 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
                          progress: Callable[[str], None] | None = None
                          ) -> tuple[Report, Capture]:
     """``analyze`` plus the capture it came from (the rewriter locates call sites in it)."""
+    _check_arguments(model, base, heads, progress)
     say = progress or (lambda message: None)
-    if heads not in ("grow", "fixed"):
-        raise MuprewriteError(f"heads must be 'grow' or 'fixed', got {heads!r}",
-                              fix="heads='grow' if width grows by adding heads, "
-                                  "'fixed' if d_head grows")
+    model, base = unwrap(model), unwrap(base) if base is not None else None
+    if base is not None:
+        _check_base(model, base)
     if example_inputs is None:
         if not callable(getattr(model, "example_inputs", None)):
             raise MuprewriteError(f"no example inputs for {type(model).__name__}",
@@ -66,15 +67,16 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     args, kwargs = normalize_inputs(example_inputs)
     say(f"capturing {type(model).__name__} with torch.export")
     cap = capture(model, args, kwargs)
+    extra = [_no_output(model)] if not cap.user_outputs and base is None else []
     say(f"building the dimension graph ({len(cap.graph.nodes)} nodes)")
     axes = build_axis_graph(cap)
     sites = find_attention(cap.graph)
     dims = solve(axes, heads_marks(sites, heads))
-    diags = solver_diagnostics(cap.graph, axes, dims)
+    diags = solver_diagnostics(cap.graph, axes, dims) + routing_diagnostics(cap.graph, dims)
     sizes: dict = {}
     if base is not None:
         say(f"capturing base {type(base).__name__} to measure widths")
-        base_cap = capture(base, args, kwargs)
+        base_cap = _capture_base(base, args, kwargs)
         sizes, aligned = base_sizes(cap, base_cap)
         measured = with_base(dims, sizes)
         diags = [d for d in diags if d.code == "no-rule"]
@@ -92,14 +94,62 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         params=MappingProxyType(params),
         attention=tuple(_site(cap, dims, s, sizes) for s in sites),
         buffers=_buffers(cap, dims),
-        diagnostics=tuple(diags + param_diags),
+        diagnostics=tuple(diags + param_diags + extra),
     )
     return report, cap
 
 
-def _unaligned():  # type: ignore[no-untyped-def]
-    from .analysis.report import Diagnostic
+def _check_arguments(model: nn.Module, base: nn.Module | None, heads: str,
+                     progress: Callable[[str], None] | None) -> None:
+    for what, value, example in (("model", model, "analyze(MyModel(width=256), inputs)"),
+                                 ("base", base, "base=MyModel(width=64)")):
+        if value is not None and not isinstance(value, nn.Module):
+            raise UsageError(f"{what} must be an nn.Module, got {type(value).__name__}",
+                             fix=f"pass the {what} itself: {example}")
+    if heads not in ("grow", "fixed"):
+        raise MuprewriteError(f"heads must be 'grow' or 'fixed', got {heads!r}",
+                              fix="heads='grow' if width grows by adding heads, "
+                                  "'fixed' if d_head grows")
+    if progress is not None and not callable(progress):
+        raise UsageError(f"progress must be a function of one message, got {progress!r}",
+                         fix="progress=print, or leave it out")
 
+
+def _check_base(model: nn.Module, base: nn.Module) -> None:
+    """``base`` is the same architecture: the same parameter names with the same number of
+    axes (only sizes may differ); a parameter with no partner in base has no factor."""
+    ours = {n: p.dim() for n, p in model.named_parameters()}
+    theirs = {n: p.dim() for n, p in base.named_parameters()}
+    problems = [f"{n!r} is not in base" for n in ours if n not in theirs]
+    problems += [f"base has {n!r}, the model does not" for n in theirs if n not in ours]
+    problems += [f"{n!r} has {ours[n]} axes, {theirs[n]} in base" for n in ours
+                 if n in theirs and ours[n] != theirs[n]]
+    if problems:
+        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
+        raise UsageError(f"base is not {type(model).__name__} at another width: "
+                         f"{'; '.join(problems[:3])}{more}",
+                         fix="build base with the same constructor and options (depth, "
+                             "heads, ...), changing only the width")
+
+
+def _capture_base(base: nn.Module, args: tuple, kwargs: dict) -> Capture:
+    try:
+        return capture(base, args, kwargs)
+    except CaptureError as exc:
+        raise CaptureError(f"base: {exc.message}", where=exc.where,
+                           fix=f"{exc.fix}; the example inputs must fit base too (none of "
+                               "their axes may grow with width)") from exc
+
+
+def _no_output(model: nn.Module) -> Diagnostic:
+    return Diagnostic("warning", "no-output", f"{type(model).__name__}.forward",
+                      "the forward returns no tensor, so nothing marks the output axes "
+                      "finite: a readout looks like a hidden or input layer",
+                      "return the model's output tensor(s) (a tuple or dict of tensors is "
+                      "fine), or pass base= so widths are measured")
+
+
+def _unaligned() -> Diagnostic:
     return Diagnostic("warning", "graphs-differ", "<graph>",
                       "the two captures differ in structure; only parameter shapes were "
                       "compared, attention sites were inferred from one capture",

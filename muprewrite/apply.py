@@ -22,7 +22,7 @@ from torch import nn
 from .analysis.attention import HeadsConvention
 from .analyzer import analyze_with_capture
 from .capture import aliases
-from .errors import MuprewriteError
+from .errors import MuprewriteError, UsageError
 from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
 from .rewrite.hosts import INIT_ATTR, PENDING_ATTR
@@ -49,17 +49,30 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
       every method that calls it), through ``torch.compile`` too;
     - ``param_groups(model, lr=...)`` gives the optimizer groups.
 
+    Parameters frozen at this call (``requires_grad=False``: a pretrained base under LoRA
+    adapters, a fixed position table) keep the function they compute: no init rescale, no
+    forward multiplier (tied or not), no logit factor at an attention whose query or key
+    they project, no optimizer group; ``plan_of(model).diagnostics`` lists what a trained
+    one would have got. Freeze and unfreeze before ``apply``, as it will be in training.
+
     ``state_dict`` keys do not change. Applying twice raises. ``compile=True`` returns
     ``torch.compile(model)``.
     """
+    if base is None:
+        raise UsageError("apply needs base=: the model at the width the hyperparameters were "
+                         "tuned at", fix="muprewrite.apply(model, inputs, base=MyModel(width=64))")
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"model must be an nn.Module, got {type(model).__name__}",
+                         fix="muprewrite.apply(MyModel(width=256), inputs, base=...)")
     done = plan_of(model)
     if done is not None:
         raise MuprewriteError(f"{type(model).__name__} is already rewritten (rule "
                               f"{done.rule!r}); applying again would scale it twice",
                               fix="apply to a freshly built model; plan_of(model) shows the "
                                   "plan in effect")
-    rule = load_rule(rule) if isinstance(rule, str) else rule
-    report, cap = analyze_with_capture(model, example_inputs, base=base, heads=heads,
+    rule = rule if isinstance(rule, Rule) else load_rule(rule)
+    wrapper, model = model, unwrap(model)  # torch.compile / DDP: rewrite the model inside
+    report, cap = analyze_with_capture(model, example_inputs, base=unwrap(base), heads=heads,
                                        progress=progress)
     if progress:
         progress(f"planning rule {rule.id!r}")
@@ -73,9 +86,9 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
             rescale_to_targets(model, targets)
     install(model, plan)
     if compile:
-        compiled: nn.Module = torch.compile(model)  # type: ignore[assignment]  # an OptimizedModule
+        compiled: nn.Module = torch.compile(wrapper)  # type: ignore[assignment]  # an OptimizedModule
         return compiled
-    return model
+    return wrapper
 
 
 def rescale_init(model: nn.Module) -> dict[str, float]:
@@ -85,6 +98,9 @@ def rescale_init(model: nn.Module) -> dict[str, float]:
     device, call it after ``model.to_empty(device=...)`` and your own init (sharded FSDP2
     parameters are fine). Idempotent. Returns the factor applied to each parameter.
     """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"rescale_init needs the model (an nn.Module), got "
+                         f"{type(model).__name__}", fix="muprewrite.rescale_init(model)")
     model = unwrap(model)
     if plan_of(model) is None:
         raise MuprewriteError(f"{type(model).__name__} was not rewritten by muprewrite.apply",

@@ -10,9 +10,13 @@ there, so capturing an 18B model allocates no parameter memory.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import io
 import logging
 import operator
+import os
+import re
+import sysconfig
 import traceback
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -21,8 +25,9 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.export.graph_signature import OutputKind, TensorArgument
 
-from .errors import CaptureError
+from .errors import CaptureError, InputSpecError
 
 __all__ = ["Capture", "capture", "normalize_inputs", "canonical_names", "aliases"]
 
@@ -57,10 +62,10 @@ def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, An
         return tuple(example_inputs[0]), dict(example_inputs[1])
     if isinstance(example_inputs, (tuple, list)):
         return tuple(example_inputs), {}
-    raise TypeError(
-        "example_inputs must be a tensor, a tuple of positional arguments, or "
-        f"((args...), {{kwargs}}); got {type(example_inputs).__name__}"
-    )
+    raise InputSpecError(
+        f"example inputs must be tensors; got {type(example_inputs).__name__}",
+        fix="pass a tensor, a tuple of positional arguments (x, t, ...), or "
+            "((args...), {kwargs}); with the CLI, --inputs \"float(2, 3, 32, 32)\"")
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -87,6 +92,10 @@ def _to_device(value: Any, device: torch.device | None) -> Any:
     return value
 
 
+# loggers that print while export fails: shape warnings, "failed while attempting to run meta"
+_NOISY = ("torch.fx.experimental.symbolic_shapes", "torch._subclasses.fake_tensor")
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
     """Keep torch.export's graph dumps and shape warnings off the user's terminal.
@@ -94,14 +103,16 @@ def _quiet() -> Iterator[None]:
     On failure the CaptureError says what matters (module, file:line, fix) and chains the
     original exception, which carries torch's full explanation.
     """
-    logger = logging.getLogger("torch.fx.experimental.symbolic_shapes")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
+    loggers = [logging.getLogger(name) for name in _NOISY]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
     try:
         with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
             yield
     finally:
-        logger.setLevel(level)
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
 
 
 def canonical_names(model: nn.Module) -> dict[str, str]:
@@ -123,6 +134,7 @@ def aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
 
 def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Capture:
     """Export ``model(*args, **kwargs)`` as one graph (non-strict ``torch.export``)."""
+    _check_arguments(model, args, kwargs)
     device = _model_device(model)
     args = _to_device(args, device)
     kwargs = _to_device(kwargs, device)
@@ -142,8 +154,26 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         buffers=MappingProxyType(dict(sig.inputs_to_buffers)),
         constants=constants,
         user_inputs=tuple(sig.user_inputs),
-        user_outputs=tuple(o for o in sig.user_outputs if o is not None),
+        user_outputs=tuple(spec.arg.name for spec in sig.output_specs  # tensors, not constants
+                           if spec.kind == OutputKind.USER_OUTPUT
+                           and isinstance(spec.arg, TensorArgument)),
     )
+
+
+def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    """Refuse example inputs that do not fit ``forward``'s signature, before export tries."""
+    try:
+        signature = inspect.signature(model.forward)
+    except (TypeError, ValueError):
+        return  # a builtin or C forward: let export say what it finds
+    try:
+        signature.bind(*args, **kwargs)
+    except TypeError as exc:
+        raise InputSpecError(
+            f"the example inputs do not fit {type(model).__name__}.forward{signature}: {exc}",
+            where=_definition(model),
+            fix="pass one value per argument of forward: a tensor, a tuple (x, t, ...), or "
+                "((args...), {kwargs}); a list is taken as the positional arguments") from None
 
 
 _INLINE = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
@@ -177,15 +207,27 @@ def _inline_subgraphs(gm: torch.fx.GraphModule) -> None:
                 graph.erase_node(sub_attr)
 
 
+_STDLIB = tuple({sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib")})
+
+
+def _is_user_file(filename: str) -> bool:
+    """Not torch, not this package, not the standard library (``inspect`` binding args)."""
+    if "/torch/" in filename or "/muprewrite/" in filename or "<" in filename:
+        return False
+    packages = "site-packages" in filename or "dist-packages" in filename
+    return packages or not filename.startswith(_STDLIB)
+
+
 def _user_frame(exc: BaseException) -> traceback.FrameSummary | None:
-    """The innermost traceback frame outside torch and this package."""
+    """The innermost traceback frame of the user's code."""
     frames = traceback.extract_tb(exc.__traceback__)
-    user = [
-        f for f in frames
-        if "/torch/" not in f.filename and "/muprewrite/" not in f.filename
-        and "<" not in f.filename
-    ]
+    user = [f for f in frames if _is_user_file(f.filename)]
     return user[-1] if user else None
+
+
+def _definition(model: nn.Module) -> str:
+    code = getattr(model.forward, "__code__", None)
+    return f"{code.co_filename}:{code.co_firstlineno}" if code else ""
 
 
 def _module_of_frame(model: nn.Module, exc: BaseException) -> str:
@@ -202,15 +244,52 @@ def _module_of_frame(model: nn.Module, exc: BaseException) -> str:
     return found
 
 
-_HINTS = (
-    ("data-dependent", "the forward branches on tensor values (.item(), bool(tensor), "
-     "nonzero); pass concrete Python values as kwargs, or capture a small real (non-meta) "
-     "instance"),
-    ("Could not guard", "the forward branches on tensor values; pass concrete Python values "
-     "as kwargs, or capture a small real (non-meta) instance"),
-    ("meta", "an op has no meta-device kernel; build the model on CPU at a small width and "
-     "pass base= for width evidence"),
-)
+_VALUES = ("the forward turns tensor values into Python values (.item(), .tolist(), int(t), "
+           "bool(t), `if t.any():`), which torch.export cannot capture on any device (a real "
+           "CPU instance fails the same way): compute it with tensor ops instead (torch.where, "
+           "masks, index_add_ on a possibly empty selection) or pass the value as a concrete "
+           "Python kwarg")
+_SIZES = ("the forward branches on a data-dependent size (nonzero, boolean-mask indexing, "
+          "torch.where(mask)): drop the branch (ops on an empty selection are fine), or test "
+          "the size with torch.fx.experimental.symbolic_shapes.guard_or_false(n == 0), "
+          "which is the plain test in eager and takes the general path when captured")
+_INPUTS = ("pass tensors as example inputs (torch.tensor(...) for data); Python lists, numbers "
+           "and None are taken as constants")
+_DTYPES = ("check the example inputs' dtypes against the model (token ids as torch.long, "
+           "images as float): --inputs / example_inputs()")
+_SHAPES = ("check the example inputs' shapes against the model (--inputs / example_inputs()); "
+           "if they are right, run model(*inputs) in eager: the forward fails there too")
+_META = ("an op has no meta-device kernel; build the model on CPU at a small width and pass "
+         "base= for width evidence")
+_DEFAULT = ("make the forward traceable: no Python control flow on tensor values, timesteps "
+            "as tensors, non-tensor options as concrete kwargs")
+_SHAPE_WORDS = re.compile(r"size|shape|dimension|channels|broadcast|reduction dim", re.I)
+
+
+def _data_dependent(exc: BaseException, text: str) -> str | None:
+    from torch.fx.experimental.symbolic_shapes import GuardOnDataDependentSymNode
+
+    if not isinstance(exc, GuardOnDataDependentSymNode) and "data-dependent" not in text:
+        return None
+    size_branch = "Could not guard" in text and "Size-like symbols: none" not in text
+    return _SIZES if size_branch else _VALUES
+
+
+def _fix_for(exc: BaseException) -> str:
+    """The fix for a failed export, by what kind of failure it is."""
+    text = str(exc)
+    hint = _data_dependent(exc, text)
+    if hint:
+        return hint
+    if "'Meta' backend" in text or (isinstance(exc, NotImplementedError) and "meta" in text):
+        return _META
+    if isinstance(exc, TypeError) and "must be Tensor, not" in text:
+        return _INPUTS
+    if "scalar type" in text or "dtype" in text:
+        return _DTYPES
+    if isinstance(exc, (RuntimeError, ValueError, IndexError)) and _SHAPE_WORDS.search(text):
+        return _SHAPES
+    return _DEFAULT
 
 
 def _capture_error(model: nn.Module, exc: BaseException) -> CaptureError:
@@ -221,15 +300,9 @@ def _capture_error(model: nn.Module, exc: BaseException) -> CaptureError:
         where = f"module {module}" + (f", {where}" if where else "")
     text = str(exc).strip().splitlines()
     first = text[0] if text else type(exc).__name__
-    fix = "make the forward traceable: no Python control flow on tensor values, timesteps " \
-          "as tensors, non-tensor options as concrete kwargs"
-    for needle, hint in _HINTS:
-        if needle in str(exc):
-            fix = hint
-            break
     return CaptureError(
         f"could not capture {type(model).__name__}.forward with torch.export: "
         f"{type(exc).__name__}: {first}",
         where=where,
-        fix=fix,
+        fix=_fix_for(exc),
     )

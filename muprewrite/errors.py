@@ -6,7 +6,7 @@ fix it; the CLI prints ``str(error)`` as its one-line (or few-line) message.
 
 from __future__ import annotations
 
-__all__ = ["MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError"]
+__all__ = ["MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 
 
 class MuprewriteError(Exception):
@@ -43,3 +43,8 @@ class ModelSpecError(MuprewriteError):
 
 class InputSpecError(MuprewriteError):
     """An ``--inputs`` expression or ``example_inputs`` value is malformed."""
+
+
+class UsageError(MuprewriteError):
+    """A library call got an argument that does not fit: a value of the wrong type, a base
+    of another structure, or a Report that does not describe the model it is used with."""

@@ -18,13 +18,16 @@ the same factor, so the ratios between groups (the muP part) survive them.
 
 from __future__ import annotations
 
+import numbers
 import warnings
+from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from .analysis.report import Report
-from .errors import MuprewriteError
+from .errors import MuprewriteError, UsageError
 from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
@@ -62,9 +65,17 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     For a model returned by ``apply``, nothing else is needed: the rule and the width
     multipliers come from the plan in effect. For a model that was not rewritten, pass the
     ``report`` of ``analyze(model, ..., base=...)`` and a ``rule`` (default ``"mup"``).
-    ``lr``, ``weight_decay`` and ``eps`` are the values tuned at base width. Frozen
-    parameters are left out.
+    ``lr``, ``weight_decay`` and ``eps`` are the values tuned at base width.
+
+    Parameters frozen now are left out, as torch's optimizers would skip them. One that was
+    frozen when the model was analysed got no muP factors (its function was kept), so
+    training it now is refused. A report analysed from another model (another width,
+    another structure) is refused too.
     """
+    if not isinstance(model, nn.Module):
+        raise UsageError(f"param_groups needs the model (an nn.Module), got "
+                         f"{type(model).__name__}", fix="param_groups(model, lr=...)")
+    _check_numbers(lr=lr, weight_decay=weight_decay, eps=eps)
     model = unwrap(model)  # torch.compile / DDP wrappers: the names are the model's own
     plan = plan_of(model)
     if getattr(model, PENDING_ATTR, False):
@@ -73,13 +84,19 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                       "your own init", stacklevel=2)
     if plan is not None:
         asked = rule if isinstance(rule, str) or rule is None else rule.id
+        if asked is not None and asked.endswith(".toml"):  # a custom rule file: its id
+            asked = Path(asked).stem
         if asked is not None and asked != plan.rule:
             raise MuprewriteError(f"the model was rewritten with rule {plan.rule!r}, not "
                                   f"{asked!r}",
                                   fix="leave rule= out, or apply the other rule to a fresh model")
         factors, report = plan.params, plan.report
-        uses_eps = load_rule(plan.rule).optimizer == "adam"
+        uses_eps = plan.optimizer == "adam"
     else:
+        if report is not None and not isinstance(report, Report):
+            raise UsageError(f"report must be a muprewrite Report, got {type(report).__name__}",
+                             fix="report = muprewrite.analyze(model, inputs, base=...); "
+                                 "pass the rule by name: rule=\"mup\"")
         if report is None:
             raise MuprewriteError(f"{type(model).__name__} was not rewritten by "
                                   "muprewrite.apply, and no report was given",
@@ -91,14 +108,11 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                                   "base=<the model at base width>) and pass that report")
         loaded = load_rule(rule or "mup") if not isinstance(rule, Rule) else rule
         factors, uses_eps = param_factors(report, loaded), loaded.optimizer == "adam"
+    _check_report(model, report)
     groups: dict[tuple[float, float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        if name not in report.params:
-            raise MuprewriteError(f"parameter {name!r} is not in the report",
-                                  fix="pass the report of this very model (analyze it again "
-                                      "after changing its structure)")
         f = factors[name]
         key = (f.lr, f.weight_decay, f.eps)
         if key not in groups:
@@ -108,4 +122,35 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                 groups[key]["eps"] = eps * f.eps
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
+    if not groups:
+        raise UsageError(f"{type(model).__name__} has no trainable parameter",
+                         fix="unfreeze what is to be trained (requires_grad=True) before "
+                             "analysing it")
     return list(groups.values())
+
+
+def _check_numbers(**values: Any) -> None:
+    for name, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, (numbers.Real, torch.Tensor)):
+            raise UsageError(f"{name} must be a number, got {type(value).__name__} {value!r}",
+                             fix=f"{name}=1e-3 (the value tuned at base width)")
+
+
+def _check_report(model: nn.Module, report: Report) -> None:
+    """The report must describe this very model: same names and shapes, and nothing trained
+    now that was frozen when it was analysed."""
+    mismatches = report.mismatches({n: tuple(p.shape) for n, p in model.named_parameters()})
+    if mismatches:
+        more = f" (and {len(mismatches) - 3} more)" if len(mismatches) > 3 else ""
+        raise UsageError(f"the report does not describe {type(model).__name__}: "
+                         f"{'; '.join(mismatches[:3])}{more}",
+                         fix="pass the report of this very model: analyze(model, inputs, "
+                             "base=...) on the model you train, at its width and structure")
+    thawed = [n for n, p in model.named_parameters()
+              if p.requires_grad and not report[n].trainable]
+    if thawed:
+        raise UsageError(f"{thawed[0]!r} was frozen when the model was analysed, so it got no "
+                         f"muP factors, and it is trainable now"
+                         + (f" ({len(thawed) - 1} more)" if len(thawed) > 1 else ""),
+                         fix="set requires_grad as it will be in training before apply/"
+                             "analyze, or freeze it again")

@@ -5,10 +5,11 @@ from __future__ import annotations
 from torch import fx
 
 from ..dims import AxisGraph, Dims
+from ..dims.registry import op_name
 from .report import Diagnostic
 from .source import node_source
 
-__all__ = ["solver_diagnostics", "base_disagreements"]
+__all__ = ["solver_diagnostics", "base_disagreements", "routing_diagnostics"]
 
 _SEVERITY = {"ambiguous-split": "info", "square-map": "info", "isolated-axis": "info", "finite-constant": "info", "mark-overridden": "info",
              "width-constant": "warning", "width-output": "warning"}
@@ -72,4 +73,25 @@ def base_disagreements(single: Dims, measured: Dims, state: dict, sizes: dict) -
                 "info", "inferred-finite", f"{owner} axis {axis[1]}",
                 f"grows with width ({single.sizes[axis]} vs {sizes[axis]}) though a single "
                 f"capture took it as finite ({single.why(axis)})"))
+    return out
+
+
+def routing_diagnostics(graph: fx.Graph, dims: Dims) -> list[Diagnostic]:
+    """``topk`` along an axis a single capture took as width: a mixture-of-experts router's
+    expert count looks like width unless ``base`` measures it."""
+    nodes = {n.name: n for n in graph.nodes}
+    out = []
+    for node in graph.nodes:
+        if node.op != "call_function" or op_name(node) != "topk":
+            continue
+        x = node.args[0]
+        ndim = x.meta["val"].dim()
+        dim = node.args[2] if len(node.args) > 2 else node.kwargs.get("dim", -1)
+        axis = (x.name, int(dim) % ndim)
+        if dims.is_width(axis):
+            out.append(Diagnostic(
+                "warning", "routing-width", _where(nodes, node.name),
+                f"topk selects among {dims.sizes[axis]} along an axis taken as width; if it "
+                "is a number of experts, the router's role is wrong",
+                "pass base= (the model at another width) so the expert count is measured"))
     return out

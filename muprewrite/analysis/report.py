@@ -102,6 +102,17 @@ class Report:
     def __len__(self) -> int:
         return len(self.params)
 
+    def mismatches(self, shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        """How a model with these parameter shapes (name -> shape) differs from the one
+        analysed: names missing on either side, shapes that differ; empty if it matches."""
+        out = [f"{name!r} is not in the report" for name in shapes if name not in self.params]
+        out += [f"{name!r} is in the report but not in the model" for name in self.params
+                if name not in shapes]
+        out += [f"{name!r} has shape {tuple(shape)} but {self.params[name].shape} in the report"
+                for name, shape in shapes.items()
+                if name in self.params and tuple(shape) != tuple(self.params[name].shape)]
+        return out
+
     def roles(self) -> dict[str, Role]:
         return {name: info.role for name, info in self.params.items()}
 

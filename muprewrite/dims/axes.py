@@ -25,7 +25,7 @@ from typing import Any
 import networkx as nx
 import torch
 
-__all__ = ["Axis", "Strength", "Seed", "Compose", "AxisGraph"]
+__all__ = ["Axis", "Strength", "Seed", "Compose", "AxisGraph", "as_int"]
 
 Axis = tuple[str, int]
 
@@ -74,7 +74,7 @@ class AxisGraph:
         for dim, size in enumerate(shape):
             axis = (key, dim)
             self.equal.add_node(axis)
-            self.sizes[axis] = _as_int(size)
+            self.sizes[axis] = as_int(size)
 
     def phantom(self, node: str) -> Axis:
         """A fresh axis standing for a size that no tensor carries (a slice's remainder)."""
@@ -114,7 +114,8 @@ class AxisGraph:
         self.unhandled.setdefault(op, []).append(node)
 
 
-def _as_int(size: Any) -> int:
+def as_int(size: Any) -> int:
+    """A size as an int: a symbolic size's hint; -1 for a data-dependent (unbacked) one."""
     if isinstance(size, int):
         return size
     if isinstance(size, torch.SymInt):

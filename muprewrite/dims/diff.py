@@ -13,7 +13,7 @@ from types import MappingProxyType
 import torch
 
 from ..capture import Capture
-from .axes import Axis
+from .axes import Axis, as_int
 from .solve import Dims
 
 __all__ = ["base_sizes", "with_base"]
@@ -47,7 +47,7 @@ def base_sizes(cap: Capture, base: Capture) -> tuple[dict[Axis, int], bool]:
         for (key, ta), (_, tb) in zip(_tensors(a), _tensors(b)):
             if ta.dim() == tb.dim():
                 for d in range(ta.dim()):
-                    sizes[(key, d)] = int(tb.shape[d])
+                    sizes[(key, d)] = as_int(tb.shape[d])
     return sizes, aligned
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import fx
 
-from .axes import Axis, AxisGraph
+from .axes import Axis, AxisGraph, as_int
 
 __all__ = ["Ctx", "Rule", "rule", "lookup", "op_name"]
 
@@ -29,7 +29,7 @@ class Ctx:
         return isinstance(x, fx.Node) and isinstance(x.meta.get("val"), torch.Tensor)
 
     def shape(self, x: fx.Node) -> tuple[int, ...]:
-        return tuple(int(s) for s in x.meta["val"].shape)
+        return tuple(as_int(s) for s in x.meta["val"].shape)
 
     def axes(self, x: Any) -> list[Axis] | None:
         """Axes of a tensor-valued argument, or None if it is not a tensor."""
@@ -46,7 +46,7 @@ class Ctx:
 
     def out_shape(self, node: fx.Node, index: int | None = None) -> tuple[int, ...]:
         val = node.meta["val"] if index is None else node.meta["val"][index]
-        return tuple(int(s) for s in val.shape)
+        return tuple(as_int(s) for s in val.shape)
 
     def is_state(self, x: Any) -> bool:
         """True for a parameter/buffer, or a transpose/cast of one (``W.t()``)."""

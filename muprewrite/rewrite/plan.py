@@ -18,12 +18,13 @@ from typing import Literal
 from torch import fx
 
 from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPattern, find_attention
-from ..analysis.report import ParamInfo, Report
+from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
 from ..rules import Exponents, Rule, RuleError, Scaling
+from .frozen import frozen_diagnostics, frozen_projections
 
-__all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_factors",
+__all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_factors", "rule_factors",
            "tied_multiplier", "multiplied_uses", "make_plan", "FAMILIES"]
 
 Family = Literal["sdpa", "softmax", "matmul"]
@@ -80,10 +81,14 @@ class HostEdit:
 
 @dataclass(frozen=True)
 class Plan:
+    """``diagnostics``: what the plan left out and why (frozen parameters, see frozen.py)."""
+
     rule: str
     report: Report
     params: Mapping[str, ParamPlan]
     hosts: tuple[HostEdit, ...]
+    diagnostics: tuple[Diagnostic, ...] = ()
+    optimizer: str = "adam"  # the rule's optimizer family (a custom rule file is not reloaded)
 
     def __getitem__(self, name: str) -> ParamPlan:
         return self.params[name]
@@ -113,26 +118,33 @@ def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
     A tied embedding/readout weight takes its embedding row (init, lr, eps, weight decay)
     and, at its readout uses, the multiplier that makes its readout contribution scale as an
     output weight's: effective(output) / effective(embedding), at the readout's fan-in.
+    Unused and frozen parameters (``requires_grad=False`` when analysed) take no factor at
+    all: a frozen parameter keeps the function it computes (no init change, no forward
+    multiplier, tied or not), and the optimizer never sees it.
     """
-    plans = {}
-    for info in report:
-        if info.role == "unused":
-            plans[info.name] = ParamPlan(info.name, 1.0, 1.0, 1.0, 1.0, 1.0)
-            continue
-        m_in, m_out = _m(info)
-        row = rule.scaling(info.role, info.kind)
-        multiplier = row.multiplier.factor(m_in, m_out)
-        if info.tied:
-            multiplier = tied_multiplier(rule, row).factor(m_in, m_out)
-        elif multiplier != 1.0 and info.kind not in ("weight", "embedding"):
-            raise RuleError(f"rule {rule.id!r} gives the {info.kind} parameter {info.name!r} "
-                            f"a forward multiplier; only weights and embeddings can take one",
-                            where=str(rule.path),
-                            fix=f"move the factor into [kind.{info.kind}] init instead")
-        plans[info.name] = ParamPlan(info.name, row.init.factor(m_in, m_out),
-                                     row.lr.factor(m_in, m_out), row.eps.factor(m_in, m_out),
-                                     row.weight_decay.factor(m_in, m_out), multiplier)
-    return plans
+    return {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
+            else rule_factors(info, rule) for info in report}
+
+
+def _identity(name: str) -> ParamPlan:
+    return ParamPlan(name, 1.0, 1.0, 1.0, 1.0, 1.0)
+
+
+def rule_factors(info: ParamInfo, rule: Rule) -> ParamPlan:
+    """The factors ``rule`` gives one used parameter, whether or not it is trainable."""
+    m_in, m_out = _m(info)
+    row = rule.scaling(info.role, info.kind)
+    multiplier = row.multiplier.factor(m_in, m_out)
+    if info.tied:
+        multiplier = tied_multiplier(rule, row).factor(m_in, m_out)
+    elif multiplier != 1.0 and info.kind not in ("weight", "embedding"):
+        raise RuleError(f"rule {rule.id!r} gives the {info.kind} parameter {info.name!r} "
+                        f"a forward multiplier; only weights and embeddings can take one",
+                        where=str(rule.path),
+                        fix=f"move the factor into [kind.{info.kind}] init instead")
+    return ParamPlan(info.name, row.init.factor(m_in, m_out), row.lr.factor(m_in, m_out),
+                     row.eps.factor(m_in, m_out), row.weight_decay.factor(m_in, m_out),
+                     multiplier)
 
 
 def make_plan(report: Report, graph: fx.Graph, rule: Rule,
@@ -147,10 +159,16 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
         if edit not in edits:
             edits.append(edit)
     nodes = {n.name: n for n in graph.nodes}
+    diags = frozen_diagnostics(report, {i.name: rule_factors(i, rule) for i in report
+                                        if not i.trainable and i.role != "unused"})
     sites = {s.node: s for s in report.attention}
     for pattern in find_attention(graph):
         site = sites[pattern.node]
         if rule.attention == "unchanged" or not site.d_head_grows:
+            continue
+        frozen = frozen_projections(nodes, report, pattern)
+        if frozen:
+            diags.append(_frozen_attention(site.source or site.node, frozen))
             continue
         if site.d_head_base is None:
             raise RuleError(f"attention at {site.source or site.node}: d_head grows but its "
@@ -162,7 +180,16 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
         hosts.setdefault(host, ([], []))[1].append(
             AttentionEdit(pattern.node, site.source, family, ordinal, factor))
     return Plan(rule.id, report, MappingProxyType(params),
-                tuple(HostEdit(h, tuple(u), tuple(a)) for h, (u, a) in hosts.items()))
+                tuple(HostEdit(h, tuple(u), tuple(a)) for h, (u, a) in hosts.items()),
+                tuple(diags), rule.optimizer)
+
+
+def _frozen_attention(where: str, frozen: list[str]) -> Diagnostic:
+    return Diagnostic("info", "frozen-attention", where,
+                      f"attention logits left at their scale: query/key come from frozen "
+                      f"{', '.join(frozen[:3])}{' ...' if len(frozen) > 3 else ''}",
+                      "set requires_grad=True on the projections before apply if they are "
+                      "to be trained")
 
 
 def multiplied_uses(report: Report, params: Mapping[str, ParamPlan]

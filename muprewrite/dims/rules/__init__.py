@@ -1,5 +1,5 @@
 """One module per op family; importing this package registers every rule."""
 
-from . import contract, create, elementwise, norms, reduce, sdpa, shape  # noqa: F401
+from . import contract, create, elementwise, norms, reduce, route, sdpa, shape  # noqa: F401
 
 __all__: list[str] = []

@@ -54,7 +54,7 @@ def _matmul(ctx: Ctx, a: fx.Node, b: fx.Node, out: list[Axis]) -> None:
                 ctx.graph.same(batch[-i], out[-2 - i])
 
 
-@rule("matmul", "mm", "bmm")
+@rule("matmul", "mm", "bmm", "mv", "dot", "vdot")
 def matmul(node: fx.Node, ctx: Ctx) -> None:
     _matmul(ctx, node.args[0], node.args[1], ctx.out(node))
 

@@ -4,17 +4,25 @@ from __future__ import annotations
 
 from torch import fx
 
-from ..registry import Ctx, rule
+from ..registry import Ctx, op_name, rule
+from .elementwise import pointwise
 
 __all__: list[str] = []
 
 
+# ops whose reduced dims are not the second argument: norm(x, p, dim), vector_norm(x, ord, dim)
+_DIM_SLOT = {"norm": 2, "linalg_vector_norm": 2}
+
+
 def _dims(node: fx.Node, ndim: int) -> set[int] | None:
-    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
-    if dim is None or dim == []:
-        return None  # all axes
-    dims = [dim] if isinstance(dim, int) else list(dim)
-    return {d % ndim for d in dims}
+    """The reduced axes; None for all of them (or an argument that names no axes)."""
+    slot = _DIM_SLOT.get(op_name(node), 1)
+    dim = node.args[slot] if len(node.args) > slot else node.kwargs.get("dim")
+    if isinstance(dim, int) and not isinstance(dim, bool):
+        return {dim % ndim}
+    if isinstance(dim, (list, tuple)) and dim and all(isinstance(d, int) for d in dim):
+        return {d % ndim for d in dim}
+    return None
 
 
 @rule("sum", "mean", "amax", "amin", "var", "std", "prod", "logsumexp", "norm",
@@ -23,6 +31,9 @@ def _dims(node: fx.Node, ndim: int) -> set[int] | None:
 def reduction(node: fx.Node, ctx: Ctx) -> None:
     x = ctx.axes(node.args[0])
     if x is None:
+        return
+    if len(node.args) > 1 and ctx.is_tensor(node.args[1]):  # max(a, b): elementwise
+        pointwise(node, ctx)
         return
     reduced = _dims(node, len(x))
     if reduced is None:
