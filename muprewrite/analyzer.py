@@ -25,7 +25,7 @@ from .analysis.source import node_module, node_source
 from .capture import Capture, capture, normalize_inputs
 from .dims import Dims, build_axis_graph, solve
 from .dims.diff import base_sizes, with_base
-from .errors import CaptureError, MuprewriteError, UsageError
+from .errors import CaptureError, MuprewriteError, UsageError, first_few
 from .optim import unwrap
 
 __all__ = ["analyze", "analyze_with_capture"]
@@ -125,9 +125,8 @@ def _check_base(model: nn.Module, base: nn.Module) -> None:
     problems += [f"{n!r} has {ours[n]} axes, {theirs[n]} in base" for n in ours
                  if n in theirs and ours[n] != theirs[n]]
     if problems:
-        more = f" (and {len(problems) - 3} more)" if len(problems) > 3 else ""
         raise UsageError(f"base is not {type(model).__name__} at another width: "
-                         f"{'; '.join(problems[:3])}{more}",
+                         f"{first_few(problems)}",
                          fix="build base with the same constructor and options (depth, "
                              "heads, ...), changing only the width")
 

@@ -6,7 +6,7 @@ fix it; the CLI prints ``str(error)`` as its one-line (or few-line) message.
 
 from __future__ import annotations
 
-__all__ = ["MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
+__all__ = ["first_few", "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 
 
 class MuprewriteError(Exception):
@@ -48,3 +48,9 @@ class InputSpecError(MuprewriteError):
 class UsageError(MuprewriteError):
     """A library call got an argument that does not fit: a value of the wrong type, a base
     of another structure, or a Report that does not describe the model it is used with."""
+
+
+def first_few(items: list[str], n: int = 3) -> str:
+    """``"a; b; c (and 4 more)"``: the start of a list of problems, for one-line errors."""
+    more = f" (and {len(items) - n} more)" if len(items) > n else ""
+    return "; ".join(items[:n]) + more

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from .analysis.report import Report
-from .errors import MuprewriteError, UsageError
+from .errors import MuprewriteError, UsageError, first_few
 from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
@@ -141,9 +141,8 @@ def _check_report(model: nn.Module, report: Report) -> None:
     now that was frozen when it was analysed."""
     mismatches = report.mismatches({n: tuple(p.shape) for n, p in model.named_parameters()})
     if mismatches:
-        more = f" (and {len(mismatches) - 3} more)" if len(mismatches) > 3 else ""
         raise UsageError(f"the report does not describe {type(model).__name__}: "
-                         f"{'; '.join(mismatches[:3])}{more}",
+                         f"{first_few(mismatches)}",
                          fix="pass the report of this very model: analyze(model, inputs, "
                              "base=...) on the model you train, at its width and structure")
     thawed = [n for n, p in model.named_parameters()

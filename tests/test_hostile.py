@@ -96,6 +96,44 @@ class Net(nn.Module):
         return (torch.randn(2, 8, device=self.inp.weight.device),)
 """
 
+MOE = NET + '''
+
+class MoE(nn.Module):
+    """Top-1 routing: tokens go to experts by the router's argmax, summed back with index_add."""
+
+    def __init__(self, width: int = 32, experts: int = 4) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.router = nn.Linear(width, experts)
+        self.experts = nn.ModuleList([nn.Linear(width, width) for _ in range(experts)])
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)  # (T, W)
+        choice = self.router(h).topk(1, dim=-1).indices[:, 0]  # (T,)
+        y = torch.zeros_like(h)
+        for i, expert in enumerate(self.experts):
+            idx = (choice == i).nonzero()[:, 0]  # data-dependent count
+            y = y.index_add(0, idx, expert(h[idx]))
+        return self.out(y)
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(6, 8, device=self.inp.weight.device),)
+
+
+class Normed(Net):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__(width)
+        self.out = nn.utils.parametrizations.spectral_norm(nn.Linear(width, 4))
+
+
+class Branchy(Net):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.sum() > 0:  # BRANCH-LINE
+            x = -x
+        return super().forward(x)
+'''
+
 NAN_RULE = """id = "nan"
 title = "t"
 status = "experimental"
@@ -182,6 +220,15 @@ CASES = [
     Case("zero-range", analyze(*M, "--inputs", "int(2, high=0)"), r"high must be an integer >= 1"),
     Case("huge-input", analyze(*M, "--inputs", "float(2**30, 2**30)"), r"elements \(at most"),
     Case("unknown-option", analyze(*M, "--inputs", "float(2, 8, low=3)"), r"unknown option 'low'"),
+    # --- capture ---------------------------------------------------------------------------
+    Case("shape-mismatch", analyze(*M, "--inputs", "float(2, 16)"),
+         r"model\.py:\d+.*fix: check the example inputs' shapes"),
+    Case("moe", analyze("--model", "MoE(width=64)", "--base", "MoE(width=32)", "--json"),
+         model=MOE),
+    Case("spectral-norm", analyze("--model", "Normed(width=64)", "--base", "Normed(width=32)",
+                                  "--json"), model=MOE),
+    Case("value-branch", analyze("--model", "Branchy(width=64)"), r"model\.py:\d+: if x\.sum",
+         model=MOE),
     # --- importing the user's file -----------------------------------------------------
     Case("print-at-import", analyze(*M, "--json"), model='print("hello from import")\n' + NET),
     Case("exit-at-import", analyze(*M), r"calls sys\.exit\(0\) when imported",
@@ -349,3 +396,11 @@ def test_signal_while_writing_leaves_nothing(tmp_path: Path, signame: str, code:
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and "Aborted!" not in proc.stderr
     assert _snapshot(tmp_path) == before  # model.py untouched, no temporary file
+
+
+def test_routing_and_spectral_norm_roles(outcomes: dict[str, Outcome]) -> None:
+    moe = json.loads(outcomes["moe"].stdout)["params"]
+    assert moe["router.weight"]["role"] == "output" and moe["experts.0.weight"]["role"] == "hidden"
+    normed = json.loads(outcomes["spectral-norm"].stdout)["params"]
+    assert {n: p["role"] for n, p in normed.items() if n.startswith("out.")} == {
+        "out.bias": "fixed", "out.parametrizations.weight.original": "output"}

@@ -4,7 +4,8 @@ Fan axes come from the consuming op, not from the module type: ``nn.Linear`` wei
 ``[fan_out, fan_in]``, embeddings ``[fan_in (rows), fan_out]``, GPT-2's Conv1D (``addmm``)
 ``[fan_in, fan_out]``, an ``x @ W`` weight ``[..., fan_in, fan_out]``, an einsum operand's
 contracted letters are its fan_in. Shape-only ops between the parameter and its consumer
-(``W.t()``, ``W.view(...)``, casts) are followed and the axes mapped back.
+(``W.t()``, ``W.view(...)``, casts) and rescales by one-element tensors (``W / sigma`` in
+spectral norm, ``W * c``) are followed and the axes mapped back.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def _collect(node: fx.Node, axis_map: list[int], uses: list[Use], depth: int) ->
     """``axis_map[i]`` = parameter axis that axis i of ``node`` comes from."""
     for user in node.users:
         name = op_name(user)
-        if name in _FOLLOW and depth < 6:
+        if (name in _FOLLOW or _scalar_rescale(user, name, node)
+                or _same_shape_view(user, name, node)) and depth < 6:
             mapped = _map_axes(user, name, axis_map)
             if mapped is not None:
                 _collect(user, mapped, uses, depth + 1)
@@ -60,6 +62,29 @@ def _collect(node: fx.Node, axis_map: list[int], uses: list[Use], depth: int) ->
         uses.append(Use(user.name, name, slot,
                         tuple(axis_map[a] for a in fan_in), tuple(axis_map[a] for a in fan_out),
                         node_module(user), str(src) if src else ""))
+
+
+def _same_shape_view(user: fx.Node, name: str, node: fx.Node) -> bool:
+    """A flatten/view/reshape that leaves the shape as it was (spectral norm's flatten of a
+    2-D weight)."""
+    if name not in ("flatten", "view", "reshape", "_unsafe_view") or user.args[0] is not node:
+        return False
+    before, after = node.meta.get("val"), user.meta.get("val")
+    return (hasattr(before, "shape") and hasattr(after, "shape")
+            and tuple(before.shape) == tuple(after.shape))
+
+
+def _scalar_rescale(user: fx.Node, name: str, node: fx.Node) -> bool:
+    """``W / sigma`` or ``W * c`` with a one-element ``sigma``/``c`` (spectral norm, a
+    hand-written multiplier): the consumer of the result consumes ``W``'s axes."""
+    if name not in ("div", "mul") or len(user.args) != 2 or user.args[0] is not node and (
+            name == "div" or user.args[1] is not node):
+        return False
+    other = user.args[1] if user.args[0] is node else user.args[0]
+    if isinstance(other, (int, float)):
+        return True
+    val = other.meta.get("val") if isinstance(other, fx.Node) else None
+    return val is not None and hasattr(val, "numel") and val.numel() == 1
 
 
 def _map_axes(user: fx.Node, name: str, axis_map: list[int]) -> list[int] | None:
