@@ -171,12 +171,14 @@ def test_moe_apply_runs() -> None:
 def test_spectral_norm(norm: Callable[[nn.Module], nn.Module]) -> None:
     def build(width: int) -> nn.Module:
         model = _mlp(width, "cpu")
-        model[2] = norm(model[2])
+        model[2], model[4] = norm(model[2]), norm(model[4])  # a hidden layer and the readout
         return model
 
     report = muprewrite.analyze(build(32), torch.randn(4, 32), base=build(16))
-    hidden = next(n for n in report.params if n.startswith("2.") and "bias" not in n)
-    assert (report[hidden].role, report["4.weight"].role) == ("hidden", "output")
+    hidden, readout = (next(n for n in report.params if n.startswith(f"{i}.") and "bias" not in n)
+                       for i in (2, 4))
+    assert (report[hidden].role, report[readout].role) == ("hidden", "output")
+    assert report[readout].fan_in == (1,) and report[readout].fan_out == (0,)
     model = muprewrite.apply(build(32), torch.randn(4, 32), base=build(16))
     assert model(torch.randn(2, 32)).shape == (2, 3)
 
