@@ -112,11 +112,13 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
     click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
 
 
-from .coord_cmd import coord_check_cmd  # noqa: E402 - the group is defined above
+from .check_cmd import check_cmd  # noqa: E402 - the group is defined above
+from .coord_cmd import coord_check_cmd  # noqa: E402
 from .emit_cmd import emit_cmd  # noqa: E402
 from .rules_cmd import rules_group  # noqa: E402
 
 cli.add_command(rules_group)
+cli.add_command(check_cmd)
 cli.add_command(coord_check_cmd)
 cli.add_command(emit_cmd)
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import ModuleType
 
 from ..errors import ModelSpecError
-from .project import is_project_file, module_name, project_root, user_frame
+from .project import is_project_file, module_name, project_root, remember, user_frame
 
 __all__ = ["load_module", "contained"]
 
@@ -90,9 +90,12 @@ def _forget_project_modules(root: Path) -> None:
     local = {p.stem for p in root.glob("*.py")} | {p.parent.name for p in root.glob("*/__init__.py")}
     for key, mod in list(sys.modules.items()):
         filename = getattr(mod, "__file__", None)
+        if not filename:
+            continue
         if is_project_file(filename, root) or (
-                key.split(".", 1)[0] in local and filename
+                key.split(".", 1)[0] in local
                 and is_project_file(filename, Path(Path(filename).anchor))):
+            remember(key, filename)
             del sys.modules[key]
 
 

@@ -19,9 +19,24 @@ from types import ModuleType
 from typing import Any
 
 __all__ = ["project_root", "module_name", "is_project_file", "defined_in_project",
-           "user_frame"]
+           "user_frame", "remember"]
 
 _LIBRARY_PARTS = {"site-packages", "dist-packages"}
+# files of user modules dropped from sys.modules by a later load (see load.py); their
+# classes still exist and must still count as the user's
+_FORGOTTEN: dict[str, str] = {}
+
+
+def remember(name: str, filename: str) -> None:
+    """Record that module ``name`` came from ``filename`` before it leaves sys.modules."""
+    _FORGOTTEN[name] = filename
+
+
+def _module_file(name: str) -> str | None:
+    module = sys.modules.get(name)
+    if module is not None:
+        return getattr(module, "__file__", None)
+    return _FORGOTTEN.get(name)
 
 
 def project_root(path: Path) -> Path:
@@ -69,7 +84,7 @@ def defined_in_project(obj: Any, root: Path) -> bool:
     if isinstance(obj, ModuleType):
         return is_project_file(getattr(obj, "__file__", None), root)
     if isinstance(obj, type):
-        return is_project_file(getattr(sys.modules.get(obj.__module__), "__file__", None), root)
+        return is_project_file(_module_file(obj.__module__), root)
     func = getattr(obj, "__func__", obj)  # a bound classmethod -> its function
     code = getattr(func, "__code__", None)
     return code is not None and is_project_file(code.co_filename, root)

@@ -1,0 +1,65 @@
+"""``muprewrite check``: does an emitted file train what ``muprewrite.apply`` trains?"""
+
+from __future__ import annotations
+
+import click
+
+from ..errors import MuprewriteError
+
+__all__ = ["check_cmd"]
+
+_HELP = """Check an emitted muP file by running it: exit 1 at the first divergence.
+
+\b
+  muprewrite check dit_mup.py --model "DiT(hidden_size=256, num_heads=2)" \\
+      --model "DiT(hidden_size=512, num_heads=2)"
+
+\b
+Builds EMITTED_FILE's model at its base width (read from the file) and at each --model,
+and the original model (named in the file's header, or --original) rewritten by
+muprewrite.apply with the same base. In float64 it compares: the base's structure with
+the model's; the parameters after seeding; the output for every input set (--inputs,
+repeatable; default the model's example_inputs()) in train and in eval mode; and
+--steps AdamW steps on mup_param_groups against param_groups. At the base width the
+expectation is the original model itself.
+
+\b
+A removed readout multiplier or attention factor, a branch of the forward left unscaled
+(pass an --inputs that runs it), or a base of another structure fails the check, naming
+the emitted file's line, the mode and the size of the error. Paths that no input set
+runs are not checked. `muprewrite FILE --check` is the quick, text-only check of the
+header (it runs nothing).
+"""
+
+
+@click.command("check", help=_HELP)
+@click.argument("emitted_file", type=click.Path(dir_okay=False))
+@click.option("--model", "models", multiple=True, required=True, metavar="EXPR",
+              help="A width to check at (repeat: two widths above the base are a good check).")
+@click.option("--inputs", "inputs", multiple=True, metavar="SPECS",
+              help='One input set, e.g. "int(2, 16, high=100)"; repeat for each path.')
+@click.option("--original", type=click.Path(dir_okay=False),
+              help="The file the emitted one was written from (default: named in its header).")
+@click.option("--rule", default=None,
+              help="The rule, when a custom rule file was used: path/to/rule.toml.")
+@click.option("--steps", type=click.IntRange(0, 100), default=5, show_default=True,
+              help="AdamW steps compared.")
+def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...],
+              original: str | None, rule: str | None, steps: int) -> None:
+    from ..verify.source_check import check_emitted
+    from .main import _stage_printer
+
+    try:
+        result = check_emitted(emitted_file, models, inputs=inputs, original=original,
+                               rule=rule, steps=steps, progress=_stage_printer())
+    except MuprewriteError as exc:
+        raise click.ClickException(exc.one_line()) from None
+    for line in result.compared:
+        click.echo(f"ok: {line}")
+    if result.divergence is not None:
+        raise click.ClickException(
+            f"{result.file}: {result.divergence.line()}; fix: regenerate it with `muprewrite "
+            f"{result.original.name} --model ... --base ... -o {result.file.name}`, or if the "
+            "edit was yours, restore the muP factor there")
+    click.echo(f"{result.file}: behaves as muprewrite.apply on {result.original.name} "
+               f"(rule {result.rule!r})")

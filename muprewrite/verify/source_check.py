@@ -1,0 +1,304 @@
+"""The behavioural check of an emitted file: does it train what ``muprewrite.apply`` trains?
+
+``check_emitted`` builds the emitted model at the base width and at each width asked for, and
+the original model (the file the emitted one was written from) the same way, rewritten by
+``apply`` with the emitted file's own base. For every width, every input set and both modes
+(train, eval) it compares, in float64:
+
+1. the structure: the base the emitted file builds has the model's parameters, with the same
+   number of axes (a base of another structure has no factor for what it lacks);
+2. the parameters after seeding (the emitted init against ``apply``'s rescale);
+3. the forward output; on a divergence, the first module whose output differs is named with
+   the emitted file's line of its ``forward``;
+4. ``steps`` AdamW steps on ``mup_param_groups`` against ``param_groups``.
+
+At the base width the expectation is the original model itself, unchanged. A check that
+sees a deleted readout multiplier, a deleted attention factor, or a branch of the forward left
+unscaled (when an input set runs it) fails here. What no input set runs is not checked: pass
+one ``inputs`` per path of the forward.
+"""
+
+from __future__ import annotations
+
+import ast
+import contextlib
+import inspect
+import re
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..capture import normalize_inputs
+from ..errors import MuprewriteError
+from ..files import read_source
+from ..spec import build_model, load_module, parse_inputs
+
+__all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted"]
+
+_HEADER = re.compile(r"muP version of (?P<file>\S+) \(rule \"(?P<rule>[^\"]+)\"")
+RTOL = 1e-9
+
+
+class CheckError(MuprewriteError):
+    """The emitted file cannot be checked (not emitted, original missing, bad specs)."""
+
+
+@dataclass(frozen=True)
+class Divergence:
+    """The first place where the emitted model and its expectation part."""
+
+    width: str  # the --model spec (or the base call)
+    what: str  # "structure", "parameter", "output", "training"
+    where: str  # file:line or parameter/module name
+    mode: str  # "train" / "eval" / "-"
+    inputs: int  # index of the input set, -1 when not applicable
+    error: float  # relative size of the difference
+    detail: str = ""
+
+    def line(self) -> str:
+        mode = f", {self.mode} mode" if self.mode != "-" else ""
+        inputs = f", input set {self.inputs}" if self.inputs >= 0 else ""
+        return (f"{self.what} diverges at {self.where} ({self.width}{mode}{inputs}): relative "
+                f"error {self.error:.3g}" + (f"; {self.detail}" if self.detail else ""))
+
+
+@dataclass
+class SourceCheck:
+    """What was compared, and the first divergence (None: the file passed)."""
+
+    file: Path
+    original: Path
+    rule: str
+    compared: list[str] = field(default_factory=list)  # one line per passed comparison
+    divergence: Divergence | None = None
+
+    @property
+    def passed(self) -> bool:
+        return self.divergence is None
+
+
+def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[str] = (),
+                  original: str | Path | None = None, rule: str | None = None, steps: int = 5,
+                  progress: Callable[[str], None] | None = None) -> SourceCheck:
+    """Check the emitted file ``path`` at its base width and at each spec in ``models``."""
+    path = Path(path)
+    text = read_source(path).text
+    header = _HEADER.search(" ".join(line.lstrip("# ") for line in text.splitlines()[:8]))
+    if header is None:
+        raise CheckError(f"{path} has no muprewrite header", fix=f"check the file muprewrite "
+                         f"wrote: muprewrite ORIGINAL.py --model ... --base ... -o {path.name}")
+    source = Path(original) if original else path.with_name(header["file"])
+    if not source.is_file():
+        raise CheckError(f"the original {source} of {path} is not there",
+                         fix="pass --original path/to/the/original.py")
+    emitted, user = load_module(path), load_module(source)
+    base_text = _base_call(emitted, path)
+    result = SourceCheck(path, source, rule or header["rule"])
+    say = progress or (lambda _m: None)
+    with _float64():
+        for spec in [base_text, *models]:
+            say(f"checking {spec}")
+            found = _check_width(result, emitted, user, spec, base_text, inputs, steps)
+            if found is not None:
+                result.divergence = found
+                break
+    return result
+
+
+def _base_call(emitted: ModuleType, path: Path) -> str:
+    """The base constructor call written in the emitted ``mup_base_model``."""
+    func = getattr(emitted, "mup_base_model", None)
+    if func is None:
+        raise CheckError(f"{path} has no mup_base_model(): it is not a whole muprewrite file",
+                         fix="regenerate it from the original file")
+    tree = ast.parse(inspect.getsource(func))
+    returns = [n for n in ast.walk(tree) if isinstance(n, ast.Return) and n.value is not None]
+    if len(returns) != 1:
+        raise CheckError(f"{path}: mup_base_model() was edited", fix="regenerate the file")
+    return ast.unparse(returns[0].value)  # type: ignore[arg-type]
+
+
+@contextlib.contextmanager
+def _float64() -> Iterator[None]:
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spec: str,
+                 base_text: str, inputs: Sequence[str], steps: int) -> Divergence | None:
+    from ..apply import apply
+    from ..optim import param_groups
+
+    seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
+    torch.manual_seed(seed)
+    base = build_model(user, base_text, "the emitted base", device="cpu")
+    structure = _structure(spec, base, build_model(user, spec, "--model", device="meta"))
+    if structure is not None:
+        return structure
+    at_base = spec == base_text
+    torch.manual_seed(1)
+    expected = build_model(user, spec, "--model", device="cpu")
+    if not at_base:
+        expected = apply(expected, base=base, rule=result.rule)
+    torch.manual_seed(1)
+    model = build_model(emitted, spec, "--model", device="cpu")
+    found = _parameters(spec, model, expected)
+    sets = _input_sets(expected, inputs)
+    for i, (args, kwargs) in enumerate(sets):
+        for mode in ("train", "eval"):
+            found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
+    if found is None and steps:
+        groups = (param_groups(expected, lr=1e-2, weight_decay=0.1) if not at_base else
+                  [{"params": list(expected.parameters()), "lr": 1e-2, "weight_decay": 0.1}])
+        ours = emitted.mup_param_groups(model, lr=1e-2, weight_decay=0.1)
+        found = _training(spec, model, ours, expected, groups, sets[0], steps)
+    if found is None:
+        result.compared.append(f"{spec}: parameters, {len(sets)} input set(s) x train/eval, "
+                               f"{steps} AdamW steps: equal")
+    return found
+
+
+def _structure(spec: str, base: nn.Module, model: nn.Module) -> Divergence | None:
+    ours = {n: p.dim() for n, p in model.named_parameters()}
+    theirs = {n: p.dim() for n, p in base.named_parameters()}
+    missing = sorted(set(ours) ^ set(theirs)) + sorted(
+        n for n in ours if n in theirs and ours[n] != theirs[n])
+    if missing:
+        return Divergence(spec, "structure", "mup_base_model()", "-", -1, float("inf"),
+                          f"the emitted base and the model differ in {len(missing)} "
+                          f"parameter(s), e.g. {', '.join(missing[:10])}; the base must be the "
+                          "same architecture at another width")
+    return None
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    a, b = a.detach().double(), b.detach().double()
+    if a.shape != b.shape:
+        return float("inf")
+    scale = max(float(b.abs().max()) if b.numel() else 0.0, 1e-30)
+    return float((a - b).abs().max()) / scale if a.numel() else 0.0
+
+
+def _parameters(spec: str, model: nn.Module, expected: nn.Module) -> Divergence | None:
+    theirs = expected.state_dict()
+    for name, value in model.state_dict().items():
+        if name not in theirs:
+            return Divergence(spec, "parameter", name, "-", -1, float("inf"), "not in the "
+                              "original model")
+        error = _rel(value, theirs[name])
+        if error > RTOL:
+            return Divergence(spec, "parameter", name, "-", -1, error, "init scale differs")
+    return None
+
+
+def _input_sets(model: nn.Module, inputs: Sequence[str]) -> list[tuple[tuple, dict]]:
+    if inputs:
+        return [parse_inputs(text, device="cpu") for text in inputs]
+    make = getattr(model, "example_inputs", None)
+    if not callable(make):
+        raise CheckError(f"{type(model).__name__} has no example_inputs() method",
+                         fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32)" (repeat it '
+                             "for each path of the forward)")
+    torch.manual_seed(2)
+    return [normalize_inputs(make())]
+
+
+def _outputs(spec: str, model: nn.Module, expected: nn.Module, args: tuple, kwargs: dict,
+             mode: str, index: int, file: Path) -> Divergence | None:
+    model.train(mode == "train")
+    expected.train(mode == "train")
+    with _recorded(model) as ours, _recorded(expected) as theirs, torch.no_grad():
+        torch.manual_seed(3)
+        out = model(*args, **kwargs)
+        torch.manual_seed(3)
+        ref = expected(*args, **kwargs)
+    error = max((_rel(a, b) for a, b in zip(_tensors(out), _tensors(ref))), default=0.0)
+    if error <= RTOL:
+        return None
+    where = "the model's output"
+    for name in ours:
+        if name in theirs and max((_rel(a, b) for a, b in zip(ours[name], theirs[name])),
+                                  default=0.0) > RTOL:
+            where = _module_where(model, name, file)
+            break
+    return Divergence(spec, "output", where, mode, index, error)
+
+
+@contextlib.contextmanager
+def _recorded(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
+    """Each module's first output, in the order the modules finish (innermost first)."""
+    seen: dict[str, list[torch.Tensor]] = {}
+    handles = []
+    for name, module in model.named_modules():
+        def hook(_m: nn.Module, _a: Any, out: Any, name: str = name) -> None:
+            seen.setdefault(name, _tensors(out))
+        handles.append(module.register_forward_hook(hook))
+    try:
+        yield seen
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _tensors(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, (list, tuple)):
+        return [t for v in value for t in _tensors(v)]
+    return []
+
+
+def _module_where(model: nn.Module, name: str, file: Path) -> str:
+    """The emitted file's line of the innermost module around ``name`` that the file defines
+    (a library leaf such as nn.Linear is named through its parent's forward)."""
+    path = name
+    while True:
+        module = model.get_submodule(path)
+        try:
+            src = inspect.getsourcefile(type(module).forward)
+            _lines, start = inspect.getsourcelines(type(module).forward)
+        except (OSError, TypeError):
+            src, start = None, 0
+        if src and Path(src).resolve() == file.resolve():
+            inner = f"; first differing output: {name}" if name != path else ""
+            return (f"{file}:{start}: {type(module).__name__}.forward of "
+                    f"{path or '<root>'}{inner}")
+        if not path:
+            return f"module {name or '<root>'} ({type(model.get_submodule(name)).__name__})"
+        path = path.rpartition(".")[0]
+
+
+def _training(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
+              theirs: list[dict], inputs: tuple[tuple, dict], steps: int) -> Divergence | None:
+    args, kwargs = inputs
+    losses = []
+    for net, groups in ((model, ours), (expected, theirs)):
+        net.train()
+        opt = torch.optim.AdamW(groups)
+        run = []
+        torch.manual_seed(4)
+        for _ in range(steps):
+            out = _tensors(net(*args, **kwargs))
+            loss = sum(o.double().square().mean() for o in out if o.is_floating_point())
+            opt.zero_grad()
+            loss.backward()  # type: ignore[union-attr]
+            opt.step()
+            run.append(float(loss.detach()))  # type: ignore[union-attr]
+        losses.append(run)
+    for step, (a, b) in enumerate(zip(*losses)):
+        error = abs(a - b) / max(abs(b), 1e-30)
+        if error > RTOL:
+            return Divergence(spec, "training", f"AdamW step {step + 1}", "train", 0, error,
+                              "mup_param_groups and param_groups give different updates")
+    return None
