@@ -258,6 +258,10 @@ CASES = [
     # --- numbers that reach emitted code ------------------------------------------------
     Case("seed-huge", ("model.py", *M, "--base", "Net(width=32)", "--seed", str(2**70)),
          r"Invalid value for '--seed'.*range", code=2),
+    Case("base-equals-model", ("model.py", *M, "--base", "Net(width=64)"),
+         r"the base must differ in width"),
+    Case("base-other-depth", ("model.py", *M, "--base", "Net(width=32, depth=1)"),
+         r"base is not Net at another width.*hidden\.1\.weight"),
     # --- files -------------------------------------------------------------------------
     Case("symlink-in-place", ("src/link.py", *M, "--base", "Net(width=32)", "--in-place"),
          files={"src/real.py": NET}, links={"src/link.py": "real.py"},

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libcst as cst
+import torch
 from libcst.metadata import MetadataWrapper
 
 from ..analysis.attention import HeadsConvention, find_attention
@@ -88,6 +89,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     user = load_module(path)
     model = build_model(user, model_expr, "--model", device=device)
     base = build_model(user, base_expr, "--base", device=device)
+    _check_base_differs(model, base, model_expr, base_expr)
     root = type(model)
     spans = class_spans(wrapper)
     if root.__module__ != user.__name__ or root.__name__ not in spans:
@@ -142,6 +144,18 @@ def _encode(path: Path, original: SourceText, source: str) -> bytes:
                         "of the output",
                         fix="save the file as UTF-8 (and make its coding comment utf-8), or "
                             "use only ASCII in --base and the file name") from None
+
+
+def _check_base_differs(model: torch.nn.Module, base: torch.nn.Module, model_expr: str,
+                        base_expr: str) -> None:
+    """A base with the model's sizes everywhere gives no width evidence: the emitted file
+    would carry no factor at any width."""
+    ours = {n: tuple(p.shape) for n, p in model.named_parameters()}
+    if ours == {n: tuple(p.shape) for n, p in base.named_parameters()}:
+        raise EmitError(f"the base must differ in width: --base {base_expr.strip()} has every "
+                        f"parameter size of --model {model_expr.strip()}",
+                        fix="pass as --base the model at the width you tune on, e.g. half "
+                            "the hidden size")
 
 
 def _entry(info: ParamInfo, rule: Rule) -> Entry | None:
