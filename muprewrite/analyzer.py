@@ -19,11 +19,17 @@ from torch import nn
 
 from .analysis.attention import HeadsConvention, find_attention, heads_marks
 from .analysis.classify import ParamFacts, classify_params
-from .analysis.diagnose import base_disagreements, routing_diagnostics, solver_diagnostics
+from .analysis.diagnose import (
+    base_disagreements,
+    constant_diagnostics,
+    routing_diagnostics,
+    solver_diagnostics,
+)
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
 from .analysis.source import node_module, node_source
 from .capture import Capture, capture, normalize_inputs
 from .dims import Dims, build_axis_graph, solve
+from .dims.constants import width_sized_constants
 from .dims.diff import base_sizes, with_base
 from .errors import CaptureError, MuprewriteError, UsageError, first_few
 from .optim import unwrap
@@ -71,8 +77,11 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     say(f"building the dimension graph ({len(cap.graph.nodes)} nodes)")
     axes = build_axis_graph(cap)
     sites = find_attention(cap.graph)
-    dims = solve(axes, heads_marks(sites, heads))
+    marks = heads_marks(sites, heads)
+    dims = solve(axes, marks)
     diags = solver_diagnostics(cap.graph, axes, dims) + routing_diagnostics(cap.graph, dims)
+    if base is None:
+        diags += constant_diagnostics(cap.graph, width_sized_constants(cap, axes, dims, marks))
     sizes: dict = {}
     if base is not None:
         say(f"capturing base {type(base).__name__} to measure widths")

@@ -13,7 +13,6 @@ import contextlib
 import inspect
 import io
 import logging
-import operator
 import os
 import re
 import sysconfig
@@ -25,8 +24,9 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.export.graph_signature import OutputKind, TensorArgument
+from torch.export.graph_signature import ExportGraphSignature, OutputKind, TensorArgument
 
+from .capture_inline import inline_subgraphs
 from .errors import CaptureError, InputSpecError
 
 __all__ = ["Capture", "capture", "normalize_inputs", "canonical_names", "aliases"]
@@ -144,7 +144,7 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     except Exception as exc:  # noqa: BLE001 - re-raised as a CaptureError with context
         raise _capture_error(model, exc) from exc
     sig = program.graph_signature
-    _inline_subgraphs(program.graph_module)
+    inline_subgraphs(program.graph_module)
     canonical = canonical_names(model)
     params = {node: canonical.get(fqn, fqn) for node, fqn in sig.inputs_to_parameters.items()}
     constants = frozenset(sig.inputs_to_lifted_tensor_constants)
@@ -154,10 +154,18 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
         buffers=MappingProxyType(dict(sig.inputs_to_buffers)),
         constants=constants,
         user_inputs=tuple(sig.user_inputs),
-        user_outputs=tuple(spec.arg.name for spec in sig.output_specs  # tensors, not constants
-                           if spec.kind == OutputKind.USER_OUTPUT
-                           and isinstance(spec.arg, TensorArgument)),
+        user_outputs=_user_outputs(program.graph, sig),
     )
+
+
+def _user_outputs(graph: torch.fx.Graph, sig: ExportGraphSignature) -> tuple[str, ...]:
+    """Names of the nodes the forward returns (tensors, not constants), read from the output
+    node: inlining a wrapper (a checkpointed readout) replaces the node the signature names."""
+    returned = graph.output_node().args[0]
+    returned = returned if isinstance(returned, (list, tuple)) else (returned,)
+    return tuple(node.name for spec, node in zip(sig.output_specs, returned)
+                 if spec.kind == OutputKind.USER_OUTPUT and isinstance(spec.arg, TensorArgument)
+                 and isinstance(node, torch.fx.Node))
 
 
 def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
@@ -174,37 +182,6 @@ def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
             where=_definition(model),
             fix="pass one value per argument of forward: a tensor, a tuple (x, t, ...), or "
                 "((args...), {kwargs}); a list is taken as the positional arguments") from None
-
-
-_INLINE = ("wrap_with_set_grad_enabled", "wrap_with_autocast")
-
-
-def _inline_subgraphs(gm: torch.fx.GraphModule) -> None:
-    """Splice ``wrap_with_set_grad_enabled``/``wrap_with_autocast`` bodies into the graph.
-
-    Export puts code run under ``torch.no_grad()``/``autocast`` (e.g. transformers' rotary
-    tables) in a sub-module; its ops matter for the dimension analysis like any other.
-    """
-    graph = gm.graph
-    for node in list(graph.nodes):
-        if node.op != "call_function" or not str(node.target).endswith(_INLINE):
-            continue
-        sub_attr, operands = node.args[1], node.args[2:]
-        sub = getattr(gm, sub_attr.target) if isinstance(sub_attr, torch.fx.Node) else None
-        if not isinstance(sub, torch.fx.GraphModule):
-            continue
-        holders = [n for n in sub.graph.nodes if n.op == "placeholder"]
-        with graph.inserting_before(node):
-            result = graph.graph_copy(sub.graph, dict(zip(holders, operands)))
-        outs = result if isinstance(result, (list, tuple)) else (result,)
-        for user in list(node.users):
-            if user.target is operator.getitem:
-                user.replace_all_uses_with(outs[user.args[1]])
-                graph.erase_node(user)
-        if not node.users:
-            graph.erase_node(node)
-            if not sub_attr.users:
-                graph.erase_node(sub_attr)
 
 
 _STDLIB = tuple({sysconfig.get_paths()[k] + os.sep for k in ("stdlib", "platstdlib")})

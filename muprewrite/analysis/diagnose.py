@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import fx
 
 from ..dims import AxisGraph, Dims
+from ..dims.constants import SizedConstant
 from ..dims.registry import op_name
 from .report import Diagnostic
-from .source import node_source
+from .source import node_module, node_source
 
-__all__ = ["solver_diagnostics", "base_disagreements", "routing_diagnostics"]
+__all__ = ["solver_diagnostics", "base_disagreements", "routing_diagnostics",
+           "constant_diagnostics"]
 
 _SEVERITY = {"ambiguous-split": "info", "square-map": "info", "isolated-axis": "info", "finite-constant": "info", "mark-overridden": "info",
              "width-constant": "warning", "width-output": "warning"}
@@ -95,3 +97,35 @@ def routing_diagnostics(graph: fx.Graph, dims: Dims) -> list[Diagnostic]:
                 "is a number of experts, the router's role is wrong",
                 "pass base= (the model at another width) so the expert count is measured"))
     return out
+
+
+def constant_diagnostics(graph: fx.Graph, found: list[SizedConstant]) -> list[Diagnostic]:
+    """A weight reading a constant as wide as a width axis it meets (single capture only):
+    name the parameter and the constant's line, and say both readings."""
+    nodes = {n.name: n for n in graph.nodes}
+    return [Diagnostic(
+        "warning", "width-sized-constant", item.param,
+        f"axis {item.axis} (size {item.size}) is finite only because of "
+        f"{_constant_site(nodes.get(item.constant or ''))}, and the width axis it meets "
+        f"at {_module_site(nodes.get(item.meets))} has the same size: if the constant is "
+        "sized from the model's width (a timestep sinusoid as wide as the model), this axis "
+        "grows too and the weight is hidden, not input; if it is a fixed size that merely "
+        "equals this width (a 256-wide frequency embedding at width 256), the role is "
+        "right. One capture cannot tell the two apart",
+        "pass base= (a second width measures it)") for item in found]
+
+
+def _constant_site(node: fx.Node | None) -> str:
+    if node is None:
+        return "a constant built in forward"
+    src = node_source(node)
+    made = f" made at {src.file}:{src.line} (`{src.code}`)" if src else ""
+    return f"`{op_name(node)}`{made}"
+
+
+def _module_site(node: fx.Node | None) -> str:
+    if node is None:
+        return "a weight"
+    module = node_module(node)
+    src = node_source(node)
+    return (module or node.name) + (f" ({src.file}:{src.line})" if src else "")
