@@ -25,9 +25,15 @@ weight decay and init; the emitted file works at every width and needs no
 muprewrite at run time. What changes (every other line keeps its bytes):
   - a block after the imports: MUP_* constants, mup_init(), mup_param_groups();
   - the model's __init__ ends with mup_init(self) (init scale, multipliers);
-  - the output multiplier at the readout call; the attention scale on each
-    scaled_dot_product_attention call (scale=) or explicit q @ k^T product;
+  - the output multiplier at every readout call and the attention scale on
+    every scaled_dot_product_attention call (scale=) or q @ k^T product under
+    a softmax, in every method of the classes concerned: paths the capture
+    did not run (a generate branch, a non-fused attention) are edited by
+    pattern, and the header lists them;
   - a header comment naming the rule.
+A use that cannot be edited with certainty (the readout returned or passed
+on, getattr(self, name), a softmax over something other than q @ k^T) is
+refused at FILE:LINE; muprewrite.apply(model, ...) is the runtime fallback.
 Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
 
 \b

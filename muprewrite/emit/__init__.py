@@ -1,7 +1,11 @@
 """Stage 6 — emit: the user's model file rewritten into muP as plain PyTorch source.
 
-``sites.py`` (where each change goes), ``transform.py`` (the libcst edits), ``block.py``
-(the added constants and functions), ``emitter.py`` (the whole job).
+``sites.py`` (where the capture puts each change), ``source.py`` / ``readouts.py`` /
+``attention.py`` / ``trace.py`` (the same computations found by pattern in every method of
+the classes concerned, so that paths no capture ran are edited too, or refused at their
+line), ``complete.py`` (the two merged into node edits), ``forms.py`` (the text of each edit),
+``transform.py`` (the libcst rewrite), ``block.py`` (the added constants and functions),
+``emitter.py`` (the whole job).
 """
 
 from .emitter import Emission, emit, emitted_rule, is_emitted

@@ -26,7 +26,9 @@ from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
 from .block import MARKER, Entry, collapse, render_block, render_header
+from .complete import Edits, complete
 from .sites import EmitError, Sites, locate
+from .source import SourceFile
 from .transform import SourceEdits, class_spans, rewrite
 
 __all__ = ["Emission", "emit", "is_emitted", "emitted_rule"]
@@ -108,22 +110,18 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
               if p.kind == "softmax" and p.logits is not None}
     sites = locate(model, user, path, plan, spans, names, logits)
+    edits = complete(SourceFile(wrapper, path), sites)  # every path of the host classes
 
     entries = collapse({info.name: _entry(info, rule) for info in report})
     unused = [i.name for i in report if i.role == "unused"]
-    defaults: dict[str, list[str]] = {}
-    for site in sites.readouts:
-        if site.attribute not in defaults.setdefault(site.host_class, []):
-            defaults[site.host_class].append(site.attribute)
     imports = [f"import {m}" for m in ("re", "torch") if not _imports(wrapper.module, m)]
     base_call = _call_text(base_expr)
     block = render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                          unused=unused, multipliers=sites.multipliers, d_head=sites.d_head,
                          uses_eps=rule.optimizer == "adam", imports=imports)
-    changes = _changes(root.__name__, report, sites)
+    changes = _changes(root.__name__, report, sites, edits)
     header = render_header(path.name, rule.id, rule.title, changes, base_call)
-    source = rewrite(wrapper, SourceEdits(sites.readouts, sites.attention, defaults,
-                                          root.__name__), block, header)
+    source = rewrite(wrapper, SourceEdits(edits, root.__name__, str(path)), block, header)
     data = _encode(path, original, source)
     try:
         compile(data, str(path), "exec")  # as bytes: the coding comment and BOM are checked too
@@ -187,15 +185,17 @@ def _call_text(expr: str) -> str:
     return cst.Module([]).code_for_node(node if isinstance(node, cst.Call) else cst.Call(node))
 
 
-def _changes(root: str, report: Report, sites: Sites) -> list[str]:
+def _changes(root: str, report: Report, sites: Sites, edits: Edits) -> list[str]:
     rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
     out = [f"{root}.__init__ ends with mup_init(self) (init scale of {rescaled} parameters, "
            "forward multipliers)"]
     if sites.readouts:
         where = sorted({f"{s.host_class}.{s.callee or s.param_attr}" for s in sites.readouts})
-        out.append(f"output multiplier at {', '.join(where)}")
-    if sites.attention:
+        out.append(f"output multiplier at {', '.join(where)} (line(s) "
+                   f"{', '.join(map(str, edits.lines['readout']))})")
+    if edits.lines["attention"]:
         out.append("attention logit scale at line(s) "
-                   f"{', '.join(str(s.line) for s in sites.attention)}")
+                   f"{', '.join(map(str, edits.lines['attention']))}")
+    out += edits.unverified
     out.append("added MUP_* constants, mup_init and mup_param_groups(model, lr, weight_decay)")
     return out

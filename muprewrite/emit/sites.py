@@ -5,6 +5,11 @@ method of the module instance ("host") whose class is written in the file and ho
 line. An attention scale is placed on the ``scaled_dot_product_attention`` call at the
 attention site's line. A change that would fall outside the file (a library module) is an
 error naming the place: the emitter never writes a silently incomplete model.
+
+Each site also carries what the pattern scans (``readouts.py``, ``attention.py``) need to
+find the same computation on paths no capture ran: the classes of the host's MRO written in
+the file (``scope``), and for a readout every name of its parameter and the kind of module
+that owns it.
 """
 
 from __future__ import annotations
@@ -16,7 +21,6 @@ from types import ModuleType
 
 from torch import nn
 
-from ..analysis.report import Report
 from ..errors import MuprewriteError
 from ..rewrite.plan import Plan, multiplied_uses
 
@@ -38,6 +42,10 @@ class ReadoutSite:
     param_attr: str  # chain after ``self.`` to the parameter (functional uses)
     attribute: str
     scale_input: bool  # False: scale the call's result (an embedding lookup)
+    scope: tuple[str, ...] = ()  # classes of the host's MRO written in the file
+    weights: tuple[str, ...] = ()  # every chain after ``self.`` to the parameter
+    owners: tuple[tuple[str, str], ...] = ()  # (chain to the module owning it, call kind)
+    tied: bool = False  # a tied embedding/readout weight: its lookups stay unscaled
 
 
 @dataclass(frozen=True)
@@ -48,6 +56,8 @@ class AttentionScaleSite:
     line: int
     constant: str  # name of the base head size constant
     kind: str = "sdpa"
+    scope: tuple[str, ...] = ()  # classes of the attention module's MRO written in the file
+    children: tuple[tuple[str, str], ...] = ()  # (``self.<name>``, "softmax" | "mha")
 
 
 @dataclass(frozen=True)
@@ -82,23 +92,71 @@ def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
         attribute = f"mup_{leaf}_multiplier"
         scale_input = not isinstance(model.get_submodule(use.module),
                                      (nn.Embedding, nn.EmbeddingBag))
-        site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input)
+        tied = plan.report[name].tied
+        weights = _under(aliases.get(name, (name,)), host)
+        site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input,
+                           _scope(model.get_submodule(host), user, spans), weights,
+                           _owners(model, host, weights, tied), tied)
         readouts.setdefault((line, cls, callee, param_attr), site)
         taken = multipliers.setdefault(host, {})
         if taken.get(attribute, name) != name:
             raise EmitError(f"two parameters with multipliers are both read out through "
                             f"'{leaf}' in {host or 'the root module'}", where=use.source)
         taken[attribute] = name
-    attention, d_head = _attention_sites(plan.report, plan, file, logits)
+    attention, d_head = _attention_sites(model, user, spans, plan, file, logits)
     return Sites(tuple(readouts.values()), attention, multipliers, d_head)
 
 
-def _attention_sites(report: Report, plan: Plan, file: Path, logits: Mapping[str, str]
+def _scope(module: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]]
+           ) -> tuple[str, ...]:
+    """The classes of ``module``'s MRO that are written in the file."""
+    return tuple(c.__name__ for c in type(module).__mro__
+                 if c.__module__ == user.__name__ and c.__name__ in spans)
+
+
+def _attention_children(module: nn.Module) -> list[tuple[str, str]]:
+    """(``self.<name>``, "softmax" | "mha"): the children a scan must know the type of."""
+    return [(n, "softmax" if isinstance(m, nn.Softmax) else "mha")
+            for n, m in module.named_children()
+            if isinstance(m, (nn.Softmax, nn.MultiheadAttention))]
+
+
+def _under(names: tuple[str, ...], host: str) -> tuple[str, ...]:
+    """The parameter's names relative to ``host`` (those inside it)."""
+    return tuple(n if not host else n[len(host) + 1:] for n in names
+                 if not host or n.startswith(host + "."))
+
+
+def _owners(model: nn.Module, host: str, weights: tuple[str, ...], tied: bool
+            ) -> tuple[tuple[str, str], ...]:
+    """(chain to the module holding the parameter, what a call of it needs): "input" (a
+    linear map: scale its input), "output" (a lookup), "skip" (a tied weight's lookup) or
+    "refuse" (a module whose forward this class does not show)."""
+    out = []
+    for weight in weights:
+        owner = weight.rpartition(".")[0]
+        if not owner:
+            continue
+        module = model.get_submodule(f"{host}.{owner}" if host else owner)
+        if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
+            kind = "skip" if tied else "output"
+        elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
+            kind = "input"
+        else:
+            kind = "refuse"
+        out.append((owner, kind))
+    return tuple(out)
+
+
+def _attention_sites(model: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]],
+                     plan: Plan, file: Path, logits: Mapping[str, str]
                      ) -> tuple[tuple[AttentionScaleSite, ...], dict[str, int]]:
-    edited = {edit.site for host in plan.hosts for edit in host.attention}
+    hosts = {edit.site: host.module for host in plan.hosts for edit in host.attention}
     bases: dict[tuple[int, str], set[int]] = {}
-    for site in report.attention:
-        if site.node not in edited:
+    scopes: dict[tuple[int, str], dict[str, None]] = {}
+    children: dict[tuple[int, str], dict[tuple[str, str], None]] = {}
+    for site in plan.report.attention:
+        if site.node not in hosts:
             continue
         if site.kind == "sdpa":
             line, kind = _line_in_file(site.source, file, "an attention scale"), "sdpa"
@@ -111,6 +169,9 @@ def _attention_sites(report: Report, plan: Plan, file: Path, logits: Mapping[str
                             fix="use muprewrite.apply(model, ...) at runtime")
         assert site.d_head_base is not None  # make_plan checked it
         bases.setdefault((line, kind), set()).add(site.d_head_base)
+        module = model.get_submodule(hosts[site.node])
+        scopes.setdefault((line, kind), {}).update(dict.fromkeys(_scope(module, user, spans)))
+        children.setdefault((line, kind), {}).update(dict.fromkeys(_attention_children(module)))
     for (line, _kind), sizes in bases.items():
         if len(sizes) > 1:
             raise EmitError(f"the attention at line {line} runs with base head sizes "
@@ -120,7 +181,8 @@ def _attention_sites(report: Report, plan: Plan, file: Path, logits: Mapping[str
     distinct = sorted({next(iter(s)) for s in bases.values()})
     names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
              for size in distinct}
-    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind)
+    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind, tuple(scopes[line, kind]),
+                                     tuple(children[line, kind]))
                   for (line, kind), s in sorted(bases.items()))
     return sites, {names[size]: size for size in distinct}
 

@@ -1,0 +1,107 @@
+"""The text of each edit: the multiplier on a readout, the scale of an attention's logits.
+
+Each form equals what ``muprewrite.apply`` does at run time:
+
+- a readout ``self.head(x)`` (a linear map) -> ``self.head(x * self.mup_head_multiplier)``;
+  a lookup ``self.embed(i)`` -> ``self.embed(i) * self.mup_embed_multiplier``;
+- ``F.linear(x, self.w, b)`` -> its input scaled; ``F.linear(x, self.w)``, ``x @ self.w.t()``,
+  an einsum -> the product scaled;
+- ``F.scaled_dot_product_attention(q, k, v)`` -> ``scale=MUP_D_HEAD_BASE ** 0.5 /
+  q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``;
+- an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import libcst as cst
+
+from .sites import EmitError
+from .source import callee_name
+
+__all__ = ["NodeEdit", "paren", "times", "apply_edit"]
+
+_SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
+MULTIPLICATIVE = (cst.Multiply, cst.Divide, cst.FloorDivide, cst.Modulo, cst.MatrixMultiply)
+
+
+@dataclass(frozen=True)
+class NodeEdit:
+    """One edit of one node. ``kind`` as the scans' ``Found.kind``; ``factor``: the multiplier
+    attribute (``mup_head_multiplier``) or the base head size constant."""
+
+    kind: str
+    factor: str
+    where: str  # path:line
+    scale_input: bool = True
+    query: str = ""
+
+
+def paren(node: cst.BaseExpression) -> cst.BaseExpression:
+    """Parenthesise a product we built where the parser would bind tighter than ``*``."""
+    if isinstance(node, cst.BinaryOperation) and not node.lpar and isinstance(
+            node.operator, MULTIPLICATIVE):
+        return node.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return node
+
+
+def times(value: cst.BaseExpression, factor: cst.BaseExpression) -> cst.BinaryOperation:
+    if not isinstance(value, _SIMPLE) and not value.lpar:
+        value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return cst.BinaryOperation(value, cst.Multiply(), factor)
+
+
+def apply_edit(node: cst.BaseExpression, edit: NodeEdit) -> cst.BaseExpression:
+    """``node`` (already transformed inside) with ``edit`` made."""
+    if edit.kind == "sdpa":
+        assert isinstance(node, cst.Call)
+        return _scale_attention(node, edit)
+    if edit.kind == "logits":
+        return times(node, cst.parse_expression(f"({edit.factor} / {edit.query}.shape[-1]) "
+                                                "** 0.5"))
+    factor = cst.parse_expression(f"self.{edit.factor}")
+    if edit.kind == "matmul":
+        return times(node, factor)
+    assert isinstance(node, cst.Call)
+    if edit.kind == "functional":
+        has_bias = len(node.args) >= 3 or any(a.keyword and a.keyword.value == "bias"
+                                              for a in node.args)
+        scale_input = callee_name(node.func) in ("linear", "conv1d", "conv2d", "conv3d") and (
+            has_bias)
+    else:
+        scale_input = edit.scale_input
+    if not scale_input:
+        return times(node, factor)
+    if not node.args or node.args[0].keyword or node.args[0].star:
+        raise EmitError("the readout call takes no positional input to scale", where=edit.where,
+                        fix="pass the input positionally")
+    args = list(node.args)
+    args[0] = args[0].with_changes(value=times(args[0].value, factor))
+    return node.with_changes(args=args)
+
+
+def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
+    d = f"{edit.query}.shape[-1]"
+    args = list(call.args)
+    for i, arg in enumerate(args):
+        if arg.keyword and arg.keyword.value == "scale":
+            factor = cst.parse_expression(f"({edit.factor} / {d}) ** 0.5")
+            args[i] = arg.with_changes(value=times(arg.value, factor))
+            return call.with_changes(args=args)
+    new = cst.Arg(cst.parse_expression(f"{edit.factor} ** 0.5 / {d}"),
+                  keyword=cst.Name("scale"),
+                  equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
+    if args and isinstance(args[-1].comma, cst.Comma):  # a trailing comma: one arg a line
+        between = args[-2].comma if len(args) > 1 else args[-1].comma
+        args.append(new.with_changes(comma=args[-1].comma))
+        if isinstance(between, cst.Comma):
+            args[-2] = args[-2].with_changes(comma=between)
+    elif args:  # the new argument goes where the last one ended, before any line break
+        last = args[-1]
+        args[-1] = last.with_changes(comma=cst.Comma(whitespace_after=cst.SimpleWhitespace(" ")),
+                                     whitespace_after_arg=cst.SimpleWhitespace(""))
+        args.append(new.with_changes(whitespace_after_arg=last.whitespace_after_arg))
+    else:
+        args.append(new)
+    return call.with_changes(args=args)
