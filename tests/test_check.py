@@ -153,3 +153,16 @@ def test_each_defect_fails(emitted: tuple[Path, str], defect: str, pattern: str,
     assert code == 1 and len(errors) == 1, out
     assert re.search(needle, errors[0]) and "fix:" in errors[0] and name in errors[0], errors[0]
     assert "Traceback" not in out
+
+
+def test_emitted_file_refuses_another_depth(emitted: tuple[Path, str]) -> None:
+    """μP here transfers across width: at a depth the base lacks, parameters would have no
+    factor, so the emitted mup_init refuses instead of leaving them as they are."""
+    from emitted import import_without_muprewrite
+
+    folder, source = emitted
+    (folder / "depth_mup.py").write_text(source)
+    module = import_without_muprewrite(folder / "depth_mup.py")
+    module.GPT(module.GPTConfig(n_embd=64, n_head=2))  # the base's depth: fine
+    with pytest.raises(ValueError, match=r"differ in \d+ parameter\(s\), e\.g\. h\.2\."):
+        module.GPT(module.GPTConfig(n_embd=64, n_head=2, n_layer=3))

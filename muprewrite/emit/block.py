@@ -131,10 +131,18 @@ def _mup_rms(t: torch.Tensor) -> float:
 def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict[str, float]]:
     """Per parameter, the factor on each quantity (init, multiplier, lr, eps, weight_decay)."""
     base_shapes = {{name: p.shape for name, p in base.named_parameters()}}
+    ours = {{name: p.dim() for name, p in model.named_parameters()}}
+    unmatched = sorted(n for n in ours.keys() ^ base_shapes.keys()) + sorted(
+        n for n in ours if n in base_shapes and ours[n] != len(base_shapes[n]))
+    if unmatched:  # a parameter with no partner in the base has no muP factor
+        raise ValueError(
+            f"muP: the model and its base (mup_base_model()) differ in {{len(unmatched)}} "
+            f"parameter(s), e.g. {{', '.join(unmatched[:10])}}; build the model with the base's "
+            "structure (depth, heads layout, options), changing only its width")
     factors = {{}}
     for name, p in model.named_parameters():
         entry = _mup_entry(name)
-        if entry is None or name not in base_shapes or name in MUP_UNUSED:
+        if entry is None or name in MUP_UNUSED:
             continue
         fan_in, fan_out, exponents = entry
         m_in = m_out = 1.0
