@@ -91,7 +91,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         diags = [d for d in diags if d.code == "no-rule"]
         diags += base_disagreements(dims, measured, axes.state, sizes)
         if not aligned:
-            diags.append(_unaligned())
+            raise _unaligned(model, cap, base_cap)
         dims = measured
     say("classifying parameters")
     facts = _facts(model, base)
@@ -157,11 +157,21 @@ def _no_output(model: nn.Module) -> Diagnostic:
                       "fine), or pass base= so widths are measured")
 
 
-def _unaligned() -> Diagnostic:
-    return Diagnostic("warning", "graphs-differ", "<graph>",
-                      "the two captures differ in structure; only parameter shapes were "
-                      "compared, attention sites were inferred from one capture",
-                      "build base with the same depth and options, differing only in width")
+def _unaligned(model: nn.Module, cap: Capture, base_cap: Capture) -> UsageError:
+    """The base ran another path than the model (a flag, a width-dependent branch): widths
+    measured between two different programs would be guesses, so refuse."""
+    ours, theirs = list(cap.graph.nodes), list(base_cap.graph.nodes)
+    index = next((i for i, (a, b) in enumerate(zip(ours, theirs))
+                  if a.op != b.op or a.target != b.target), min(len(ours), len(theirs)))
+    where = ""
+    for label, nodes in (("model", ours), ("base", theirs)):
+        if index < len(nodes):
+            src = node_source(nodes[index])
+            where += f"{label}: {nodes[index].target} at {src or '?'}; "
+    return UsageError(f"base runs another forward than {type(model).__name__}: the two "
+                      f"captures part at op {index} ({where.rstrip('; ') or 'one ends first'})",
+                      fix="build base with the same options (flags such as flash/fused "
+                          "attention, depth, dropout), changing only the width")
 
 
 def _facts(model: nn.Module, base: nn.Module | None) -> dict[str, ParamFacts]:

@@ -40,18 +40,21 @@ header (it runs nothing).
               help='One input set, e.g. "int(2, 16, high=100)"; repeat for each path.')
 @click.option("--original", type=click.Path(dir_okay=False),
               help="The file the emitted one was written from (default: named in its header).")
+@click.option("--base", "base", default=None, metavar="EXPR",
+              help="The base for apply's reference, when --model sets options (flags) the "
+                   "emitted base call lacks; the same widths as that call.")
 @click.option("--rule", default=None,
               help="The rule, when a custom rule file was used: path/to/rule.toml.")
 @click.option("--steps", type=click.IntRange(0, 100), default=5, show_default=True,
               help="AdamW steps compared.")
 def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...],
-              original: str | None, rule: str | None, steps: int) -> None:
+              original: str | None, base: str | None, rule: str | None, steps: int) -> None:
     from ..verify.source_check import check_emitted
     from .main import _stage_printer
 
     try:
         result = check_emitted(emitted_file, models, inputs=inputs, original=original,
-                               rule=rule, steps=steps, progress=_stage_printer())
+                               rule=rule, steps=steps, base=base, progress=_stage_printer())
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     for line in result.compared:

@@ -84,8 +84,13 @@ class SourceCheck:
 
 def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[str] = (),
                   original: str | Path | None = None, rule: str | None = None, steps: int = 5,
+                  base: str | None = None,
                   progress: Callable[[str], None] | None = None) -> SourceCheck:
-    """Check the emitted file ``path`` at its base width and at each spec in ``models``."""
+    """Check the emitted file ``path`` at its base width and at each spec in ``models``.
+
+    ``base``: the base ``apply`` gets, when the models are built with options (flags) that
+    the emitted file's base call lacks; default that call. Same widths, same parameters.
+    """
     path = Path(path)
     text = read_source(path).text
     header = _HEADER.search(" ".join(line.lstrip("# ") for line in text.splitlines()[:8]))
@@ -97,7 +102,7 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
         raise CheckError(f"the original {source} of {path} is not there",
                          fix="pass --original path/to/the/original.py")
     emitted, user = load_module(path), load_module(source)
-    base_text = _base_call(emitted, path)
+    base_text = base or _base_call(emitted, path)
     result = SourceCheck(path, source, rule or header["rule"])
     say = progress or (lambda _m: None)
     with _float64():
