@@ -154,15 +154,20 @@ def test_functional_readouts(tmp_path: Path, readout: str, expected: str | None)
     assert pairs[-1] == (f"        return {readout}  # logits", f"        return {expected}  # logits")
 
 
-def test_a_change_inside_another_file_is_refused_with_its_location(tmp_path: Path) -> None:
-    """Attention computed in a module from another file (a library): an error names that
-    line and the way out, instead of a model silently missing the attention factor."""
-    (tmp_path / "lib.py").write_text(NET)
+def test_a_change_inside_an_installed_library_is_refused_with_its_location(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attention computed in a module of an installed library: an error names that line and
+    the way out, instead of a model silently missing the attention factor. (A file of the
+    user's own project is edited instead: tests/test_emit_project.py.)"""
+    library = tmp_path / "site-packages"
+    library.mkdir()
+    (library / "extlib_attn.py").write_text(NET)
+    monkeypatch.syspath_prepend(str(library))
     path = tmp_path / "user.py"
     user = NET[NET.index("class Net"):].replace("class Net", "class UserNet")
-    path.write_text(NET[:NET.index("class Attn")] + "from lib import Attn\n\n\n" + user)
-    with pytest.raises(EmitError, match=r"an attention scale belongs at .*lib\.py:15, outside "
-                                        r"user\.py") as err:
+    path.write_text(NET[:NET.index("class Attn")] + "from extlib_attn import Attn\n\n\n" + user)
+    with pytest.raises(EmitError, match=r"an attention scale belongs at .*extlib_attn\.py:15, "
+                                        r"outside your project") as err:
         emit(path, "UserNet(width=64, heads=2)", "UserNet(width=32, heads=2)")
     assert "local subclass" in str(err.value)
     assert path.read_text().startswith("import torch")  # untouched

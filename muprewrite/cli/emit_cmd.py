@@ -8,8 +8,17 @@ from pathlib import Path
 
 import click
 
+from ..emit.emitter import Emission, EmittedFile
+from ..emit.outputs import Output, is_folder, outputs, tree_target
 from ..errors import MuprewriteError
-from ..files import check_distinct, check_output, read_source, split_lines, write_file
+from ..files import (
+    check_distinct,
+    check_folder,
+    check_output,
+    read_source,
+    split_lines,
+    write_files,
+)
 
 __all__ = ["emit_cmd"]
 
@@ -36,13 +45,26 @@ on, getattr(self, name), a softmax over something other than q @ k^T) is
 refused at FILE:LINE; muprewrite.apply(model, ...) is the runtime fallback.
 Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
 
+A readout or attention defined in another file of your project (blocks.py next
+to the model file, a module of its package: `from .layers import Attention`) is
+edited there; those files get only their edits, the class defaults and head
+size constants they use, and a header naming MODEL_FILE, which keeps the MUP_*
+block, mup_init and mup_param_groups. One in an installed library is refused
+at FILE:LINE (fix: a local subclass, or muprewrite.apply at runtime).
+
 \b
-Output: -o FILE, default MODEL_FILE's name with _mup (an existing file is kept
-unless --force); --diff prints a unified diff instead; --in-place rewrites
-MODEL_FILE itself. --check exits 1 unless MODEL_FILE is already muP (for CI).
-The output keeps MODEL_FILE's encoding, BOM and line endings; a symlink is written
-through, an existing file keeps its mode, a read-only one needs --force. On any
-error nothing is written.
+Output: -o FILE, default MODEL_FILE's name with _mup, when only MODEL_FILE
+changes. -o DIR/ (a folder; a trailing slash makes a new one) writes every
+changed file at its place in the project under DIR (DIR/model.py,
+DIR/blocks.py; DIR/pkg/model.py for a package) and copies the project's other
+Python files the model imports, unchanged, so DIR imports on its own (put DIR
+on sys.path). --in-place rewrites the changed files themselves, all or none.
+An existing output is kept unless --force; an output is never an input.
+--diff prints one unified diff per changed file instead. --check exits 1
+unless MODEL_FILE is already muP (for CI).
+Each output keeps its file's encoding, BOM and line endings; a symlink is
+written through, an existing file keeps its mode, a read-only one needs
+--force. On any error nothing is written.
 """
 
 
@@ -63,10 +85,11 @@ error nothing is written.
 @click.option("--device", type=click.Choice(["meta", "cpu"]), default="meta", show_default=True,
               help="Where to build the models for analysis (cpu for constructors that need "
                    "real values, e.g. .item() in __init__).")
-@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Where to write.")
-@click.option("--diff", "show_diff", is_flag=True, help="Print a unified diff; write nothing.")
-@click.option("--in-place", is_flag=True, help="Overwrite MODEL_FILE.")
-@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("-o", "--output", type=click.Path(),
+              help="Where to write: a file, or a folder (DIR/) for the muP project tree.")
+@click.option("--diff", "show_diff", is_flag=True, help="Print unified diffs; write nothing.")
+@click.option("--in-place", is_flag=True, help="Overwrite the changed files of the project.")
+@click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
              inputs_expr: str | None, heads: str, seed: int, device: str, output: str | None,
@@ -83,41 +106,96 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
         raise click.UsageError(f"{missing} is required, e.g. --model \"DiT(hidden_size=1152, "
                                "num_heads=16)\" --base \"DiT(hidden_size=288, num_heads=4)\"")
     if in_place and output:
-        raise click.UsageError("--in-place writes MODEL_FILE itself; leave -o out")
-    target = path if in_place else Path(output) if output else path.with_name(
-        f"{path.stem}_mup{path.suffix}")
+        raise click.UsageError("--in-place writes the model's files themselves; leave -o out")
+    where = _Where(path, output, in_place)
     if not show_diff:
-        _check_target(path, target, rule, in_place=in_place, force=force)
+        _check_target(where, rule, force=force)
     try:
         emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
                         seed=seed, heads=heads, device=device, progress=_stage_printer())  # type: ignore[arg-type]
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     if show_diff:
-        click.echo(_diff(emission.original, emission.source, str(path), str(target)), nl=False)
+        for f in emission.files:
+            click.echo(_diff(f.original, f.source, str(f.path), str(where.label(f))), nl=False)
         return
     try:
-        write_file(target, emission.data, force=force)
+        planned = outputs(emission, target=where.target, folder=where.folder,
+                          what=f"-o {where.target}" if output else f"the default {where.target}")
+        _check_all(planned, emission, rule, force=force, in_place=in_place)
+        write_files([(o.target, o.data) for o in planned], force=force,
+                    make_folders=where.folder is not None)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
-    for change in emission.changes:
-        click.echo(f"  - {change}", err=True)
-    click.echo(f"wrote {target}", err=True)
+    _report(emission, planned)
 
 
-def _check_target(path: Path, target: Path, rule: str, *, in_place: bool, force: bool) -> None:
+class _Where:
+    """The outputs asked for: ``folder`` (-o DIR/), ``target`` (-o FILE or the default), or
+    neither (--in-place); ``main`` is where MODEL_FILE's muP version goes."""
+
+    def __init__(self, path: Path, output: str | None, in_place: bool) -> None:
+        self.path = path
+        self.folder = Path(output) if output and is_folder(output) else None
+        self.target = None if in_place or self.folder else Path(output) if output else (
+            path.with_name(f"{path.stem}_mup{path.suffix}"))
+        self.main = path if in_place else self.target or tree_target(self.folder or Path(), path)
+
+    def label(self, file: EmittedFile) -> Path:
+        """Where ``file`` would be written (for --diff)."""
+        if self.folder is not None:
+            return self.folder / file.relative
+        same = os.path.realpath(file.path) == os.path.realpath(self.path)
+        return self.target if same and self.target is not None else file.path
+
+
+def _check_target(where: _Where, rule: str, *, force: bool) -> None:
     """Refuse, before any analysis, an output that is an input or cannot be written."""
-    if not in_place and os.path.realpath(target) == os.path.realpath(path):
-        raise click.UsageError("the output is MODEL_FILE itself: pass --in-place to "
-                               "overwrite it, or another -o")
+    path, main = where.path, where.main
+    in_place = where.target is None and where.folder is None
+    if not in_place and os.path.realpath(main) == os.path.realpath(path):
+        what = "the output" if where.folder is None else f"{main} (in -o {where.folder})"
+        raise click.UsageError(f"{what} is MODEL_FILE itself: pass --in-place to overwrite "
+                               "it, or another -o")
     inputs = [] if in_place else [("MODEL_FILE", path)]
     if rule.endswith(".toml"):
         inputs.append(("--rule", Path(rule)))
     try:
-        check_distinct([("-o", target)], inputs)
-        check_output(target, force=force, may_exist=in_place)
+        if where.folder is not None:
+            check_folder(where.folder)
+        check_distinct([("-o", main)], inputs)
+        if where.folder is None or main.parent.is_dir():
+            check_output(main, force=force, may_exist=in_place)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
+
+
+def _check_all(planned: list[Output], emission: Emission, rule: str, *, force: bool,
+               in_place: bool) -> None:
+    """Every output, now that they are known: none is an input, each can be written."""
+    inputs: list[tuple[str, str | Path]] = []
+    if not in_place:
+        inputs = [("MODEL_FILE" if i == 0 else "project file", f.path)
+                  for i, f in enumerate(emission.files)]
+        inputs += [("project file", p) for p in emission.imports]
+    if rule.endswith(".toml"):
+        inputs.append(("--rule", Path(rule)))
+    check_distinct([("-o", o.target) for o in planned], inputs)
+    for o in planned:
+        if o.target.parent.is_dir():
+            check_output(o.target, force=force, may_exist=in_place)
+
+
+def _report(emission: Emission, planned: list[Output]) -> None:
+    for change in emission.changes:
+        click.echo(f"  - {change}", err=True)
+    for o in planned:
+        if o.file is not None:
+            click.echo(f"wrote {o.target}", err=True)
+    copied = [str(o.target) for o in planned if o.file is None]
+    if copied:
+        click.echo(f"copied {len(copied)} unchanged project file(s) the muP files import: "
+                   f"{', '.join(copied)}", err=True)
 
 
 def _diff(before: str, after: str, old_name: str, new_name: str) -> str:
@@ -129,6 +207,7 @@ def _diff(before: str, after: str, old_name: str, new_name: str) -> str:
 
 def _check(path: Path) -> None:
     from ..emit import emitted_rule
+    from ..emit.block import part_of
 
     try:
         text = read_source(path).text
@@ -139,6 +218,11 @@ def _check(path: Path) -> None:
         click.echo(f"{path}: not muP (no muprewrite header); run "
                    f"`muprewrite {path} --model ... --base ... -o ...`", err=True)
         raise SystemExit(1)
+    main = part_of(text)
+    if main is not None:
+        click.echo(f"{path}: muP edits (rule {rule!r}) of the muP version of {main}, which "
+                   "holds mup_init; check that file")
+        return
     if "mup_init(self)" not in text or "def mup_param_groups" not in text:
         click.echo(f"{path}: has a muprewrite header but mup_init(self) or mup_param_groups "
                    "is gone; regenerate it from the original file", err=True)

@@ -5,10 +5,12 @@
 the classes concerned, so that paths no capture ran are edited too, or refused at their
 line), ``complete.py`` (the two merged into node edits), ``forms.py`` (the text of each edit),
 ``transform.py`` (the libcst rewrite), ``block.py`` (the added constants and functions),
+``project.py`` (the user's files, parsed once each), ``assemble.py`` (the new text of each
+changed file), ``outputs.py`` (where each file goes: one file, a mirrored tree, in place),
 ``emitter.py`` (the whole job).
 """
 
-from .emitter import Emission, emit, emitted_rule, is_emitted
+from .emitter import Emission, EmittedFile, emit, emitted_rule, is_emitted
 from .sites import EmitError
 
-__all__ = ["Emission", "EmitError", "emit", "emitted_rule", "is_emitted"]
+__all__ = ["Emission", "EmitError", "EmittedFile", "emit", "emitted_rule", "is_emitted"]

@@ -14,9 +14,11 @@ import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["Entry", "layer_pattern", "collapse", "render_block", "render_header", "MARKER"]
+__all__ = ["Entry", "layer_pattern", "collapse", "render_block", "render_header",
+           "render_part_header", "render_constants", "emitted_rule", "part_of", "MARKER"]
 
 MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
+_PART = "part of the muP version of "  # the header of another file of the project says this
 
 _INDEX = re.compile(r"(^|\.)\d+(?=\.)")
 
@@ -72,15 +74,60 @@ def render_header(file: str, rule: str, title: str, changes: Sequence[str],
     text = (f'muP version of {file} (rule "{rule}": {title}; base width {base}). Changed: '
             + "; ".join(changes) + ". Regenerate from the original file to change the rule "
             "or the base.")
+    return _wrap(text)
+
+
+def _wrap(text: str) -> list[str]:
     lines = textwrap.wrap(f"{MARKER} {text}", 90, break_long_words=False,
                           break_on_hyphens=False)
     return [lines[0]] + [f"# {line}" for line in lines[1:]]
 
 
+def emitted_rule(text: str) -> str | None:
+    """The rule named in the muprewrite header of ``text``; None for a file without one."""
+    for line in text.splitlines()[:5]:
+        if line.startswith(MARKER):
+            return line.split('rule "', 1)[1].split('"', 1)[0] if 'rule "' in line else "?"
+    return None
+
+
+def part_of(text: str) -> str | None:
+    """For a file holding only muP edits, the main emitted file it belongs to (its path
+    under the project root); None for a main file or a file without the header."""
+    head = " ".join(line.lstrip("# ") for line in text.splitlines()[:8])
+    if emitted_rule(text) is None or _PART not in head:
+        return None
+    return head.split(_PART, 1)[1].split()[0].rstrip(";,.")
+
+
+def render_part_header(file: str, main: str, rule: str, title: str, changes: Sequence[str],
+                       base: str) -> list[str]:
+    """The comment lines that open another edited file of the project (``file``, ``main``:
+    paths under the project root)."""
+    text = (f'muP edits (rule "{rule}": {title}) in {file}, {_PART}{main} (base width '
+            f"{base}), which holds mup_init and mup_param_groups. Changed: " + "; ".join(changes)
+            + ". Regenerate from the original files to change the rule or the base.")
+    return _wrap(text)
+
+
+def render_constants(rule: str, main: str, d_head: Mapping[str, int]) -> str:
+    """The constants another file's edits use, defined there (importing them from the main
+    file would be circular: the main file imports this one)."""
+    if not d_head:
+        return ""
+    title = f'# ---- muP (written by muprewrite, rule "{rule}"; the rest is in {main}) '
+    out = ["", title + "-" * max(4, 90 - len(title)), ""]
+    out += [f"{name} = {size}  # head size at base width; the logits scale as 1/d_head from "
+            "there" for name, size in d_head.items()]
+    return "\n".join(out)
+
+
 def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, Entry],
                  unused: Sequence[str], multipliers: Mapping[str, Mapping[str, str]],
-                 d_head: Mapping[str, int], uses_eps: bool, imports: Sequence[str]) -> str:
-    """The module-level code added after the file's imports."""
+                 d_head: Mapping[str, int], uses_eps: bool, imports: Sequence[str],
+                 elsewhere: Sequence[tuple[str, int, str]] = ()) -> str:
+    """The module-level code added after the file's imports. ``elsewhere``: (constant, size,
+    file) of the head size constants that only other files use (defined there)."""
     out = [*imports, "" if imports else None, "",
            f'# ---- muP (written by muprewrite, rule "{rule}") ' + "-" * 40, "",
            f'MUP_RULE = "{rule}"',
@@ -88,6 +135,9 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     for name, size in d_head.items():
         out.append(f"{name} = {size}  # head size at base width; the logits scale as 1/d_head "
                    "from there")
+    for name, size, file in elsewhere:
+        out.append(f"# {name} = {size} (head size at base width) is defined in {file}, with "
+                   "its attention")
     out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents of",
             "# m_in, m_out (size / base size of those axes) of each factor the rule changes",
             "MUP_PARAMS = {"]

@@ -1,16 +1,21 @@
 """Stage 6a, complete: the captured sites and the pattern scans merged into node edits.
 
-Each captured site (a line one capture ran through) must match a node the scans found: a node
-spanning the line, or one inside a method or function called on that line (``torch.export``
-records ``self.forward_head(x)``'s line, not the line inside ``forward_head``). Every other
-node the scans found is edited too, and reported as found by pattern only. A captured site
-with no matching node, or a use the scans refused, is an EmitError at ``path:line``.
+Each site is scanned in every file of its scope (the classes of its module's MRO written in
+the project; for an attention, also the top-level function holding its line). Each captured
+site (a line one capture ran through) must match a node the scans found in the site's own
+file: a node spanning the line, or one inside a method or function called on that line
+(``torch.export`` records ``self.forward_head(x)``'s line, not the line inside
+``forward_head``). Every other node the scans found is edited too, and reported as found by
+pattern only. A captured site with no matching node, or a use the scans refused, is an
+EmitError at ``path:line``. The result is one ``Edits`` per file that changes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import libcst as cst
 
@@ -18,10 +23,15 @@ from ..errors import first_few
 from .attention import attention_functions, scan_attention
 from .forms import NodeEdit
 from .readouts import scan_readout
-from .sites import AttentionScaleSite, EmitError, ReadoutSite, Sites
+from .sites import AttentionScaleSite, EmitError, ReadoutSite, Sites, by_file
 from .source import FIX, Found, Refusal, Scan, SourceFile
 
+if TYPE_CHECKING:
+    from .project import Project
+
 __all__ = ["Edits", "complete"]
+
+Site = ReadoutSite | AttentionScaleSite
 
 
 @dataclass(frozen=True)
@@ -32,100 +42,127 @@ class Edits:
     unverified: tuple[str, ...]  # "file:line: what ... not run by any capture; edited by pattern"
 
 
-def complete(src: SourceFile, sites: Sites) -> Edits:
-    merge = _Merge(src)
+def complete(project: Project, sites: Sites) -> dict[Path, Edits]:
+    """The edits of every file that changes (resolved path -> edits), main file first."""
+    merge = _Merge()
     for site in sites.readouts:
-        functions = src.methods(site.scope or (site.host_class,))
-        merge.add(scan_readout(src, site), site.attribute, site, functions,
-                  site.scope or (site.host_class,))
+        for file, classes in by_file(site.scope or ((site.file, site.host_class),)).items():
+            src = project.parsed(file).src
+            merge.add(src, scan_readout(src, site, classes), site.attribute,
+                      site if file == site.file else None, src.methods(classes), classes)
     for asite in sites.attention:
-        extra = src.top_function(asite.line)
-        functions = attention_functions(src, asite.scope, [extra] if extra else [])
-        merge.add(scan_attention(src, functions, dict(asite.children)), asite.constant, asite,
-                  functions, asite.scope)
+        groups = by_file(asite.scope)
+        groups.setdefault(asite.file, ())  # the line may be in a top-level function there
+        for file, classes in groups.items():
+            src = project.parsed(file).src
+            extra = src.top_function(asite.line) if file == asite.file else None
+            functions = attention_functions(src, classes, [extra] if extra else [])
+            merge.add(src, scan_attention(src, functions, dict(asite.children)), asite.constant,
+                      asite if file == asite.file else None, functions, classes)
     merge.check()
-    return merge.edits()
+    edits = merge.edits()
+    order = [p.path.resolve() for p in project.files()]
+    return {file: edits[file] for file in sorted(edits, key=order.index)}
 
 
 class _Merge:
-    def __init__(self, src: SourceFile) -> None:
-        self.src = src
-        self.found: dict[cst.CSTNode, tuple[Found, str]] = {}  # node -> (found, factor)
+    def __init__(self) -> None:
+        # node -> (what the scan found, its factor, the file holding it)
+        self.found: dict[cst.CSTNode, tuple[Found, str, SourceFile]] = {}
         self.verified: set[cst.CSTNode] = set()
-        self.refusals: dict[cst.CSTNode, Refusal] = {}
-        self.unmatched: list[ReadoutSite | AttentionScaleSite] = []
+        self.refusals: dict[cst.CSTNode, tuple[Refusal, SourceFile]] = {}
+        self.unmatched: list[tuple[Site, SourceFile]] = []
 
-    def add(self, scan: Scan, factor: str, site: ReadoutSite | AttentionScaleSite,
+    def add(self, src: SourceFile, scan: Scan, factor: str, site: Site | None,
             functions: Sequence[cst.FunctionDef], scope: Sequence[str]) -> None:
+        """``site``: the captured site when ``src`` holds its line (None: pattern only)."""
         for found in scan.found:
-            seen = self.found.setdefault(found.node, (found, factor))
+            seen = self.found.setdefault(found.node, (found, factor, src))
             if seen[1] != factor:
                 raise EmitError(f"one call takes two muP factors ({seen[1]}, {factor}); the "
-                                "emitter cannot place both", where=self.src.where(found.node),
+                                "emitter cannot place both", where=src.where(found.node),
                                 fix=FIX)
         for refusal in scan.refusals:
-            self.refusals.setdefault(refusal.node, refusal)
-        matched = self._match(scan.found, site.line, functions, scope)
+            self.refusals.setdefault(refusal.node, (refusal, src))
+        if site is None:
+            return
+        matched = _match(src, scan.found, site.line, functions, scope)
         if not matched:
-            self.unmatched.append(site)
-        if len(matched) == 1 or any(self.src.contains(f.node, site.line) for f in matched):
+            self.unmatched.append((site, src))
+        if len(matched) == 1 or any(src.contains(f.node, site.line) for f in matched):
             self.verified.update(f.node for f in matched)
 
-    def _match(self, found: Sequence[Found], line: int, functions: Sequence[cst.FunctionDef],
-               scope: Sequence[str]) -> list[Found]:
-        """The nodes a captured line stands for: on the line, else in what the line calls."""
-        direct = [f for f in found if self.src.contains(f.node, line)]
-        if direct:
-            return direct
-        calls = [c for fn in functions for c in self.src.nodes(fn, cst.Call)
-                 if self.src.contains(c, line)]
-        reached = self.src.reach(calls, scope)
-        return [f for f in found if any(self.src.inside(f.node, fn) for fn in reached)]
-
     def check(self) -> None:
-        for site in self.unmatched:
-            on_line = [r for r in self.refusals.values() if self.src.contains(r.node, site.line)]
+        for site, src in self.unmatched:
+            on_line = [r for r, s in self.refusals.values()
+                       if s is src and src.contains(r.node, site.line)]
             if on_line and isinstance(site, AttentionScaleSite):
-                self._refuse(on_line)
-            raise _unmatched(self.src, site, on_line[0].message if on_line else "")
+                self._refuse([(r, src) for r in on_line])
+            raise _unmatched(src, site, on_line[0].message if on_line else "")
         if self.refusals:
             self._refuse(list(self.refusals.values()))
 
-    def _refuse(self, refusals: list[Refusal]) -> None:
-        first = refusals[0]
-        more = [self.src.where(r.node) for r in refusals[1:]]
+    def _refuse(self, refusals: list[tuple[Refusal, SourceFile]]) -> None:
+        first, src = refusals[0]
+        more = [s.where(r.node) for r, s in refusals[1:]]
         also = f" (also at {first_few(more)})" if more else ""
-        raise EmitError(first.message + also, where=self.src.where(first.node), fix=first.fix)
+        raise EmitError(first.message + also, where=src.where(first.node), fix=first.fix)
+
+    def edits(self) -> dict[Path, Edits]:
+        files: dict[Path, _FileEdits] = {}
+        for node, (found, factor, src) in self.found.items():
+            key = src.path.resolve()
+            files.setdefault(key, _FileEdits(src)).add(node, found, factor,
+                                                       node in self.verified)
+        return {key: f.edits() for key, f in files.items()}
+
+
+class _FileEdits:
+    """The edits of one file, gathered node by node."""
+
+    def __init__(self, src: SourceFile) -> None:
+        self.src = src
+        self.nodes: dict[cst.CSTNode, NodeEdit] = {}
+        self.defaults: dict[str, list[str]] = {}
+        self.lines: dict[str, list[int]] = {"readout": [], "attention": []}
+        self.unverified: list[str] = []
+
+    def add(self, node: cst.CSTNode, found: Found, factor: str, verified: bool) -> None:
+        line = self.src.line(node)
+        self.nodes[node] = NodeEdit(found.kind, factor, self.src.where(line), found.scale_input,
+                                    found.query)
+        attention = found.kind in ("sdpa", "logits")
+        self.lines["attention" if attention else "readout"].append(line)
+        if not attention:
+            cls = self.src.top_class(node) or ""
+            if factor not in self.defaults.setdefault(cls, []):
+                self.defaults[cls].append(factor)
+        if not verified:
+            self.unverified.append(f"{self.src.path.name}:{line}: {found.what} not run by any "
+                                   "capture; edited by pattern")
 
     def edits(self) -> Edits:
-        nodes: dict[cst.CSTNode, NodeEdit] = {}
-        defaults: dict[str, list[str]] = {}
-        lines: dict[str, list[int]] = {"readout": [], "attention": []}
-        unverified = []
-        for node, (found, factor) in self.found.items():
-            line = self.src.line(node)
-            nodes[node] = NodeEdit(found.kind, factor, self.src.where(line), found.scale_input,
-                                   found.query)
-            attention = found.kind in ("sdpa", "logits")
-            lines["attention" if attention else "readout"].append(line)
-            if not attention:
-                cls = self.src.top_class(node) or ""
-                if factor not in defaults.setdefault(cls, []):
-                    defaults[cls].append(factor)
-            if node not in self.verified:
-                unverified.append(f"{self.src.path.name}:{line}: {found.what} not run by any "
-                                  "capture; edited by pattern")
-        return Edits(nodes, {c: tuple(a) for c, a in defaults.items()},
-                     {k: tuple(sorted(set(v))) for k, v in lines.items()},
-                     tuple(sorted(unverified, key=_line_key)))
+        return Edits(self.nodes, {c: tuple(a) for c, a in self.defaults.items()},
+                     {k: tuple(sorted(set(v))) for k, v in self.lines.items()},
+                     tuple(sorted(self.unverified, key=_line_key)))
+
+
+def _match(src: SourceFile, found: Sequence[Found], line: int,
+           functions: Sequence[cst.FunctionDef], scope: Sequence[str]) -> list[Found]:
+    """The nodes a captured line stands for: on the line, else in what the line calls."""
+    direct = [f for f in found if src.contains(f.node, line)]
+    if direct:
+        return direct
+    calls = [c for fn in functions for c in src.nodes(fn, cst.Call) if src.contains(c, line)]
+    reached = src.reach(calls, scope)
+    return [f for f in found if any(src.inside(f.node, fn) for fn in reached)]
 
 
 def _line_key(text: str) -> int:
     return int(text.split(":")[1])
 
 
-def _unmatched(src: SourceFile, site: ReadoutSite | AttentionScaleSite, why: str
-               ) -> EmitError:
+def _unmatched(src: SourceFile, site: Site, why: str) -> EmitError:
     where = src.where(site.line)
     if isinstance(site, AttentionScaleSite):
         return EmitError(f"line {site.line}: the attention there is not a "

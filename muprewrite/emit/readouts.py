@@ -2,7 +2,7 @@
 
 A capture sees one path through ``forward``; the methods of the host class hold all of them.
 For one captured readout (a parameter with a forward multiplier, read in a host class) this
-scan visits every method of the classes of the host's MRO written in the file (all but
+scan visits every method of the classes of the host's MRO written in one file (all but
 ``__init__``) and sorts each mention of the readout module or of its parameter:
 
 - ``self.<module>(x)``: edited (its input times the multiplier; a lookup's output);
@@ -16,6 +16,8 @@ scan visits every method of the classes of the host's MRO written in the file (a
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import libcst as cst
 
@@ -36,8 +38,9 @@ _LINEAR = frozenset({"linear", "conv1d", "conv2d", "conv3d", "matmul", "mm", "bm
 _INSPECT = frozenset({"isinstance", "hasattr", "type", "id"})
 
 
-def scan_readout(src: SourceFile, site: ReadoutSite) -> Scan:
-    """Every use of ``site``'s parameter in the methods of ``site.scope``."""
+def scan_readout(src: SourceFile, site: ReadoutSite, classes: Sequence[str]) -> Scan:
+    """Every use of ``site``'s parameter in the methods of ``classes`` (those of the site's
+    scope that ``src`` defines)."""
     calls = {owner: kind for owner, kind in site.owners}
     if site.callee:
         calls[site.callee] = "input" if site.scale_input else "output"
@@ -45,7 +48,7 @@ def scan_readout(src: SourceFile, site: ReadoutSite) -> Scan:
     roots = {name.split(".")[0] for name in (*calls, *weights)}
     holders = {owner.rsplit(".", i)[0] for owner in calls for i in range(1, owner.count(".") + 1)}
     scan = Scan()
-    for function in src.methods(site.scope or (site.host_class,)):
+    for function in src.methods(classes):
         for node in src.nodes(function, cst.Attribute, cst.Call):
             if isinstance(node, cst.Call):
                 _dynamic(src, node, roots, scan)

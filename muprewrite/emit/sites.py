@@ -1,15 +1,17 @@
-"""Stage 6a — where the source changes go: from the plan to lines and calls in the user's file.
+"""Stage 6a — where the source changes go: from the plan to lines and calls in the user's files.
 
 A readout multiplier is placed on the call that feeds the weight (``self.linear(x)``), in the
-method of the module instance ("host") whose class is written in the file and holds that
-line. An attention scale is placed on the ``scaled_dot_product_attention`` call at the
-attention site's line. A change that would fall outside the file (a library module) is an
-error naming the place: the emitter never writes a silently incomplete model.
+method of the module instance ("host") whose class is written in the user's project and holds
+that line. An attention scale is placed on the ``scaled_dot_product_attention`` call at the
+attention site's line. Either may lie in any file of the project (``project.py``: the model
+file's folder, or the folder above its top package); a change that would fall outside it (an
+installed library) is an error naming the place: the emitter never writes a silently
+incomplete model.
 
 Each site also carries what the pattern scans (``readouts.py``, ``attention.py``) need to
 find the same computation on paths no capture ran: the classes of the host's MRO written in
-the file (``scope``), and for a readout every name of its parameter and the kind of module
-that owns it.
+the project (``scope``, with their files), and for a readout every name of its parameter and
+the kind of module that owns it.
 """
 
 from __future__ import annotations
@@ -17,14 +19,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from types import ModuleType
+from typing import TYPE_CHECKING
 
 from torch import nn
 
 from ..errors import MuprewriteError
 from ..rewrite.plan import Plan, multiplied_uses
 
-__all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "locate", "split_source"]
+if TYPE_CHECKING:
+    from .project import Project
+
+__all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "by_file",
+           "locate", "split_source"]
+
+Scope = tuple[tuple[Path, str], ...]  # (resolved file, top-level class name)
 
 
 class EmitError(MuprewriteError):
@@ -42,7 +50,8 @@ class ReadoutSite:
     param_attr: str  # chain after ``self.`` to the parameter (functional uses)
     attribute: str
     scale_input: bool  # False: scale the call's result (an embedding lookup)
-    scope: tuple[str, ...] = ()  # classes of the host's MRO written in the file
+    file: Path = Path()  # the resolved file holding ``line``
+    scope: Scope = ()  # classes of the host's MRO written in the project
     weights: tuple[str, ...] = ()  # every chain after ``self.`` to the parameter
     owners: tuple[tuple[str, str], ...] = ()  # (chain to the module owning it, call kind)
     tied: bool = False  # a tied embedding/readout weight: its lookups stay unscaled
@@ -56,7 +65,8 @@ class AttentionScaleSite:
     line: int
     constant: str  # name of the base head size constant
     kind: str = "sdpa"
-    scope: tuple[str, ...] = ()  # classes of the attention module's MRO written in the file
+    file: Path = Path()  # the resolved file holding ``line``
+    scope: Scope = ()  # classes of the attention module's MRO written in the project
     children: tuple[tuple[str, str], ...] = ()  # (``self.<name>``, "softmax" | "mha")
 
 
@@ -73,16 +83,22 @@ def split_source(source: str) -> tuple[str, int]:
     return file, int(line) if line.isdigit() else 0
 
 
-def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
-           spans: Mapping[str, tuple[int, int]], aliases: Mapping[str, tuple[str, ...]],
-           logits: Mapping[str, str]) -> Sites:
-    """``spans``: top-level class name -> (first line, last line) in ``file``; ``logits``:
-    explicit-softmax site -> source of its q.k^T product."""
+def by_file(scope: Scope) -> dict[Path, tuple[str, ...]]:
+    """The classes of ``scope`` grouped by their file (in order of first appearance)."""
+    out: dict[Path, tuple[str, ...]] = {}
+    for file, name in scope:
+        out[file] = (*out.get(file, ()), name)
+    return out
+
+
+def locate(model: nn.Module, project: Project, plan: Plan,
+           aliases: Mapping[str, tuple[str, ...]], logits: Mapping[str, str]) -> Sites:
+    """``logits``: explicit-softmax site -> source of its q.k^T product."""
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
     for name, use in multiplied_uses(plan.report, plan.params):
-        line = _line_in_file(use.source, file, f"the forward multiplier of {name!r}")
-        host, cls = _host(model, user, spans, use.module, line, use.source, name)
+        file, line = _place(use.source, project, f"the forward multiplier of {name!r}")
+        host, cls = _host(model, project, use.module, file, line, use.source, name)
         callee = use.module[len(host) + 1:] if host else use.module
         param_attr = ""
         if use.module == host:
@@ -94,24 +110,27 @@ def locate(model: nn.Module, user: ModuleType, file: Path, plan: Plan,
                                      (nn.Embedding, nn.EmbeddingBag))
         tied = plan.report[name].tied
         weights = _under(aliases.get(name, (name,)), host)
-        site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input,
-                           _scope(model.get_submodule(host), user, spans), weights,
+        site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input, file,
+                           _scope(model.get_submodule(host), project), weights,
                            _owners(model, host, weights, tied), tied)
-        readouts.setdefault((line, cls, callee, param_attr), site)
+        readouts.setdefault((file, line, cls, callee, param_attr), site)
         taken = multipliers.setdefault(host, {})
         if taken.get(attribute, name) != name:
             raise EmitError(f"two parameters with multipliers are both read out through "
                             f"'{leaf}' in {host or 'the root module'}", where=use.source)
         taken[attribute] = name
-    attention, d_head = _attention_sites(model, user, spans, plan, file, logits)
+    attention, d_head = _attention_sites(model, project, plan, logits)
     return Sites(tuple(readouts.values()), attention, multipliers, d_head)
 
 
-def _scope(module: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]]
-           ) -> tuple[str, ...]:
-    """The classes of ``module``'s MRO that are written in the file."""
-    return tuple(c.__name__ for c in type(module).__mro__
-                 if c.__module__ == user.__name__ and c.__name__ in spans)
+def _scope(module: nn.Module, project: Project) -> Scope:
+    """The classes of ``module``'s MRO that are written in the project, with their files."""
+    out = []
+    for cls in type(module).__mro__:
+        found = project.class_site(cls)
+        if found is not None:
+            out.append((found[0], cls.__name__))
+    return tuple(out)
 
 
 def _attention_children(module: nn.Module) -> list[tuple[str, str]]:
@@ -148,31 +167,35 @@ def _owners(model: nn.Module, host: str, weights: tuple[str, ...], tied: bool
     return tuple(out)
 
 
-def _attention_sites(model: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]],
-                     plan: Plan, file: Path, logits: Mapping[str, str]
+_Key = tuple[Path, int, str]  # (file, line, kind)
+
+
+def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Mapping[str, str]
                      ) -> tuple[tuple[AttentionScaleSite, ...], dict[str, int]]:
     hosts = {edit.site: host.module for host in plan.hosts for edit in host.attention}
-    bases: dict[tuple[int, str], set[int]] = {}
-    scopes: dict[tuple[int, str], dict[str, None]] = {}
-    children: dict[tuple[int, str], dict[tuple[str, str], None]] = {}
+    bases: dict[_Key, set[int]] = {}
+    scopes: dict[_Key, dict[tuple[Path, str], None]] = {}
+    children: dict[_Key, dict[tuple[str, str], None]] = {}
     for site in plan.report.attention:
         if site.node not in hosts:
             continue
         if site.kind == "sdpa":
-            line, kind = _line_in_file(site.source, file, "an attention scale"), "sdpa"
+            file, line = _place(site.source, project, "an attention scale")
+            kind = "sdpa"
         elif site.node in logits:
-            line = _line_in_file(logits[site.node], file, "an attention logit factor")
+            file, line = _place(logits[site.node], project, "an attention logit factor")
             kind = "logits"
         else:
             raise EmitError("explicit softmax attention with no q.k^T product found",
                             where=site.source or site.node,
                             fix="use muprewrite.apply(model, ...) at runtime")
         assert site.d_head_base is not None  # make_plan checked it
-        bases.setdefault((line, kind), set()).add(site.d_head_base)
+        key = (file, line, kind)
+        bases.setdefault(key, set()).add(site.d_head_base)
         module = model.get_submodule(hosts[site.node])
-        scopes.setdefault((line, kind), {}).update(dict.fromkeys(_scope(module, user, spans)))
-        children.setdefault((line, kind), {}).update(dict.fromkeys(_attention_children(module)))
-    for (line, _kind), sizes in bases.items():
+        scopes.setdefault(key, {}).update(dict.fromkeys(_scope(module, project)))
+        children.setdefault(key, {}).update(dict.fromkeys(_attention_children(module)))
+    for (file, line, _kind), sizes in bases.items():
         if len(sizes) > 1:
             raise EmitError(f"the attention at line {line} runs with base head sizes "
                             f"{sorted(sizes)} in different modules; one constant cannot serve "
@@ -181,37 +204,42 @@ def _attention_sites(model: nn.Module, user: ModuleType, spans: Mapping[str, tup
     distinct = sorted({next(iter(s)) for s in bases.values()})
     names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
              for size in distinct}
-    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind, tuple(scopes[line, kind]),
-                                     tuple(children[line, kind]))
-                  for (line, kind), s in sorted(bases.items()))
+    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind, file,
+                                     tuple(scopes[file, line, kind]),
+                                     tuple(children[file, line, kind]))
+                  for (file, line, kind), s in sorted(bases.items()))
     return sites, {names[size]: size for size in distinct}
 
 
-def _line_in_file(source: str, file: Path, what: str) -> int:
+def _place(source: str, project: Project, what: str) -> tuple[Path, int]:
+    """(resolved file, line) of a captured ``file:line``, refused outside the project."""
     where, line = split_source(source)
     if not where or not line:
         raise EmitError(f"{what} has no source line to edit", where=source or "?",
                         fix="use muprewrite.apply(model, ...) at runtime")
-    if Path(where).resolve() != file.resolve():
-        raise EmitError(f"{what} belongs at {where}:{line}, outside {file.name}",
-                        where=f"{where}:{line}",
-                        fix=f"define that module in {file.name} (a local subclass), or use "
-                            "muprewrite.apply(model, ...) at runtime")
-    return line
+    if not project.owns(where):
+        main = project.main.name
+        raise EmitError(f"{what} belongs at {where}:{line}, outside your project (the files "
+                        f"under {project.root} that are not an installed library), so it "
+                        "cannot be edited", where=f"{where}:{line}",
+                        fix=f"define that module in your project (a local subclass in {main} "
+                            "whose forward you write), or use muprewrite.apply(model, ...) at "
+                            "runtime")
+    return Path(where).resolve(), line
 
 
-def _host(model: nn.Module, user: ModuleType, spans: Mapping[str, tuple[int, int]], module: str,
-          line: int, source: str, name: str) -> tuple[str, str]:
-    """The innermost module around ``module`` whose class (in the file) holds ``line``."""
+def _host(model: nn.Module, project: Project, module: str, file: Path, line: int, source: str,
+          name: str) -> tuple[str, str]:
+    """The innermost module around ``module`` whose class (in ``file``) holds ``line``."""
     path = module
     while True:
         for cls in type(model.get_submodule(path)).__mro__:
-            span = spans.get(cls.__name__)
-            if cls.__module__ == user.__name__ and span and span[0] <= line <= span[1]:
+            found = project.class_site(cls)
+            if found and found[0] == file and found[1][0] <= line <= found[1][1]:
                 return path, cls.__name__
         if not path:
-            raise EmitError(f"no module class in the file holds line {line}, where {name!r} "
-                            "is read out", where=source,
+            raise EmitError(f"no module class in {file.name} holds line {line}, where "
+                            f"{name!r} is read out", where=source,
                             fix="use muprewrite.apply(model, ...) at runtime")
         path = path.rpartition(".")[0]
 

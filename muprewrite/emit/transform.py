@@ -2,8 +2,9 @@
 
 Edits: each node of ``complete.Edits`` (a readout's multiplier, an attention's scale; the
 forms are in ``forms.py``); a class default for each multiplier attribute; a ``mup_init(self)``
-call ending the root class's ``__init__``; the muP block after the imports; the header
-comment.
+call ending the root class's ``__init__`` (main file only: another file of the project has no
+root class); the muP block after the imports (for another file, only the constants its edits
+use, or nothing); the header comment.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ def class_spans(wrapper: MetadataWrapper) -> dict[str, tuple[int, int]]:
 class SourceEdits(cst.CSTTransformer):
     METADATA_DEPENDENCIES = (PositionProvider,)
 
-    def __init__(self, edits: Edits, root: str, path: str = "") -> None:
+    def __init__(self, edits: Edits, root: str | None, path: str = "") -> None:
         super().__init__()
         self.edits = edits
         self.root = root
@@ -148,21 +149,13 @@ def rewrite(wrapper: MetadataWrapper, edits: SourceEdits, block: str,
             header: Sequence[str]) -> str:
     """Apply ``edits``, put ``block`` after the last top-level import and ``header`` on top."""
     module = wrapper.visit(edits)
-    if "init" not in edits.done:
+    if edits.root is not None and "init" not in edits.done:
         raise EmitError(f"class {edits.root} has no __init__ to end with mup_init(self)",
                         fix="give it an __init__ that calls super().__init__(...)")
-    if len(edits.done) != len(edits.edits.nodes) + 1:  # a bug here, never the user's
+    if len(edits.done) != len(edits.edits.nodes) + (edits.root is not None):  # our bug
         raise EmitError("internal error: an edit was not made", fix="please report it with "
                         "the model file")
-    body = list(module.body)
-    last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
-                       and any(isinstance(x, (cst.Import, cst.ImportFrom)) for x in s.body)),
-                      default=0 if body and _is_docstring(body[0]) else -1)
-    # the file's newline, also inside the block's multi-line strings (libcst renders every
-    # other newline it adds with the module's default)
-    added = cst.parse_module(block.replace("\n", module.default_newline)).body
-    at = last_import + 1
-    body[at:at] = added
+    body = _with_block(module, block) if block else list(module.body)
     lines = list(module.header)
     keep = 0
     while keep < len(lines) and (comment := lines[keep].comment) is not None and (
@@ -172,3 +165,20 @@ def rewrite(wrapper: MetadataWrapper, edits: SourceEdits, block: str,
     comments = [cst.EmptyLine(comment=cst.Comment(text)) for text in header]
     module = module.with_changes(body=body, header=[*lines[:keep], *comments, *lines[keep:]])
     return module.code
+
+
+def _with_block(module: cst.Module, block: str) -> list[cst.BaseStatement]:
+    """The module's statements with ``block`` after the last top-level import."""
+    body: list[cst.BaseStatement] = list(module.body)
+    last_import = max((i for i, s in enumerate(body) if isinstance(s, cst.SimpleStatementLine)
+                       and any(isinstance(x, (cst.Import, cst.ImportFrom)) for x in s.body)),
+                      default=0 if body and _is_docstring(body[0]) else -1)
+    # the file's newline, also inside the block's multi-line strings (libcst renders every
+    # other newline it adds with the module's default)
+    parsed = cst.parse_module(block.replace("\n", module.default_newline))
+    added = list(parsed.body)
+    if parsed.header and added:  # comments before the block's first statement
+        added[0] = added[0].with_changes(leading_lines=[*parsed.header, *added[0].leading_lines])
+    at = last_import + 1
+    body[at:at] = added
+    return body

@@ -6,8 +6,15 @@ in the target's folder (created with mode 0o666, so a new file follows the umask
 the old file's owner and mode; ``os.replace`` it over the target. The temporary file is
 removed on any exception, KeyboardInterrupt and SystemExit included.
 
-``check_output`` and ``check_distinct`` make the same checks before a command computes
-anything, so a bad output is reported at once.
+``write_files`` replaces several files, all or none: every temporary file is written first;
+each existing target gets a hard link (a copy where links fail) as its backup; then the
+targets are replaced one by one, and on any failure (Ctrl-C too) the replaced ones are put
+back from their backups, new ones removed, and the temporary files, the backups and the
+folders it made (``make_folders``) removed. Only a crash of the process itself between two
+replacements can leave some files new and some old.
+
+``check_output``, ``check_folder`` and ``check_distinct`` make the same checks before a
+command computes anything, so a bad output is reported at once.
 
 >>> import tempfile, pathlib
 >>> out = pathlib.Path(tempfile.mkdtemp()) / "a.txt"
@@ -20,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import MuprewriteError
 
-__all__ = ["OutputError", "check_distinct", "check_output", "write_file"]
+__all__ = ["OutputError", "check_distinct", "check_folder", "check_output", "write_file",
+           "write_files"]
 
 _FLAGS = os.O_CREAT | os.O_EXCL | os.O_WRONLY | getattr(os, "O_CLOEXEC", 0)
 
@@ -43,29 +52,139 @@ def write_file(path: str | Path, data: bytes, *, force: bool = False) -> Path:
     path = Path(path)
     real = Path(os.path.realpath(path))
     old = _existing(path, real, force=force)
-    tmp = real.parent / f".{real.name}.{secrets.token_hex(8)}.tmp"
-    ours = True
+    tmp = None
     try:
-        try:
-            fd = os.open(tmp, _FLAGS, 0o666)
-        except FileExistsError:
-            ours = False  # not ours to remove
-            raise
+        tmp = _staged(real, data, old)
+        os.replace(tmp, real)
+        tmp = None
+    except OSError as exc:
+        raise _cannot_write(path, exc) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+    return path
+
+
+def write_files(items: Sequence[tuple[str | Path, bytes]], *, force: bool = False,
+                make_folders: bool = False) -> list[Path]:
+    """Replace the contents of every path of ``items`` by its bytes, or of none.
+
+    ``make_folders``: create missing parent folders (removed again on failure). Raises
+    OutputError naming the file that failed, every file as it was and nothing left behind.
+    """
+    paths = [Path(p) for p, _ in items]
+    reals = [Path(os.path.realpath(p)) for p in paths]
+    olds = [_existing(p, r, force=force) for p, r in zip(paths, reals, strict=True)]
+    run = _Run()
+    current = paths[0] if paths else Path()
+    try:
+        if make_folders:
+            run.make_folders(reals)
+        for path, real, old, (_, data) in zip(paths, reals, olds, items, strict=True):
+            current = path
+            run.temps[real] = _staged(real, data, old)
+            if old is not None:
+                run.backups[real] = _backup(real)
+        for path, real in zip(paths, reals, strict=True):
+            current = path
+            os.replace(run.temps[real], real)
+            del run.temps[real]
+            run.replaced.append(real)
+        run.done = True
+    except OSError as exc:
+        raise _cannot_write(current, exc) from None
+    finally:
+        run.finish()
+    return paths
+
+
+class _Run:
+    """What one ``write_files`` made, to undo or clean up."""
+
+    def __init__(self) -> None:
+        self.temps: dict[Path, Path] = {}  # target -> its temporary file, not yet moved
+        self.backups: dict[Path, Path] = {}  # target -> a link to its old contents
+        self.replaced: list[Path] = []
+        self.folders: list[Path] = []  # made by us, outermost first
+        self.done = False
+
+    def make_folders(self, reals: Sequence[Path]) -> None:
+        for real in reals:
+            missing = [p for p in [real.parent, *real.parent.parents] if not p.exists()]
+            for folder in reversed(missing):
+                folder.mkdir()
+                self.folders.append(folder)
+
+    def finish(self) -> None:
+        kept = []
+        if not self.done:
+            for real in reversed(self.replaced):
+                backup = self.backups.pop(real, None)
+                try:
+                    if backup:
+                        os.replace(backup, real)
+                    else:
+                        os.unlink(real)
+                except OSError:
+                    if backup:
+                        kept.append(f"{real} (its old contents are in {backup})")
+        for tmp in [*self.temps.values(), *self.backups.values()]:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+        if not self.done:
+            for folder in reversed(self.folders):
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
+        if kept:
+            raise OutputError(f"could not restore {', '.join(kept)}",
+                              fix="move the old contents back by hand")
+
+
+def _staged(real: Path, data: bytes, old: os.stat_result | None) -> Path:
+    """A new temporary file next to ``real`` holding ``data``, with the old file's owner and
+    mode; removed again if writing it fails."""
+    tmp = real.parent / f".{real.name}.{secrets.token_hex(8)}.tmp"
+    fd = os.open(tmp, _FLAGS, 0o666)  # FileExistsError: not ours, nothing to remove
+    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         if old is not None:
             _copy_owner_and_mode(tmp, old)
-        os.replace(tmp, real)
-        ours = False
-    except OSError as exc:
-        raise _cannot_write(path, exc) from None
-    finally:
-        if ours:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-    return path
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def _backup(real: Path) -> Path:
+    """A second name for ``real``'s current contents, in its folder."""
+    backup = real.parent / f".{real.name}.{secrets.token_hex(8)}.old"
+    try:
+        os.link(real, backup)
+    except OSError:  # no hard links here: a copy
+        shutil.copy2(real, backup)
+    return backup
+
+
+def check_folder(path: str | Path, *, option: str = "-o") -> None:
+    """Raise OutputError unless ``path`` is a folder that takes new files, or can be made as
+    one (its parent is such a folder)."""
+    path = Path(path)
+    real = Path(os.path.realpath(path))
+    if real.exists():
+        if not real.is_dir():
+            raise OutputError(f"cannot write into {path}: it is not a folder",
+                              fix=f"pass another {option}")
+        _probe(real, path, option)
+        return
+    if not real.parent.is_dir():
+        raise OutputError(f"cannot write into {path}: folder {real.parent} does not exist",
+                          fix=f"create it (mkdir -p {real}), or pass another {option}")
+    _probe(real.parent, path, option)
 
 
 def check_output(path: str | Path, *, force: bool = False, may_exist: bool = False,
@@ -85,7 +204,12 @@ def check_output(path: str | Path, *, force: bool = False, may_exist: bool = Fal
     if not parent.is_dir():
         raise OutputError(f"cannot write {path}: {parent} is not a folder",
                           fix=f"pass another {option}")
-    probe = parent / f".{real.name}.{secrets.token_hex(8)}.probe"
+    _probe(parent, path, option)
+
+
+def _probe(folder: Path, path: Path, option: str) -> None:
+    """Raise OutputError unless a new file can be made in ``folder``."""
+    probe = folder / f".{path.name}.{secrets.token_hex(8)}.probe"
     try:
         os.close(os.open(probe, _FLAGS, 0o600))
         os.unlink(probe)
