@@ -281,3 +281,21 @@ def test_a_readout_in_an_installed_library_is_refused(tmp_path: Path,
     assert code == 1 and len(said.strip().splitlines()) == 1, said
     assert "extlib_final.py:" in said and "outside your project" in said
     assert "local subclass" in said and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("name", "main", "models"), [
+    ("two", "model.py", ("Net(width=64)", "Net(width=128)")),
+    ("pkg", "mypkg/model.py", ("Net(ModelConfig(width=64))", "Net(ModelConfig(width=128))")),
+])
+def test_emitted_tree_passes_the_behavioural_check(emitted: dict[str, tuple[Path, Path, str]],
+                                                   name: str, main: str,
+                                                   models: tuple[str, str]) -> None:
+    """``muprewrite check DIR/model.py --original model.py``: same module names in two
+    places (and a constructor calling .item(), built on the CPU)."""
+    project, folder, _output = emitted[name]
+    args = ["check", str(folder / main), "--original", str(project / main)]
+    for spec in models:
+        args += ["--model", spec]
+    code, output = run(*args)
+    assert code == 0, output
+    assert output.count("ok: ") == 3

@@ -95,7 +95,7 @@ def _forget_project_modules(root: Path) -> None:
         if is_project_file(filename, root) or (
                 key.split(".", 1)[0] in local
                 and is_project_file(filename, Path(Path(filename).anchor))):
-            remember(key, filename)
+            remember(mod)
             del sys.modules[key]
 
 

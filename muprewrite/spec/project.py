@@ -22,21 +22,28 @@ __all__ = ["project_root", "module_name", "is_project_file", "defined_in_project
            "user_frame", "remember"]
 
 _LIBRARY_PARTS = {"site-packages", "dist-packages"}
-# files of user modules dropped from sys.modules by a later load (see load.py); their
-# classes still exist and must still count as the user's
-_FORGOTTEN: dict[str, str] = {}
+# user modules dropped from sys.modules by a later load (see load.py): their classes still
+# exist and must still count as the user's
+_FORGOTTEN: list[ModuleType] = []
 
 
-def remember(name: str, filename: str) -> None:
-    """Record that module ``name`` came from ``filename`` before it leaves sys.modules."""
-    _FORGOTTEN[name] = filename
+def remember(module: ModuleType) -> None:
+    """Keep ``module`` findable after it leaves sys.modules (a later load of the project)."""
+    _FORGOTTEN.append(module)
 
 
-def _module_file(name: str) -> str | None:
-    module = sys.modules.get(name)
-    if module is not None:
-        return getattr(module, "__file__", None)
-    return _FORGOTTEN.get(name)
+def _class_file(cls: type) -> str | None:
+    """The source file of ``cls``: the module that holds this very class object (two loaded
+    files may share a module name, e.g. model.py and an emitted DIR/model.py), else its own
+    methods' code."""
+    for module in [sys.modules.get(cls.__module__), *reversed(_FORGOTTEN)]:
+        if module is not None and vars(module).get(cls.__name__) is cls:
+            return getattr(module, "__file__", None)
+    for value in vars(cls).values():
+        code = getattr(getattr(value, "__func__", value), "__code__", None)
+        if code is not None and not code.co_filename.startswith("<"):
+            return str(code.co_filename)
+    return None
 
 
 def project_root(path: Path) -> Path:
@@ -84,7 +91,7 @@ def defined_in_project(obj: Any, root: Path) -> bool:
     if isinstance(obj, ModuleType):
         return is_project_file(getattr(obj, "__file__", None), root)
     if isinstance(obj, type):
-        return is_project_file(_module_file(obj.__module__), root)
+        return is_project_file(_class_file(obj), root)
     func = getattr(obj, "__func__", obj)  # a bound classmethod -> its function
     code = getattr(func, "__code__", None)
     return code is not None and is_project_file(code.co_filename, root)

@@ -146,12 +146,12 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
     torch.manual_seed(seed)
     base = build_model(user, base_text, "the emitted base", device="cpu")
-    structure = _structure(spec, base, build_model(user, spec, "--model", device="meta"))
-    if structure is not None:
-        return structure
     at_base = spec == base_text
     torch.manual_seed(1)
     expected = build_model(user, spec, "--model", device="cpu")
+    structure = _structure(spec, base, expected)
+    if structure is not None:
+        return structure
     if not at_base:
         expected = apply(expected, base=base, rule=result.rule)
     torch.manual_seed(1)
