@@ -25,6 +25,7 @@ from .capture import aliases
 from .errors import MuprewriteError, UsageError
 from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
+from .rewrite.external import refuse_external_calls
 from .rewrite.hosts import INIT_ATTR, PENDING_ATTR
 from .rules import Rule, load_rule
 
@@ -46,7 +47,11 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
       built on the meta device is rescaled later: ``model.to_empty(device=...)``, your own
       init, then ``muprewrite.rescale_init(model)``;
     - readout multipliers and attention logit factors are in effect in ``forward`` (and in
-      every method that calls it), through ``torch.compile`` too;
+      every method that calls it), through ``torch.compile`` too. The logit factor reaches
+      every attention call of a host module's forward on any path, not only the one
+      captured (SDPA, explicit ``softmax(q @ k.T)``, ``nn.MultiheadAttention``), keyed by
+      head size; an attention the edit cannot scale raises ``MuprewriteError`` at that call
+      (or here, for a forward that calls flash-attn's or xformers' kernels);
     - ``param_groups(model, lr=...)`` gives the optimizer groups.
 
     Parameters frozen at this call (``requires_grad=False``: a pretrained base under LoRA
@@ -77,6 +82,7 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
     if progress:
         progress(f"planning rule {rule.id!r}")
     plan = make_plan(report, cap.graph, rule, aliases(model))
+    refuse_external_calls(model, plan)
     if init:
         targets = init_targets(model, base, plan)
         object.__setattr__(model, INIT_ATTR, targets)

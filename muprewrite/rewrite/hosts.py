@@ -6,6 +6,13 @@ generated subclass (one per original class), so ``isinstance`` checks, the user'
 methods, ``state_dict`` keys, hooks and ``train()/eval()`` are unchanged. The edit itself
 lives on the instance as plain data (parameter paths and factors, no tensor references), so
 ``copy.deepcopy`` gives an independent copy whose edits point at its own parameters.
+
+A host with a logit table applies its attention edit to its whole subtree (a nested host
+leaves its attention calls to the enclosing one). ``nn.TransformerEncoder`` and
+``nn.TransformerEncoderLayer`` above such a host get a "guard": an empty edit whose mode is
+only there so that their fused fast paths (``torch._transformer_encoder_layer_fwd``, the
+nested-tensor path), which skip ``self_attn.forward`` in eval mode, see
+``has_torch_function`` and take the path the edit reaches.
 """
 
 from __future__ import annotations
@@ -14,8 +21,10 @@ from typing import Any
 
 from torch import nn
 
-from .mode import RewriteMode
+from .logits import Ledger
+from .mode import RewriteMode, attention_owned
 from .plan import HostEdit, Plan
+from .table import within
 
 __all__ = ["install", "HOST_ATTR", "PLAN_ATTR", "INIT_ATTR", "PENDING_ATTR"]
 
@@ -28,6 +37,8 @@ _GENERATED: dict[type, type] = {}
 # leaf layers whose forward is linear in its input apart from the bias: a multiplier on the
 # weight is a multiplier on the input, with no TorchFunctionMode needed (cheaper in eager)
 _LINEAR_LEAVES = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+# containers whose eval-mode fast path skips their attention module's forward
+_FAST_PATHS = (nn.TransformerEncoder, nn.TransformerEncoderLayer)
 
 
 def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
@@ -39,8 +50,14 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
         return original.forward(self, args[0] * factor, *args[1:], **kwargs)
     edit: HostEdit = getattr(self, HOST_ATTR)
     uses = [(self.get_parameter(u.param), u.factor, u.skip_gather) for u in edit.uses]
-    with RewriteMode(uses, edit.attention):
-        return original.forward(self, *args, **kwargs)
+    ledger = None
+    if edit.logits is not None and not attention_owned():
+        ledger = Ledger(edit.logits, f"{edit.module or 'the root module'} ({original.__name__})")
+    with RewriteMode(uses, ledger):
+        out = original.forward(self, *args, **kwargs)
+    if ledger is not None:
+        ledger.finish()
+    return out
 
 
 def _input_factor(host: nn.Module, edit: HostEdit) -> float | None:
@@ -62,7 +79,7 @@ def _subclass(cls: type) -> type:
 
 def install(model: nn.Module, plan: Plan) -> None:
     """Swap every host's class and attach its edit; attach the plan to the root."""
-    for edit in plan.hosts:
+    for edit in (*plan.hosts, *guards(model, plan)):
         host = model.get_submodule(edit.module)
         if hasattr(host, HOST_ATTR):
             raise AssertionError(f"module {edit.module!r} is already rewritten")
@@ -70,3 +87,17 @@ def install(model: nn.Module, plan: Plan) -> None:
         object.__setattr__(host, INPUT_FACTOR_ATTR, _input_factor(host, edit))
         host.__class__ = _subclass(type(host))
     object.__setattr__(model, PLAN_ATTR, plan)
+
+
+def guards(model: nn.Module, plan: Plan) -> list[HostEdit]:
+    """An empty edit on the outermost fast-path container above each attention host."""
+    fast = [name for name, module in model.named_modules() if isinstance(module, _FAST_PATHS)]
+    hosts = {edit.module for edit in plan.hosts}
+    owners = [edit.module for edit in plan.hosts if edit.logits is not None]
+    out: dict[str, HostEdit] = {}
+    for host in owners:
+        outer = min((name for name in fast if within(host, name)), key=len, default=None)
+        if outer is not None and outer not in hosts and not any(
+                within(outer, owner) for owner in owners):
+            out.setdefault(outer, HostEdit(outer, (), ()))
+    return list(out.values())

@@ -1,10 +1,11 @@
 """Stage 5a — the runtime edit: a TorchFunctionMode active during one host module's forward.
 
 It sees every torch call the host's forward makes (children included) and changes only the
-planned ones: the direct consumers of a parameter that takes a forward multiplier, and the
-``ordinal``-th attention call of a family, whose logits take a factor. Everything else runs
-untouched. ``torch.compile`` traces through the mode, so the compiled graph holds the same
-scalar multiplies a hand-written muP model would, and no graph break.
+planned ones: the direct consumers of a parameter that takes a forward multiplier, and,
+where the host has a logit table, every attention computation, keyed to what the call is
+(see logits.py). Everything else runs untouched. ``torch.compile`` traces through the mode,
+so the compiled graph holds the same scalar multiplies a hand-written muP model would, and
+no graph break.
 """
 
 from __future__ import annotations
@@ -13,18 +14,12 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
-from torch.overrides import TorchFunctionMode
+from torch.overrides import TorchFunctionMode, _get_current_function_mode_stack
 
-from .plan import AttentionEdit, Family
+from .logits import ATTENTION_CALLS, Ledger, refuse_external
 
-__all__ = ["RewriteMode", "RUNTIME_FAMILIES"]
+__all__ = ["RewriteMode", "attention_owned"]
 
-# runtime function names (``func.__name__``) of each call family
-RUNTIME_FAMILIES: dict[str, Family] = {
-    "scaled_dot_product_attention": "sdpa", "softmax": "softmax", "_softmax": "softmax",
-    "matmul": "matmul", "__matmul__": "matmul", "bmm": "matmul", "einsum": "matmul",
-    "baddbmm": "matmul",
-}
 # ops through which a factor on a weight equals a factor on the op's output (linear in it)
 _LINEAR_IN_WEIGHT = {
     "t", "transpose", "permute", "mT", "T", "__get__", "view", "reshape", "to", "type_as",
@@ -39,32 +34,49 @@ _HAS_BIAS = {"linear": (2, 0), "conv1d": (2, 0), "conv2d": (2, 0), "conv3d": (2,
 
 
 class RewriteMode(TorchFunctionMode):
-    """``uses``: (parameter, factor, skip_gather); ``attention``: the host's logit edits."""
+    """``uses``: (parameter, factor, skip_gather); ``ledger``: the host's attention edit
+    for this call, None where the host has none (or an enclosing host's mode does it)."""
 
     def __init__(self, uses: Sequence[tuple[torch.Tensor, float, bool]],
-                 attention: Sequence[AttentionEdit]) -> None:
+                 ledger: Ledger | None) -> None:
         super().__init__()
         self.uses = uses
-        self.attention = attention
-        self.counts: dict[str, int] = {}
+        self.ledger = ledger
 
     def __torch_function__(self, func: Callable[..., Any], types: Any, args: Sequence[Any] = (),
                            kwargs: dict[str, Any] | None = None) -> Any:
         kwargs = kwargs or {}
         name = getattr(func, "__name__", "")
-        if self.attention:
-            family = RUNTIME_FAMILIES.get(name)
-            if family is not None:
-                ordinal = self.counts.get(family, 0)
-                self.counts[family] = ordinal + 1
-                for edit in self.attention:
-                    if edit.family == family and edit.ordinal == ordinal:
-                        return _scaled_logits(func, family, edit.factor, args, kwargs)
+        ledger = self.ledger
+        if ledger is not None:
+            handler = ATTENTION_CALLS.get(name)
+            if handler is not None and not self._use_of(name, args):
+                return handler(ledger, func, args, kwargs)
+            refuse_external(ledger, func)
+        out = self._call(func, name, args, kwargs)
+        if ledger is not None and ledger.tracked:
+            ledger.follow(args, out)
+        return out
+
+    def _use_of(self, name: str, args: Sequence[Any]) -> bool:
+        """A planned parameter use (a weight operand is never attention logits)."""
+        return bool(self.uses) and name in _LINEAR_IN_WEIGHT and any(
+            _holds(args, param) for param, _, _ in self.uses)
+
+    def _call(self, func: Callable[..., Any], name: str, args: Sequence[Any],
+              kwargs: dict[str, Any]) -> Any:
         if self.uses and name in _LINEAR_IN_WEIGHT:
             for param, factor, skip_gather in self.uses:
                 if _holds(args, param) and not (skip_gather and name in _GATHER):
                     return _scaled_use(func, name, factor, args, kwargs)
         return func(*args, **kwargs)
+
+
+def attention_owned() -> bool:
+    """Whether an enclosing host's mode already applies an attention edit (it owns the
+    attention calls of its whole subtree; a nested host leaves them to it)."""
+    return any(isinstance(mode, RewriteMode) and mode.ledger is not None
+               for mode in _get_current_function_mode_stack())
 
 
 def _holds(args: Sequence[Any], param: torch.Tensor) -> bool:
@@ -87,19 +99,3 @@ def _scaled_use(func: Callable[..., Any], name: str, factor: float, args: Sequen
             return func(*args, **kwargs)
     out = func(*args, **kwargs)
     return out * factor if isinstance(out, torch.Tensor) else out
-
-
-def _scaled_logits(func: Callable[..., Any], family: Family, factor: float,
-                   args: Sequence[Any], kwargs: dict[str, Any]) -> Any:
-    if family == "sdpa":
-        args = list(args)
-        scale = args.pop(6) if len(args) > 6 else kwargs.pop("scale", None)
-        query = args[0] if args else kwargs["query"]
-        if scale is None:
-            scale = query.shape[-1] ** -0.5
-        return func(*args, **kwargs, scale=scale * factor)
-    if family == "softmax":
-        args = list(args)
-        args[0] = args[0] * factor
-        return func(*args, **kwargs)
-    return func(*args, **kwargs) * factor

@@ -5,7 +5,9 @@ plan says, for every parameter, the factors on its init scale, learning rate, Ad
 weight decay, and, for every module whose forward must change ("host"), which parameter
 uses take a forward multiplier and which attention calls take a logit factor. Call sites
 are located in the captured graph: the innermost module that ran them, and their ordinal
-among calls of the same family within one call of that module.
+among calls of the same family within one call of that module (kept for the record and the
+source emitter). The runtime edit does not count calls: a host's ``logits`` table gives the
+factor by head size, for every attention call on any path of its forward (table.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from ..analysis.uses import Use
 from ..dims.registry import op_name
 from ..rules import Exponents, Rule, RuleError, Scaling
 from .frozen import frozen_diagnostics, frozen_projections
+from .table import LogitTable, logit_tables, within
 
 __all__ = ["ParamPlan", "UseEdit", "AttentionEdit", "HostEdit", "Plan", "param_factors", "rule_factors",
            "tied_multiplier", "multiplied_uses", "make_plan", "FAMILIES"]
@@ -74,9 +77,12 @@ class AttentionEdit:
 
 @dataclass(frozen=True)
 class HostEdit:
+    """``logits``: the runtime key of the attention edits (None: no attention edit)."""
+
     module: str
     uses: tuple[UseEdit, ...]
     attention: tuple[AttentionEdit, ...]
+    logits: LogitTable | None = None
 
 
 @dataclass(frozen=True)
@@ -151,17 +157,30 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
               aliases: Mapping[str, tuple[str, ...]]) -> Plan:
     """``aliases``: canonical parameter name -> every name it has in the module tree."""
     params = param_factors(report, rule)
-    hosts: dict[str, tuple[list[UseEdit], list[AttentionEdit]]] = {}
+    uses: dict[str, list[UseEdit]] = {}
     for name, use in multiplied_uses(report, params):
         host, rel = _host_of(use.module, aliases.get(name, (name,)))
-        edits = hosts.setdefault(host, ([], []))[0]
+        edits = uses.setdefault(host, [])
         edit = UseEdit(rel, name, params[name].multiplier, skip_gather=report[name].tied)
         if edit not in edits:
             edits.append(edit)
-    nodes = {n.name: n for n in graph.nodes}
     diags = frozen_diagnostics(report, {i.name: rule_factors(i, rule) for i in report
                                         if not i.trainable and i.role != "unused"})
+    attention = _attention_edits(report, graph, rule, diags)
+    tables = logit_tables(report, graph, {h: [e.site for e in a] for h, a in attention.items()},
+                          {e.site: e.factor for a in attention.values() for e in a})
+    hosts = [HostEdit(h, tuple(uses.get(h, ())), tuple(attention.get(h, ())), tables.get(h))
+             for h in dict.fromkeys([*uses, *attention])]
+    return Plan(rule.id, report, MappingProxyType(params), tuple(hosts), tuple(diags),
+                rule.optimizer)
+
+
+def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Diagnostic]
+                     ) -> dict[str, list[AttentionEdit]]:
+    """Host -> the logit edits of the sites whose d_head grows (frozen ones: a diagnostic)."""
+    nodes = {n.name: n for n in graph.nodes}
     sites = {s.node: s for s in report.attention}
+    hosts: dict[str, list[AttentionEdit]] = {}
     for pattern in find_attention(graph):
         site = sites[pattern.node]
         if rule.attention == "unchanged" or not site.d_head_grows:
@@ -177,11 +196,9 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
         family, target = _logit_call(pattern)
         host, key = _innermost(nodes[target])
         ordinal = _ordinal(graph, nodes[target], family, key)
-        hosts.setdefault(host, ([], []))[1].append(
+        hosts.setdefault(host, []).append(
             AttentionEdit(pattern.node, site.source, family, ordinal, factor))
-    return Plan(rule.id, report, MappingProxyType(params),
-                tuple(HostEdit(h, tuple(u), tuple(a)) for h, (u, a) in hosts.items()),
-                tuple(diags), rule.optimizer)
+    return hosts
 
 
 def _frozen_attention(where: str, frozen: list[str]) -> Diagnostic:
@@ -237,15 +254,11 @@ def _owner(name: str) -> str:
     return name.rpartition(".")[0]
 
 
-def _within(module: str, ancestor: str) -> bool:
-    return ancestor == "" or module == ancestor or module.startswith(ancestor + ".")
-
-
 def _host_of(module: str, names: tuple[str, ...]) -> tuple[str, str]:
     """The module whose forward sees the use, and the parameter's path relative to it."""
     for alias in names:
         owner = _owner(alias)
-        if _within(owner, module):  # the parameter lives under the using module
+        if within(owner, module):  # the parameter lives under the using module
             return module, alias[len(module) + 1:] if module else alias
     # used by a module it does not belong to (passed in as an argument): go up to a module
     # that holds both
