@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+
+import torch
+
+
+@contextlib.contextmanager
+def float64() -> Iterator[None]:
+    """Default dtype float64 inside the block (exactness checks), restored after."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def import_without_muprewrite(path: Path) -> ModuleType:

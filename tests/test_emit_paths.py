@@ -13,14 +13,13 @@ and its init with the RMS rule (hidden weights x m^-1/2 of the base's RMS, the r
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 import torch
-from emitted import import_without_muprewrite
+from emitted import float64, import_without_muprewrite
 from torch import nn
 
 from muprewrite.emit import Emission, EmitError, emit
@@ -242,14 +241,6 @@ WIDTHS = (64, 128)  # 2x and 4x the base width 32; 2 heads: d_head 16 -> 32, 64
 TOLERANCE = 1e-10
 
 
-@contextmanager
-def _float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 def _emit(tmp_path: Path, name: str, source: str, model: str, base: str,
@@ -358,7 +349,7 @@ def test_gpt_every_branch_and_attention_path(tmp_path: Path, captured: str) -> N
     assert [int(c.split(":")[1]) for c in noted] == sorted(
         _line(GPT, code) for code in pattern[captured])
     errors: list[float] = []
-    with _float64():
+    with float64():
         idx, targets = torch.randint(0, 40, (2, 8)), torch.randint(0, 40, (2, 8))
         for width in WIDTHS:
             for mode in (True, False):
@@ -400,7 +391,7 @@ def test_vit_forward_head_and_both_attention_paths(tmp_path: Path) -> None:
     assert f"vit.py:{_line(VIT, 'attn = q @ k')}: q.k^T product before a softmax not run by " \
            "any capture" in " ".join(emission.changes)
     errors: list[float] = []
-    with _float64():
+    with float64():
         torch.manual_seed(3)
         x = torch.randn(2, 3, 16, 16)
         for width in WIDTHS:
@@ -430,7 +421,7 @@ def test_string_mode_helper_function_and_functional_readout(tmp_path: Path) -> N
     assert "scores = torch.matmul(q, k.transpose(-2, -1)) * (MUP_D_HEAD_BASE / " \
            "q.shape[-1]) ** 0.5 / q.shape[-1] ** 0.5" in emission.source
     errors: list[float] = []
-    with _float64():
+    with float64():
         torch.manual_seed(3)
         x = torch.randn(2, 5, 6)
         for width in WIDTHS:

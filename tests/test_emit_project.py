@@ -11,11 +11,10 @@ replaces both files or neither; ``--diff`` shows both; a library edit is still r
 
 from __future__ import annotations
 
-import contextlib
 import os
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -23,6 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from emit_projects import CONFIG, PKG, TWO, import_tree, tree, write_project
+from emitted import float64
 
 import muprewrite
 from muprewrite.cli import emit_cmd
@@ -127,7 +127,7 @@ def test_emitted_project_equals_runtime_apply(emitted: dict[str, tuple[Path, Pat
                                               ) -> None:
     project, folder, _ = emitted[name]
     original, ours = import_tree(project, module), import_tree(folder, module)
-    with _float64():
+    with float64():
         torch.manual_seed(0)  # the emitted MUP_BASE_SEED
         base = make(original, 32)
         torch.manual_seed(1)
@@ -150,14 +150,6 @@ def test_emitted_project_equals_runtime_apply(emitted: dict[str, tuple[Path, Pat
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
 
 
-@contextlib.contextmanager
-def _float64() -> Iterator[None]:
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
 
 
 # -- --in-place: both files or neither -------------------------------------------------------
