@@ -135,7 +135,7 @@ def _check_base(model: nn.Module, base: nn.Module) -> None:
                  if n in theirs and ours[n] != theirs[n]]
     if problems:
         raise UsageError(f"base is not {type(model).__name__} at another width: "
-                         f"{first_few(problems)}",
+                         f"{first_few(problems, 10)}",
                          fix="build base with the same constructor and options (depth, "
                              "heads, ...), changing only the width")
 
