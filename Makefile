@@ -1,6 +1,6 @@
 # make demo: create .venv, install, analyse the bundled DiT example, write its muP source
-#            (demo-output/dit_mup.py), then coordinate-check it under mup and sp (figure and
-#            JSON in demo-output/).
+#            (demo-output/dit_mup.py), check it by running it against apply at two widths,
+#            then coordinate-check it under mup and sp (figure and JSON in demo-output/).
 # make test: create .venv, install, run the whole test suite (slow tests included).
 PY      ?= python3
 VENV    := .venv
@@ -25,6 +25,8 @@ demo: $(STAMP)
 	$(BIN)/muprewrite examples/dit.py --force -o demo-output/dit_mup.py \
 		--model "DiT(depth=4, hidden_size=256, num_heads=2)" --base "DiT(depth=4, hidden_size=128, num_heads=2)"
 	$(BIN)/muprewrite demo-output/dit_mup.py --check
+	$(BIN)/muprewrite check demo-output/dit_mup.py --original examples/dit.py \
+		--model "DiT(depth=4, hidden_size=256, num_heads=2)" --model "DiT(depth=4, hidden_size=512, num_heads=2)"
 	$(BIN)/muprewrite coord-check examples/dit.py --force -o demo-output/coord_check.png \
 		--model "DiT(depth=2, hidden_size={width}, num_heads={width} // 32)" \
 		--widths 64,128,256,512 --rule mup --rule sp --seeds 1
