@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -20,6 +21,7 @@ import torch
 from torch import nn
 
 from .analysis.attention import HeadsConvention
+from .analysis.report import Report
 from .analyzer import analyze_with_capture
 from .capture import aliases
 from .errors import MuprewriteError, UsageError
@@ -83,6 +85,7 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
         progress(f"planning rule {rule.id!r}")
     plan = make_plan(report, cap.graph, rule, aliases(model))
     refuse_external_calls(model, plan)
+    _warn_unused(report, base)
     if init:
         targets = init_targets(model, base, plan)
         object.__setattr__(model, INIT_ATTR, targets)
@@ -95,6 +98,20 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
         compiled: nn.Module = torch.compile(wrapper)  # type: ignore[assignment]  # an OptimizedModule
         return compiled
     return wrapper
+
+
+def _warn_unused(report: Report, base: nn.Module) -> None:
+    """A trainable parameter that grows with width but that no captured op used gets no
+    factor: say so, since the forward may use it on a path the capture did not run."""
+    base_shapes = {n: tuple(p.shape) for n, p in unwrap(base).named_parameters()}
+    names = [i.name for i in report if i.role == "unused" and i.trainable
+             and base_shapes.get(i.name, tuple(i.shape)) != tuple(i.shape)]
+    if names:
+        warnings.warn(f"muprewrite: {len(names)} trainable parameter(s) that grow with width are "
+                      f"used by no captured op and get no muP factor: {', '.join(names[:10])}. "
+                      "If forward uses them on another path (a generate branch, a flag), pass "
+                      "example inputs that run it; if they are dead, freeze them "
+                      "(requires_grad=False)", stacklevel=3)
 
 
 def rescale_init(model: nn.Module) -> dict[str, float]:

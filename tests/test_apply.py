@@ -302,7 +302,8 @@ def test_trap_models() -> None:
     model, base = WidthTiedSinusoid(128, 4), WidthTiedSinusoid(64, 2)
     unused, frozen = model.unused.weight.clone(), model.frozen.clone()
     inputs = _inputs(model)
-    muprewrite.apply(model, inputs, base=base)
+    with pytest.warns(UserWarning, match=r"used by no captured op .* unused\.weight, unused\.bias"):
+        muprewrite.apply(model, inputs, base=base)
     assert torch.equal(model.unused.weight, unused) and torch.equal(model.frozen, frozen)
     models = [(model, inputs)]
     rounded = muprewrite.apply(RoundedFF(256), torch.randn(2, 4), base=RoundedFF(128))

@@ -286,3 +286,35 @@ def test_cli_entry_point_routes_a_file_to_emit(tmp_path: Path) -> None:
     result = subprocess.run([str(exe), str(src), "--model", WIDE, "--base", BASE, "--diff"],
                             capture_output=True, text=True, env={**os.environ, "PYTHONHASHSEED": "0"})
     assert result.returncode == 0 and "mup_init(self)" in result.stdout
+
+
+GENERATE_HEAD = '''import torch
+from torch import nn
+
+
+class Net(nn.Module):
+    def __init__(self, width=32):
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.head = nn.Linear(width, 4)
+        self.gen_head = nn.Linear(width, 4)
+
+    def forward(self, x, generate=False):
+        h = self.inp(x).relu()
+        if generate:
+            return self.gen_head(h)
+        return self.head(h)
+
+    def example_inputs(self):
+        return (torch.randn(2, 8, device=self.inp.weight.device),)
+'''
+
+
+def test_a_parameter_only_an_uncaptured_path_uses_is_named(tmp_path: Path) -> None:
+    """Until several input sets are captured, a readout used only on another path has no role
+    and no factor: the emission says so instead of staying silent."""
+    path = tmp_path / "gen.py"
+    path.write_text(GENERATE_HEAD)
+    changes = emit(path, "Net(width=64)", "Net(width=32)").changes
+    assert any(c.startswith("WARNING") and "gen_head.weight" in c and "head.weight" not in
+               c.replace("gen_head.weight", "") for c in changes), changes

@@ -100,6 +100,14 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     files, changes = assemble(project, edits, sites, root=type(model).__name__, rule=rule,
                               base_call=base_call, block=block, rescaled=rescaled)
     first = files[0]
+    base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    unused = [i.name for i in report if i.role == "unused" and i.trainable
+              and base_shapes.get(i.name, tuple(i.shape)) != tuple(i.shape)]
+    if unused:  # no factor for them: the forward may use them on a path no capture ran
+        changes = (*changes, f"WARNING: {len(unused)} trainable parameter(s) that grow with "
+                   f"width are used by no captured op and get no muP factor: "
+                   f"{', '.join(unused[:10])}; pass --inputs that run the path using them, "
+                   "or freeze them if they are dead")
     return Emission(first.source, changes, first.original, first.encoding, files,
                     project.root, _imported(before, project))
 
