@@ -166,3 +166,12 @@ def test_emitted_file_refuses_another_depth(emitted: tuple[Path, str]) -> None:
     module.GPT(module.GPTConfig(n_embd=64, n_head=2))  # the base's depth: fine
     with pytest.raises(ValueError, match=r"differ in \d+ parameter\(s\), e\.g\. h\.2\."):
         module.GPT(module.GPTConfig(n_embd=64, n_head=2, n_layer=3))
+
+
+def test_a_model_without_example_inputs_is_checked_on_the_given_inputs(tmp_path: Path) -> None:
+    """nanoGPT's GPT has no example_inputs(): apply's capture takes the first --inputs."""
+    source = GPT[:GPT.index("    def example_inputs")]
+    (tmp_path / "gpt.py").write_text(source)
+    emitted = emit(tmp_path / "gpt.py", WIDE, BASE, inputs_expr=INPUTS[0]).source
+    code, out = check(tmp_path, "bare_mup.py", emitted)
+    assert code == 0, out

@@ -152,12 +152,12 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     structure = _structure(spec, base, expected)
     if structure is not None:
         return structure
-    if not at_base:
-        expected = apply(expected, base=base, rule=result.rule)
+    sets = _input_sets(expected, inputs)
+    if not at_base:  # captured on the first input set; the edits reach every path
+        expected = apply(expected, sets[0], base=base, rule=result.rule)
     torch.manual_seed(1)
     model = build_model(emitted, spec, "--model", device="cpu")
     found = _parameters(spec, model, expected)
-    sets = _input_sets(expected, inputs)
     for i, (args, kwargs) in enumerate(sets):
         for mode in ("train", "eval"):
             found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
