@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import torch
 
+from muprewrite.verify.source_check import float64  # noqa: F401 - re-exported for the tests
 
-@contextlib.contextmanager
-def float64() -> Iterator[None]:
-    """Default dtype float64 inside the block (exactness checks), restored after."""
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
+
+def train_losses(model: torch.nn.Module, groups: list[dict], inputs: tuple,
+                 target: torch.Tensor, steps: int) -> list[float]:
+    """``steps`` AdamW steps on ``groups`` fitting ``target``; the loss at each step. The RNG
+    is seeded first, so that dropout-like draws are alike in the two runs compared."""
+    opt = torch.optim.AdamW(groups)
+    torch.manual_seed(7)
+    losses = []
+    for _ in range(steps):
+        loss = (model(*inputs) - target).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
 
 
 def import_without_muprewrite(path: Path) -> ModuleType:

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import torch
 from conftest import EXAMPLES, ExampleSpec
-from emitted import import_without_muprewrite
+from emitted import import_without_muprewrite, train_losses
 
 import muprewrite
 from muprewrite.emit import emit
@@ -25,19 +25,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _call(cls: str, kwargs: dict[str, Any]) -> str:
     return f"{cls}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
-
-
-def _train(model: torch.nn.Module, groups: list[dict], inputs: tuple, target: torch.Tensor) -> list[float]:
-    opt = torch.optim.AdamW(groups)
-    torch.manual_seed(7)  # dropout-like draws (class-label dropout) alike in both runs
-    losses = []
-    for _ in range(10):
-        loss = (model(*inputs) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 @pytest.mark.slow
@@ -91,10 +78,10 @@ def _compare(example: ExampleSpec, width: str, rule: str, tmp_path: Path) -> Non
         out = runtime(*inputs)
         torch.testing.assert_close(model(*inputs), out, rtol=1e-12, atol=1e-12)
         target = torch.randn_like(out)
-        expected = _train(runtime, muprewrite.param_groups(runtime, lr=1e-2, weight_decay=0.1),
-                          inputs, target)
-        got = _train(model, emitted.mup_param_groups(model, lr=1e-2, weight_decay=0.1), inputs,
-                     target)
+        expected = train_losses(runtime, muprewrite.param_groups(runtime, lr=1e-2, weight_decay=0.1),
+                          inputs, target, 10)
+        got = train_losses(model, emitted.mup_param_groups(model, lr=1e-2, weight_decay=0.1), inputs,
+                     target, 10)
     finally:
         torch.set_default_dtype(previous)
     assert len(set(expected)) > 1  # it trained

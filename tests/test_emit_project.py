@@ -22,7 +22,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from emit_projects import CONFIG, PKG, TWO, import_tree, tree, write_project
-from emitted import float64
+from emitted import float64, train_losses
 
 import muprewrite
 from muprewrite.cli import emit_cmd
@@ -105,19 +105,6 @@ def _pkg(module: ModuleType, width: int) -> torch.nn.Module:
     return module.Net(module.ModelConfig(width=width))
 
 
-def _train(model: torch.nn.Module, groups: list[dict], inputs: tuple,
-           target: torch.Tensor) -> list[float]:
-    opt = torch.optim.AdamW(groups)
-    losses = []
-    for _ in range(5):
-        loss = (model(*inputs) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("width", [64, 128])
 @pytest.mark.parametrize(("name", "module", "make"), [("two", "model", _two),
                                                       ("pkg", "mypkg.model", _pkg)])
@@ -142,10 +129,10 @@ def test_emitted_project_equals_runtime_apply(emitted: dict[str, tuple[Path, Pat
         out = runtime(*inputs)
         torch.testing.assert_close(model(*inputs), out, rtol=1e-10, atol=1e-10)
         target = torch.randn_like(out)
-        expected = _train(runtime, muprewrite.param_groups(runtime, lr=1e-2, weight_decay=0.1),
-                          inputs, target)
-        got = _train(model, ours.mup_param_groups(model, lr=1e-2, weight_decay=0.1), inputs,
-                     target)
+        expected = train_losses(runtime, muprewrite.param_groups(runtime, lr=1e-2, weight_decay=0.1),
+                          inputs, target, 5)
+        got = train_losses(model, ours.mup_param_groups(model, lr=1e-2, weight_decay=0.1), inputs,
+                     target, 5)
     assert len(set(expected)) > 1
     assert got == pytest.approx(expected, rel=1e-10, abs=1e-12)
 

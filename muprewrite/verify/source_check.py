@@ -38,7 +38,7 @@ from ..errors import MuprewriteError
 from ..files import read_source
 from ..spec import build_model, load_module, parse_inputs
 
-__all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted"]
+__all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
 
 _HEADER = re.compile(r"muP version of (?P<file>\S+) \(rule \"(?P<rule>[^\"]+)\"")
 RTOL = 1e-9
@@ -105,7 +105,7 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
     base_text = base or _base_call(emitted, path)
     result = SourceCheck(path, source, rule or header["rule"])
     say = progress or (lambda _m: None)
-    with _float64():
+    with float64():
         for spec in [base_text, *models]:
             say(f"checking {spec}")
             found = _check_width(result, emitted, user, spec, base_text, inputs, steps)
@@ -129,7 +129,8 @@ def _base_call(emitted: ModuleType, path: Path) -> str:
 
 
 @contextlib.contextmanager
-def _float64() -> Iterator[None]:
+def float64() -> Iterator[None]:
+    """Default dtype float64 inside the block, restored after."""
     previous = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
