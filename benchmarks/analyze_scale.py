@@ -49,7 +49,7 @@ def measure(name: str) -> dict:
     rss_build = _peak_rss_mb()
 
     t0 = time.perf_counter()
-    cap = capture(model, args, kwargs)
+    cap = capture(model, [(args, kwargs)])
     t_capture = time.perf_counter() - t0
     rss_capture = _peak_rss_mb()
 

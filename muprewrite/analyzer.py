@@ -27,11 +27,12 @@ from .analysis.diagnose import (
 )
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
 from .analysis.source import node_module, node_source
-from .capture import Capture, capture, normalize_inputs
+from .capture import Capture, capture
 from .dims import Dims, build_axis_graph, solve
 from .dims.constants import width_sized_constants
 from .dims.diff import base_sizes, with_base
 from .errors import CaptureError, MuprewriteError, UsageError, first_few
+from .input_sets import InputSet, input_sets
 from .optim import unwrap
 
 __all__ = ["analyze", "analyze_with_capture"]
@@ -43,7 +44,9 @@ def analyze(model: nn.Module, example_inputs: Any = None, *, base: nn.Module | N
     """Classify every parameter of ``model`` as input / hidden / output / fixed.
 
     ``example_inputs``: positional args (a tensor or tuple), or ``((args...), {kwargs})``;
-    defaults to ``model.example_inputs()`` when the model defines it. Tensors may be on the
+    or ``InputSets(set_1, set_2, ...)``, one per path of the forward (with and without
+    targets, a flag), all captured in one graph; defaults to ``model.example_inputs()``
+    when the model defines it. Tensors may be on the
     meta device; nothing is allocated. ``base``: the same architecture at another width
     (meta device is fine): every axis is then measured by diffing the two captures.
     ``heads``: without ``base``, which side of a (heads, d_head) split grows — ``"grow"``
@@ -70,9 +73,10 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
                                   fix="pass example_inputs=(tensor, ...) or define "
                                       "model.example_inputs()")
         example_inputs = model.example_inputs()  # type: ignore[operator]  # checked callable above
-    args, kwargs = normalize_inputs(example_inputs)
-    say(f"capturing {type(model).__name__} with torch.export")
-    cap = capture(model, args, kwargs)
+    sets = input_sets(example_inputs)
+    paths = f" on {len(sets)} input sets" if len(sets) > 1 else ""
+    say(f"capturing {type(model).__name__} with torch.export{paths}")
+    cap = capture(model, sets)
     extra = [_no_output(model)] if not cap.user_outputs and base is None else []
     say(f"building the dimension graph ({len(cap.graph.nodes)} nodes)")
     axes = build_axis_graph(cap)
@@ -85,7 +89,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     sizes: dict = {}
     if base is not None:
         say(f"capturing base {type(base).__name__} to measure widths")
-        base_cap = _capture_base(base, args, kwargs)
+        base_cap = _capture_base(base, sets)
         sizes, aligned = base_sizes(cap, base_cap)
         measured = with_base(dims, sizes)
         diags = [d for d in diags if d.code == "no-rule"]
@@ -140,9 +144,9 @@ def _check_base(model: nn.Module, base: nn.Module) -> None:
                              "heads, ...), changing only the width")
 
 
-def _capture_base(base: nn.Module, args: tuple, kwargs: dict) -> Capture:
+def _capture_base(base: nn.Module, sets: list[InputSet]) -> Capture:
     try:
-        return capture(base, args, kwargs)
+        return capture(base, sets)
     except CaptureError as exc:
         raise CaptureError(f"base: {exc.message}", where=exc.where,
                            fix=f"{exc.fix}; the example inputs must fit base too (none of "

@@ -110,7 +110,8 @@ def _warn_unused(report: Report, base: nn.Module) -> None:
         warnings.warn(f"muprewrite: {len(names)} trainable parameter(s) that grow with width are "
                       f"used by no captured op and get no muP factor: {', '.join(names[:10])}. "
                       "If forward uses them on another path (a generate branch, a flag), pass "
-                      "example inputs that run it; if they are dead, freeze them "
+                      "one input set per path: muprewrite.InputSets(set_1, set_2); if they "
+                      "are dead, freeze them "
                       "(requires_grad=False)", stacklevel=3)
 
 

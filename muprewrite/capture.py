@@ -17,7 +17,7 @@ import os
 import re
 import sysconfig
 import traceback
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
@@ -28,6 +28,7 @@ from torch.export.graph_signature import ExportGraphSignature, OutputKind, Tenso
 
 from .capture_inline import inline_subgraphs
 from .errors import CaptureError, InputSpecError
+from .input_sets import InputSet, normalize_inputs
 
 __all__ = ["Capture", "capture", "normalize_inputs", "canonical_names", "aliases"]
 
@@ -45,27 +46,6 @@ class Capture:
 
     def nodes(self) -> list[torch.fx.Node]:
         return list(self.graph.nodes)
-
-
-def normalize_inputs(example_inputs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    """Accept ``tensor``, ``(args...)``, or ``((args...), {kwargs})``; return (args, kwargs)."""
-    if isinstance(example_inputs, torch.Tensor):
-        return (example_inputs,), {}
-    if isinstance(example_inputs, dict):
-        return (), dict(example_inputs)
-    if (
-        isinstance(example_inputs, tuple)
-        and len(example_inputs) == 2
-        and isinstance(example_inputs[0], (tuple, list))
-        and isinstance(example_inputs[1], dict)
-    ):
-        return tuple(example_inputs[0]), dict(example_inputs[1])
-    if isinstance(example_inputs, (tuple, list)):
-        return tuple(example_inputs), {}
-    raise InputSpecError(
-        f"example inputs must be tensors; got {type(example_inputs).__name__}",
-        fix="pass a tensor, a tuple of positional arguments (x, t, ...), or "
-            "((args...), {kwargs}); with the CLI, --inputs \"float(2, 3, 32, 32)\"")
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -132,17 +112,21 @@ def aliases(model: nn.Module) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in names.items()}
 
 
-def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Capture:
-    """Export ``model(*args, **kwargs)`` as one graph (non-strict ``torch.export``)."""
-    _check_arguments(model, args, kwargs)
+def capture(model: nn.Module, sets: Sequence[InputSet]) -> Capture:
+    """Export ``model(*args, **kwargs)`` for every (args, kwargs) in ``sets`` as one graph
+    (non-strict ``torch.export``): several sets run one after the other in a single program,
+    so the graph holds every path they take, over the same parameters."""
+    if not sets:
+        raise InputSpecError("no example input set", fix="pass at least one input set")
     device = _model_device(model)
-    args = _to_device(args, device)
-    kwargs = _to_device(kwargs, device)
+    sets = [(_to_device(args, device), _to_device(kwargs, device)) for args, kwargs in sets]
+    for i, (args, kwargs) in enumerate(sets):
+        _check_arguments(model, args, kwargs, i if len(sets) > 1 else None)
     try:
         with _quiet():
-            program = torch.export.export(model, args, kwargs, strict=False)
+            program = _export(model, sets)
     except Exception as exc:  # noqa: BLE001 - re-raised as a CaptureError with context
-        raise _capture_error(model, exc) from exc
+        raise _failed_set(model, sets, exc) from exc
     sig = program.graph_signature
     inline_subgraphs(program.graph_module)
     canonical = canonical_names(model)
@@ -158,6 +142,44 @@ def capture(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> 
     )
 
 
+def _export(model: nn.Module, sets: Sequence[InputSet]) -> torch.export.ExportedProgram:
+    if len(sets) == 1:
+        args, kwargs = sets[0]
+        return torch.export.export(model, args, kwargs, strict=False)
+    # Several sets: for the export only, the instance's forward runs the model's own forward
+    # once per set and returns every output. Parameters, buffers and module paths stay the
+    # model's; the instance attribute is removed (or the user's restored) afterwards.
+    missing = object()
+    own = model.__dict__.get("forward", missing)
+    single = model.forward
+
+    def forward(*input_sets: InputSet) -> tuple:
+        return tuple(single(*args, **kwargs) for args, kwargs in input_sets)
+
+    model.__dict__["forward"] = forward
+    try:
+        return torch.export.export(model, tuple(sets), {}, strict=False)
+    finally:
+        if own is missing:
+            del model.__dict__["forward"]
+        else:
+            model.__dict__["forward"] = own
+
+
+def _failed_set(model: nn.Module, sets: Sequence[InputSet], exc: BaseException) -> CaptureError:
+    """The error of a failed export; with several sets, of the first set that fails alone."""
+    if len(sets) > 1:
+        for i, one in enumerate(sets):
+            try:
+                with _quiet():
+                    _export(model, [one])
+            except Exception as alone:  # noqa: BLE001 - this set is the one to report
+                error = _capture_error(model, alone)
+                return CaptureError(f"input set {i}: {error.message}", where=error.where,
+                                    fix=error.fix)
+    return _capture_error(model, exc)
+
+
 def _user_outputs(graph: torch.fx.Graph, sig: ExportGraphSignature) -> tuple[str, ...]:
     """Names of the nodes the forward returns (tensors, not constants), read from the output
     node: inlining a wrapper (a checkpointed readout) replaces the node the signature names."""
@@ -168,7 +190,8 @@ def _user_outputs(graph: torch.fx.Graph, sig: ExportGraphSignature) -> tuple[str
                  and isinstance(node, torch.fx.Node))
 
 
-def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
+                     index: int | None) -> None:
     """Refuse example inputs that do not fit ``forward``'s signature, before export tries."""
     try:
         signature = inspect.signature(model.forward)
@@ -178,7 +201,8 @@ def _check_arguments(model: nn.Module, args: tuple[Any, ...], kwargs: dict[str, 
         signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise InputSpecError(
-            f"the example inputs do not fit {type(model).__name__}.forward{signature}: {exc}",
+            f"the example inputs{'' if index is None else f' (set {index})'} do not fit "
+            f"{type(model).__name__}.forward{signature}: {exc}",
             where=_definition(model),
             fix="pass one value per argument of forward: a tensor, a tuple (x, t, ...), or "
                 "((args...), {kwargs}); a list is taken as the positional arguments") from None

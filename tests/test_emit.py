@@ -311,8 +311,8 @@ class Net(nn.Module):
 
 
 def test_a_parameter_only_an_uncaptured_path_uses_is_named(tmp_path: Path) -> None:
-    """Until several input sets are captured, a readout used only on another path has no role
-    and no factor: the emission says so instead of staying silent."""
+    """From one input set, a readout used only on another path has no role and no factor: the
+    emission says so instead of staying silent (tests/test_input_sets.py gives every set)."""
     path = tmp_path / "gen.py"
     path.write_text(GENERATE_HEAD)
     changes = emit(path, "Net(width=64)", "Net(width=32)").changes

@@ -76,8 +76,10 @@ written through, an existing file keeps its mode, a read-only one needs
               help='The model at the base (tuning) width, e.g. "DiT(hidden_size=288, num_heads=4)".')
 @click.option("--rule", default="mup", show_default=True,
               help="Parametrization: a name from `muprewrite rules list`, or path/to/rule.toml.")
-@click.option("--inputs", "inputs_expr", metavar="SPECS",
-              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
+@click.option("--inputs", "inputs_expr", metavar="SPECS", multiple=True,
+              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: '
+                   "model.example_inputs()). Repeat it for each path of the forward (with and "
+                   "without targets, a flag): every set is captured.")
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               hidden=True)
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
@@ -92,7 +94,7 @@ written through, an existing file keeps its mode, a read-only one needs
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
-             inputs_expr: str | None, heads: str, seed: int, device: str, output: str | None,
+             inputs_expr: tuple[str, ...], heads: str, seed: int, device: str, output: str | None,
              show_diff: bool, in_place: bool, force: bool, check: bool) -> None:
     from ..emit import emit
     from .main import _stage_printer

@@ -11,8 +11,8 @@ from types import FrameType
 
 import click
 
-from ..errors import InputSpecError, MuprewriteError
-from ..spec import build_model, load_module, parse_inputs
+from ..errors import MuprewriteError
+from ..spec import build_model, inputs_for, load_module
 
 __all__ = ["main", "cli"]
 
@@ -82,8 +82,10 @@ def cli() -> None:
               help='Constructor call, e.g. "DiT(depth=4, hidden_size=256, num_heads=4)".')
 @click.option("--base", "base_expr", metavar="EXPR",
               help="The same architecture at another width, e.g. \"DiT(hidden_size=128, num_heads=2)\".")
-@click.option("--inputs", "inputs_expr", metavar="SPECS",
-              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: model.example_inputs()).')
+@click.option("--inputs", "inputs_expr", metavar="SPECS", multiple=True,
+              help='Example inputs, e.g. "float(2, 4, 32, 32), int(2, high=1000)" (default: '
+                   "model.example_inputs()). Repeat it for each path of the forward (with and "
+                   "without targets, a flag): every set is captured.")
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               help="Without --base: grow = more heads at fixed d_head; fixed = d_head grows.")
 @click.option("--device", type=click.Choice(["meta", "cpu"]), default="meta", show_default=True,
@@ -92,7 +94,7 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="List every parameter (default: merge rows that differ only in a layer index).")
-def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: str | None,
+def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: tuple[str, ...],
                 heads: str, device: str, as_json: bool, show_all: bool) -> None:
     from ..analyzer import analyze
 
@@ -100,11 +102,7 @@ def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_
         module = load_module(model_file)
         model = build_model(module, model_expr, "--model", device=device)
         base = build_model(module, base_expr, "--base", device=device) if base_expr else None
-        inputs = parse_inputs(inputs_expr, device=device) if inputs_expr else None
-        if inputs is None and not callable(getattr(model, "example_inputs", None)):
-            raise InputSpecError(
-                f"{type(model).__name__} has no example_inputs() method",
-                fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
+        inputs = inputs_for(model, inputs_expr, device=device)
         report = analyze(model, inputs, base=base, heads=heads,  # type: ignore[arg-type]
                          progress=_stage_printer())
     except MuprewriteError as exc:

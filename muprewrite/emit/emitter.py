@@ -21,10 +21,9 @@ from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
-from ..errors import InputSpecError
 from ..rewrite.plan import make_plan, tied_multiplier
 from ..rules import Exponents, Rule, load_rule
-from ..spec import build_model, load_module, parse_inputs
+from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
 from .block import Entry, collapse, emitted_rule, render_block
 from .complete import Edits, complete
@@ -61,7 +60,7 @@ def is_emitted(text: str) -> bool:
 
 
 def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule = "mup",
-         inputs_expr: str | None = None, seed: int = 0, heads: HeadsConvention = "grow",
+         inputs_expr: str | Sequence[str] | None = None, seed: int = 0, heads: HeadsConvention = "grow",
          device: str = "meta", progress: Callable[[str], None] | None = None) -> Emission:
     """The text of ``path`` rewritten into ``rule`` for the model ``model_expr``, with every
     other file of the user's project that needs an edit (a readout or an attention defined
@@ -80,10 +79,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     base = build_model(user, base_expr, "--base", device=device)
     _check_base_differs(model, base, model_expr, base_expr)
     _check_root(project, user, model, path)
-    inputs = parse_inputs(inputs_expr, device=device) if inputs_expr else None
-    if inputs is None and not callable(getattr(model, "example_inputs", None)):
-        raise InputSpecError(f"{type(model).__name__} has no example_inputs() method",
-                             fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32), int(2, high=1000)"')
+    inputs = inputs_for(model, inputs_expr, device=device)
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
     names = aliases(model)
     plan = make_plan(report, cap.graph, rule, names)
@@ -106,7 +102,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     if unused:  # no factor for them: the forward may use them on a path no capture ran
         changes = (*changes, f"WARNING: {len(unused)} trainable parameter(s) that grow with "
                    f"width are used by no captured op and get no muP factor: "
-                   f"{', '.join(unused[:10])}; pass --inputs that run the path using them, "
+                   f"{', '.join(unused[:10])}; repeat --inputs, one set per path of the forward, "
                    "or freeze them if they are dead")
     return Emission(first.source, changes, first.original, first.encoding, files,
                     project.root, _imported(before, project))

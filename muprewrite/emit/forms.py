@@ -7,7 +7,8 @@ Each form equals what ``muprewrite.apply`` does at run time:
 - ``F.linear(x, self.w, b)`` -> its input scaled; ``F.linear(x, self.w)``, ``x @ self.w.t()``,
   an einsum -> the product scaled;
 - ``F.scaled_dot_product_attention(q, k, v)`` -> ``scale=MUP_D_HEAD_BASE ** 0.5 /
-  q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``;
+  q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``
+  (a name, attribute or call that may hold None, SDPA's default, gets both, by ``s is None``);
 - an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``.
 """
 
@@ -23,6 +24,7 @@ from .source import callee_name
 __all__ = ["NodeEdit", "paren", "times", "apply_edit"]
 
 _SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
+_NEVER_NONE = (cst.Integer, cst.Float, cst.BinaryOperation, cst.UnaryOperation)
 MULTIPLICATIVE = (cst.Multiply, cst.Divide, cst.FloorDivide, cst.Modulo, cst.MatrixMultiply)
 
 
@@ -87,7 +89,12 @@ def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
     for i, arg in enumerate(args):
         if arg.keyword and arg.keyword.value == "scale":
             factor = cst.parse_expression(f"({edit.factor} / {d}) ** 0.5")
-            args[i] = arg.with_changes(value=times(arg.value, factor))
+            scaled = times(arg.value, factor)
+            if not isinstance(arg.value, _NEVER_NONE):  # scale=self.scale may hold None
+                scaled = cst.IfExp(  # type: ignore[assignment]  # an expression all the same
+                    test=cst.Comparison(arg.value, [cst.ComparisonTarget(cst.Is(), cst.Name("None"))]),
+                    body=cst.parse_expression(f"{edit.factor} ** 0.5 / {d}"), orelse=scaled)
+            args[i] = arg.with_changes(value=scaled)
             return call.with_changes(args=args)
     new = cst.Arg(cst.parse_expression(f"{edit.factor} ** 0.5 / {d}"),
                   keyword=cst.Name("scale"),

@@ -8,8 +8,8 @@ Below both the CLI and emission: nothing here imports either.
 
 from .build import build_model
 from .grammar import Call, parse_spec
-from .inputs import parse_inputs
+from .inputs import inputs_for, parse_inputs
 from .load import load_module
 from .project import project_root
 
-__all__ = ["load_module", "build_model", "parse_inputs", "parse_spec", "Call", "project_root"]
+__all__ = ["load_module", "build_model", "parse_inputs", "inputs_for", "parse_spec", "Call", "project_root"]

@@ -19,14 +19,16 @@ dicts. The grammar is :mod:`.grammar`'s: nothing is evaluated.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
 
 from ..errors import InputSpecError, ModelSpecError
+from ..input_sets import InputSets
 from .grammar import Call, parse_arguments
 
-__all__ = ["parse_inputs", "DTYPES"]
+__all__ = ["parse_inputs", "inputs_for", "DTYPES"]
 
 DTYPES = {"float": torch.float32, "half": torch.float16, "bfloat16": torch.bfloat16,
           "double": torch.float64, "int": torch.int64, "long": torch.int64, "bool": torch.bool}
@@ -42,6 +44,21 @@ def parse_inputs(text: str, device: torch.device | str = "meta") -> tuple[tuple,
         raise InputSpecError(exc.message, fix=_FIX) from None
     return (tuple(_value(a, device) for a in args),
             {k: _value(v, device) for k, v in kwargs})
+
+
+def inputs_for(model: torch.nn.Module, texts: Sequence[str] | str | None,
+               device: torch.device | str = "meta") -> Any:
+    """What ``--inputs`` (repeatable) gives ``analyze``/``apply``: None for none (the model's
+    ``example_inputs()`` then, which must exist), one set, or an ``InputSets`` of several."""
+    texts = [texts] if isinstance(texts, str) else list(texts or ())
+    if not texts:
+        if not callable(getattr(model, "example_inputs", None)):
+            raise InputSpecError(f"{type(model).__name__} has no example_inputs() method",
+                                 fix=f"pass --inputs, {_FIX} (repeat --inputs for each path "
+                                     "of the forward: with and without targets, a flag)")
+        return None
+    sets = [parse_inputs(text, device=device) for text in texts]
+    return sets[0] if len(sets) == 1 else InputSets(*sets)
 
 
 def _value(value: Any, device: torch.device | str) -> Any:

@@ -33,8 +33,8 @@ import torch
 from torch import nn
 
 from ..apply import apply
-from ..capture import normalize_inputs
 from ..files import write_file
+from ..input_sets import first_set
 from ..optim import param_groups
 
 __all__ = ["CoordCheck", "coord_check", "SLOPE_THRESHOLD", "OUTPUT"]
@@ -134,7 +134,7 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], *,
 
     ``build(width)`` makes the model; the narrowest width is the base. ``inputs(model)``
     gives one batch (drawn once, reused at every width and step), in any form ``analyze``
-    takes. The loss is the mean square error to a fixed random target of the output's shape.
+    takes (of an ``InputSets``, every set is captured and the first one is trained on). The loss is the mean square error to a fixed random target of the output's shape.
     Each RMS is the mean over ``seeds`` initialisations, so one unlucky draw does not read as
     a trend. ``progress(done, total)`` is called after each (width, seed) run.
     """
@@ -162,7 +162,7 @@ def _one_run(build: Callable[[int], nn.Module], base_width: int, width: int, bat
     base = build(base_width)
     torch.manual_seed(seed)
     model = apply(build(width), batch, base=base, rule=rule)
-    args, kwargs = normalize_inputs(batch)
+    args, kwargs = first_set(batch)  # every set is captured; the first one trains
     opt = torch.optim.Adam(param_groups(model, lr=lr))
     target = None
     records = []

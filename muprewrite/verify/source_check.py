@@ -33,9 +33,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture import normalize_inputs
 from ..errors import MuprewriteError
 from ..files import read_source
+from ..input_sets import InputSets, input_sets
 from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
@@ -154,8 +154,8 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     if structure is not None:
         return structure
     sets = _input_sets(expected, inputs)
-    if not at_base:  # captured on the first input set; the edits reach every path
-        expected = apply(expected, sets[0], base=base, rule=result.rule)
+    if not at_base:  # every input set captured, as the emitter should have
+        expected = apply(expected, InputSets(*sets), base=base, rule=result.rule)
     torch.manual_seed(1)
     model = build_model(emitted, spec, "--model", device="cpu")
     found = _parameters(spec, model, expected)
@@ -207,15 +207,17 @@ def _parameters(spec: str, model: nn.Module, expected: nn.Module) -> Divergence 
 
 
 def _input_sets(model: nn.Module, inputs: Sequence[str]) -> list[tuple[tuple, dict]]:
-    if inputs:
-        return [parse_inputs(text, device="cpu") for text in inputs]
+    if inputs:  # float specs in the check's float64, as the models are
+        return [torch.utils._pytree.tree_map_only(
+            torch.Tensor, lambda t: t.double() if t.dtype == torch.float32 else t,
+            parse_inputs(text, device="cpu")) for text in inputs]
     make = getattr(model, "example_inputs", None)
     if not callable(make):
         raise CheckError(f"{type(model).__name__} has no example_inputs() method",
                          fix='pass --inputs, e.g. --inputs "float(2, 4, 32, 32)" (repeat it '
                              "for each path of the forward)")
     torch.manual_seed(2)
-    return [normalize_inputs(make())]
+    return input_sets(make())
 
 
 def _outputs(spec: str, model: nn.Module, expected: nn.Module, args: tuple, kwargs: dict,
