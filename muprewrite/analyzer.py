@@ -17,7 +17,12 @@ from typing import Any
 
 from torch import nn
 
-from .analysis.attention import HeadsConvention, find_attention, heads_marks
+from .analysis.attention import (
+    HeadsConvention,
+    find_attention,
+    heads_marks,
+    refuse_unplanned_attention,
+)
 from .analysis.classify import ParamFacts, classify_params
 from .analysis.diagnose import (
     base_disagreements,
@@ -97,6 +102,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         if not aligned:
             raise _unaligned(model, cap, base_cap)
         dims = measured
+    refuse_unplanned_attention(cap.graph, dims.is_width)
     say("classifying parameters")
     facts = _facts(model, base)
     params, param_diags = classify_params(cap, dims, facts)

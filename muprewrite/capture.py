@@ -262,6 +262,9 @@ _SHAPES = ("check the example inputs' shapes against the model (--inputs / examp
            "if they are right, run model(*inputs) in eager: the forward fails there too")
 _META = ("an op has no meta-device kernel; build the model on CPU at a small width and pass "
          "base= for width evidence")
+_FLEX = ("flex_attention is captured only on a GPU, and muprewrite cannot scale its logits "
+         "anyway: compute the attention with F.scaled_dot_product_attention (the block mask as "
+         "attn_mask) for the muP model, or keep d_head fixed and grow the number of heads")
 _DEFAULT = ("make the forward traceable: no Python control flow on tensor values, timesteps "
             "as tensors, non-tensor options as concrete kwargs")
 _SHAPE_WORDS = re.compile(r"size|shape|dimension|channels|broadcast|reduction dim", re.I)
@@ -282,6 +285,8 @@ def _fix_for(exc: BaseException) -> str:
     hint = _data_dependent(exc, text)
     if hint:
         return hint
+    if "FlexAttention" in text or "flex_attention" in text:
+        return _FLEX
     if "'Meta' backend" in text or (isinstance(exc, NotImplementedError) and "meta" in text):
         return _META
     if isinstance(exc, TypeError) and "must be Tensor, not" in text:

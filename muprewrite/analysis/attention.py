@@ -8,6 +8,7 @@ of heads grows and d_head is fixed; with ``heads="fixed"`` d_head grows.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +18,7 @@ from ..dims import Axis, Mark
 from ..dims.registry import Ctx, op_name
 
 __all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention",
+           "refuse_unplanned_attention",
            "SDPA_OPS", "SOFTMAX_OPS", "MATMUL_OPS"]
 
 HeadsConvention = Literal["grow", "fixed"]
@@ -57,6 +59,44 @@ def find_attention(graph: fx.Graph) -> list[AttentionPattern]:
             if site is not None:
                 found.append(site)
     return found
+
+
+# attention kernels whose logits no edit of this tool reaches: a model using them is refused,
+# never rewritten with those logits left at their standard-parametrization scale
+UNPLANNED_OPS = frozenset({"flex_attention", "flex_attention_backward"})
+
+
+def refuse_unplanned_attention(graph: fx.Graph, grows: Callable[[Axis], bool]) -> None:
+    """Raise at the first attention kernel the rewrite cannot scale (``flex_attention``)
+    whose query's head size grows with width (``grows``: the solved dimensions)."""
+    from ..errors import CaptureError
+
+    for node in graph.nodes:
+        if node.op != "call_function" or op_name(node) not in UNPLANNED_OPS:
+            continue
+        q = node.args[0] if node.args else None
+        if not isinstance(q, fx.Node) or grows((q.name, q.meta["val"].dim() - 1)):
+            raise CaptureError(
+                f"{op_name(node)} computes attention here, and muprewrite cannot scale its "
+                "logits (its score function runs inside a compiled kernel)",
+                where=_kernel_where(node, q),
+                fix="compute this attention with F.scaled_dot_product_attention (the block "
+                    "mask as attn_mask) for the muP model, or keep d_head fixed and grow the "
+                    "number of heads")
+
+
+def _kernel_where(node: fx.Node, q: object) -> str:
+    """A kernel's own trace is its compiled wrapper's: name the module and the query's line."""
+    from .source import node_module, node_source
+
+    module = node_module(node) or "<root>"
+    src = None
+    for _ in range(8):  # up from the query to the first node with a line of the user's
+        if not isinstance(q, fx.Node) or (src := node_source(q)) is not None:
+            break
+        q = q.args[0] if q.args else None
+    return f"module {module}, the call taking the query computed at {src}" if src else \
+        f"module {module}"
 
 
 def _sdpa(node: fx.Node) -> AttentionPattern:
