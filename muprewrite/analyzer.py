@@ -11,7 +11,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any
 
@@ -24,6 +24,13 @@ from .analysis.attention import (
     refuse_unplanned_attention,
 )
 from .analysis.classify import ParamFacts, classify_params
+from .analysis.depth import (
+    base_mismatch,
+    check_depths,
+    depth_init_diagnostics,
+    in_branches,
+    pair_with_base,
+)
 from .analysis.diagnose import (
     base_disagreements,
     constant_diagnostics,
@@ -31,12 +38,14 @@ from .analysis.diagnose import (
     solver_diagnostics,
 )
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
+from .analysis.residual import find_residuals
 from .analysis.source import node_module, node_source
 from .capture import Capture, capture
 from .dims import Dims, build_axis_graph, solve
+from .dims.align import Alignment
 from .dims.constants import width_sized_constants
 from .dims.diff import base_sizes, with_base
-from .errors import CaptureError, MuprewriteError, UsageError, first_few
+from .errors import CaptureError, MuprewriteError, UsageError
 from .input_sets import InputSet, input_sets
 from .optim import unwrap
 
@@ -70,8 +79,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     _check_arguments(model, base, heads, progress)
     say = progress or (lambda message: None)
     model, base = unwrap(model), unwrap(base) if base is not None else None
-    if base is not None:
-        _check_base(model, base)
+    renamed = _check_base(model, base) if base is not None else []
     if example_inputs is None:
         if not callable(getattr(model, "example_inputs", None)):
             raise MuprewriteError(f"no example inputs for {type(model).__name__}",
@@ -92,20 +100,29 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     if base is None:
         diags += constant_diagnostics(cap.graph, width_sized_constants(cap, axes, dims, marks))
     sizes: dict = {}
+    residuals = find_residuals(cap)
+    depth_base: int | None = None
+    pairing: Alignment | None = None
     if base is not None:
         say(f"capturing base {type(base).__name__} to measure widths")
         base_cap = _capture_base(base, sets)
-        sizes, aligned = base_sizes(cap, base_cap)
+        pairing = pair_with_base(model, cap, base_cap, renamed)
+        sizes, aligned = base_sizes(cap, base_cap, pairing)
         measured = with_base(dims, sizes)
         diags = [d for d in diags if d.code == "no-rule"]
         diags += base_disagreements(dims, measured, axes.state, sizes)
         if not aligned:
             raise _unaligned(model, cap, base_cap)
         dims = measured
+        depth_base = find_residuals(base_cap).depth
+        if pairing is not None:
+            check_depths(model, residuals.depth, depth_base, renamed)
     refuse_unplanned_attention(cap.graph, dims.is_width)
     say("classifying parameters")
-    facts = _facts(model, base)
+    facts = _facts(model, base, pairing.params if pairing is not None else {})
     params, param_diags = classify_params(cap, dims, facts)
+    params = in_branches(params, residuals, residuals.depth / depth_base
+                         if residuals.depth and depth_base else 1.0, base is not None)
     report = Report(
         model=type(model).__name__,
         mode="base" if base is not None else "single",
@@ -113,7 +130,11 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         params=MappingProxyType(params),
         attention=tuple(_site(cap, dims, s, sizes) for s in sites),
         buffers=_buffers(cap, dims),
-        diagnostics=tuple(diags + param_diags + extra),
+        diagnostics=tuple(diags + param_diags + extra + list(residuals.diagnostics)
+                          + depth_init_diagnostics(model, base, params, pairing)),
+        residuals=residuals,
+        depth_base=depth_base,
+        base_names=MappingProxyType(dict(pairing.params) if pairing is not None else {}),
     )
     return report, cap
 
@@ -134,20 +155,20 @@ def _check_arguments(model: nn.Module, base: nn.Module | None, heads: str,
                          fix="progress=print, or leave it out")
 
 
-def _check_base(model: nn.Module, base: nn.Module) -> None:
+def _check_base(model: nn.Module, base: nn.Module) -> list[str]:
     """``base`` is the same architecture: the same parameter names with the same number of
-    axes (only sizes may differ); a parameter with no partner in base has no factor."""
+    axes (only sizes may differ); a parameter with no partner in base has no factor. Names
+    that differ are returned, not refused, when the count of repeated blocks differs (a base
+    of another depth, paired by position after capture, see dims/align.py)."""
     ours = {n: p.dim() for n, p in model.named_parameters()}
     theirs = {n: p.dim() for n, p in base.named_parameters()}
     problems = [f"{n!r} is not in base" for n in ours if n not in theirs]
     problems += [f"base has {n!r}, the model does not" for n in theirs if n not in ours]
     problems += [f"{n!r} has {ours[n]} axes, {theirs[n]} in base" for n in ours
                  if n in theirs and ours[n] != theirs[n]]
-    if problems:
-        raise UsageError(f"base is not {type(model).__name__} at another width: "
-                         f"{first_few(problems, 10)}",
-                         fix="build base with the same constructor and options (depth, "
-                             "heads, ...), changing only the width")
+    if problems and not _depth_names_only(ours, theirs):
+        raise base_mismatch(model, problems)
+    return problems
 
 
 def _capture_base(base: nn.Module, sets: list[InputSet]) -> Capture:
@@ -184,11 +205,21 @@ def _unaligned(model: nn.Module, cap: Capture, base_cap: Capture) -> UsageError:
                           "attention, depth, dropout), changing only the width")
 
 
-def _facts(model: nn.Module, base: nn.Module | None) -> dict[str, ParamFacts]:
+def _depth_names_only(ours: dict[str, int], theirs: dict[str, int]) -> bool:
+    """Whether the names differ only in integer path components (layer indices), as a base
+    with another number of blocks does."""
+    def pattern(name: str) -> str:
+        return ".".join("*" if part.isdigit() else part for part in name.split("."))
+    return ({pattern(n): d for n, d in ours.items()} == {pattern(n): d for n, d in theirs.items()}
+            and set(ours) != set(theirs))
+
+
+def _facts(model: nn.Module, base: nn.Module | None,
+           paired: Mapping[str, str]) -> dict[str, ParamFacts]:
     base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()} if base else {}
     return {
         name: ParamFacts(tuple(p.shape), p.requires_grad,
-                         base_shapes.get(name) if base is not None else None)
+                         base_shapes.get(paired.get(name, name)) if base is not None else None)
         for name, p in model.named_parameters()
     }
 

@@ -19,9 +19,14 @@ files; unknown keys are refused at every level, strings hold no control characte
   (constant-lr-wd, constant-wd, custom; checked against the exponents);
 - ``[doc]``: ``what``, ``when``, ``example``, ``known_problems`` (texts; line breaks and tabs
   allowed), ``references`` (a list of one-line strings);
+- ``[depth]`` (depth rules only): ``alpha`` in [0, 1], the residual branch multiplier
+  m_L^-alpha (x + m_L^-alpha F(x)); without it the rule is width-only and a base of another
+  depth is refused;
 - ``[role.<role>]`` (input, hidden, output, fixed) and ``[kind.<kind>]`` (weight, bias, norm,
-  embedding, table): ``<quantity> = { m_in = x, m_out = y }`` for quantity in init,
-  multiplier, lr, eps, weight_decay; a missing exponent is 0 (factor 1).
+  embedding, table): ``<quantity> = { m_in = x, m_out = y, m_depth = z }`` for quantity in
+  init, multiplier, lr, eps, weight_decay; a missing exponent is 0 (factor 1). ``m_depth``
+  (m_L = blocks / base blocks) applies to parameters inside residual branches only, and needs
+  ``[depth]``.
 
 Exponents are finite numbers with ``|x| <= 4`` (``MAX_EXPONENT``). The shipped rules use
 ``|x| <= 1``, muP variants in the literature stay within 2; 4 leaves room to experiment and
@@ -71,7 +76,9 @@ _CHOICES = {
     "attention": ("inverse", "unchanged"),
     "weight_decay_convention": ("constant-lr-wd", "constant-wd", "custom"),
 }
-_TOP_KEYS = ("id", "title", *_CHOICES, "doc", "role", "kind")
+_TOP_KEYS = ("id", "title", *_CHOICES, "doc", "depth", "role", "kind")
+_AXES = ("m_in", "m_out", "m_depth")
+MAX_ALPHA = 1.0
 _DOC_KEYS = ("what", "when", "example", "known_problems", "references")
 _CONTROL = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _BAD_CHAR = {True: re.compile(f"[{_CONTROL}]"), False: re.compile(f"[{_CONTROL}\t\n]")}
@@ -85,17 +92,21 @@ class RuleError(MuprewriteError):
 
 @dataclass(frozen=True)
 class Exponents:
-    """``factor = m_in ** m_in_exp * m_out ** m_out_exp``."""
+    """``factor = m_in ** m_in_exp * m_out ** m_out_exp * m_depth ** m_depth_exp``.
+
+    ``m_depth`` (m_L = blocks / base blocks) applies only to parameters inside residual
+    branches; for every other parameter it is 1."""
 
     m_in: float = 0.0
     m_out: float = 0.0
+    m_depth: float = 0.0
 
-    def factor(self, m_in: float, m_out: float) -> float:
-        return float(m_in ** self.m_in * m_out ** self.m_out)
+    def factor(self, m_in: float, m_out: float, m_depth: float = 1.0) -> float:
+        return float(m_in ** self.m_in * m_out ** self.m_out * m_depth ** self.m_depth)
 
     def __str__(self) -> str:
-        parts = [f"{name}^{exp:g}" for name, exp in (("m_in", self.m_in), ("m_out", self.m_out))
-                 if exp]
+        parts = [f"{name}^{exp:g}" for name, exp in (("m_in", self.m_in), ("m_out", self.m_out),
+                                                      ("m_L", self.m_depth)) if exp]
         return " ".join(parts) or "1"
 
 
@@ -122,6 +133,15 @@ class Rule:
     kinds: Mapping[str, Scaling]
     doc: Mapping[str, Any]
     path: Path
+    depth_alpha: float | None = None  # residual branch multiplier m_L^-alpha; None: width only
+
+    @property
+    def has_depth(self) -> bool:
+        return self.depth_alpha is not None
+
+    def branch_multiplier(self, m_depth: float) -> float:
+        """The factor on every residual branch, x + m_L^-alpha * F(x)."""
+        return 1.0 if self.depth_alpha is None else float(m_depth ** -self.depth_alpha)
 
     def scaling(self, role: str, kind: str) -> Scaling:
         """The row for a parameter: its kind's override if the rule has one, else its role's."""
@@ -275,9 +295,41 @@ def _parse(data: dict[str, Any], path: Path) -> Rule:
     kinds = _rows(data.get("kind", {}), KINDS, "kind", path)
     rule = Rule(data["id"], title, data["status"], data["optimizer"], data["attention"],
                 data["weight_decay_convention"], MappingProxyType(roles), MappingProxyType(kinds),
-                MappingProxyType(_doc(data.get("doc"), path)), path)
+                MappingProxyType(_doc(data.get("doc"), path)), path,
+                _depth(data.get("depth"), path))
     _check_weight_decay(rule)
+    _check_depth(rule)
     return rule
+
+
+def _depth(table: Any, path: Path) -> float | None:
+    """``[depth] alpha = x``: the residual branch multiplier m_L^-alpha (0 <= alpha <= 1)."""
+    if table is None:
+        return None
+    table = _table(path, "depth", table, "[depth] alpha = 1")
+    _known(path, "depth.", table, "a depth key", ("alpha",))
+    alpha = table.get("alpha")
+    fix = "write alpha = 1 (CompleteP) or alpha = 0.5 (depth-muP)"
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise _fail(path, "depth.alpha", "a number", alpha, fix)
+    if not 0 <= alpha <= MAX_ALPHA:
+        raise _fail(path, "depth.alpha", f"a number from 0 to {MAX_ALPHA:g}", alpha, fix)
+    return float(alpha)
+
+
+def _check_depth(rule: Rule) -> None:
+    """m_depth exponents mean nothing without a residual multiplier: a base of another depth
+    is only matched under a rule with a [depth] section."""
+    if rule.has_depth:
+        return
+    for prefix, rows in (("role", rule.roles), ("kind", rule.kinds)):
+        for name, row in rows.items():
+            for quantity in QUANTITIES:
+                if getattr(row, quantity).m_depth:
+                    raise _error(rule.path, f"{prefix}.{name}.{quantity}.m_depth",
+                                 "m_depth exponents need a [depth] section",
+                                 "add [depth] alpha = ... (the residual branch multiplier "
+                                 "m_L^-alpha), or remove m_depth")
 
 
 def _rows(table: Any, names: tuple[str, ...], prefix: str, path: Path) -> dict[str, Scaling]:
@@ -289,9 +341,9 @@ def _rows(table: Any, names: tuple[str, ...], prefix: str, path: Path) -> dict[s
         for quantity, exps in row.items():
             key = f"{prefix}.{name}.{quantity}"
             exps = _table(path, key, exps, "{m_in = number, m_out = number}")
-            _known(path, f"{key}.", exps, "an axis", ("m_in", "m_out"))
+            _known(path, f"{key}.", exps, "an axis", _AXES)
             values[quantity] = Exponents(*(_exponent(path, f"{key}.{axis}", exps.get(axis, 0))
-                                           for axis in ("m_in", "m_out")))
+                                           for axis in _AXES))
         rows[name] = Scaling(**values)
     return rows
 
@@ -325,11 +377,13 @@ def _check_weight_decay(rule: Rule) -> None:
         for name, row in rows.items():
             key, lr, wd = f"{prefix}.{name}.weight_decay", row.lr, row.weight_decay
             if rule.weight_decay_convention == "constant-lr-wd" and (
-                    wd.m_in != -lr.m_in or wd.m_out != -lr.m_out):
+                    wd.m_in != -lr.m_in or wd.m_out != -lr.m_out or wd.m_depth != -lr.m_depth):
+                depth = f", m_depth = {-lr.m_depth + 0.0:g}" if lr.m_depth else ""
                 raise _error(rule.path, key, "weight_decay_convention 'constant-lr-wd' needs "
                              f"weight_decay = -lr (lr is {lr}, weight_decay is {wd})",
                              f"set weight_decay = {{ m_in = {-lr.m_in + 0.0:g}, m_out = "
-                             f"{-lr.m_out + 0.0:g} }}, or weight_decay_convention = \"custom\"")
+                             f"{-lr.m_out + 0.0:g}{depth} }}, or weight_decay_convention = "
+                             "\"custom\"")
             if rule.weight_decay_convention == "constant-wd" and wd != Exponents():
                 raise _error(rule.path, key, "weight_decay_convention 'constant-wd' needs no "
                              f"weight_decay exponents, got {wd}",

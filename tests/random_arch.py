@@ -29,6 +29,8 @@ class BlockSpec:
     adaln: bool = False  # DiT-style modulation from a fixed-size condition, chunked
     gated: bool = False  # GLU MLP via chunk
     via_param: bool = False  # MLP weights used as x @ W / einsum
+    layer_scale: bool = False  # branch * learned per-channel gamma (CaiT / timm LayerScale)
+    drop_path: bool = False  # branch * random per-sample keep mask / keep_prob (training only)
 
 
 @dataclass(frozen=True)
@@ -128,6 +130,8 @@ class Block(nn.Module):
         self.body = MLP(spec, width) if spec.kind == "mlp" else Attention(spec, width, heads)
         if spec.adaln:
             self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(width, 3 * width))
+        if spec.layer_scale:
+            self.gamma = nn.Parameter(torch.full((width,), 0.1))
 
     def forward(self, x: torch.Tensor, c: torch.Tensor, ctx: torch.Tensor | None) -> torch.Tensor:
         h = self.norm(x) if self.spec.pre_norm else x
@@ -137,6 +141,11 @@ class Block(nn.Module):
         h = self.body(h) if self.spec.kind == "mlp" else self.body(h, ctx)
         if self.spec.adaln:
             h = gate * h
+        if self.spec.layer_scale:
+            h = h * self.gamma
+        if self.spec.drop_path and self.training:
+            keep = (torch.rand(h.shape[0], 1, 1, device=h.device) < 0.9).to(h.dtype)
+            h = h * keep / 0.9
         x = x + h
         return x if self.spec.pre_norm else self.norm(x)
 
@@ -200,3 +209,40 @@ class RandomNet(nn.Module):
         if self.spec.tied:
             return h @ self.embed.weight.t()
         return self.head(h)
+
+
+@dataclass(frozen=True)
+class ResidualTruth:
+    """What the residual analysis must find in ``RandomNet(spec, width)``, from the spec alone."""
+
+    branches: int  # one ``x + h`` per block call (block 0 twice with share_first)
+    depth: int  # distinct blocks
+    norms: tuple[str, ...]  # per branch, in call order: "pre" | "post"
+    modules: tuple[str, ...]  # per branch: the module whose output the branch scales
+    inside: tuple[str, ...]  # name prefixes of parameters inside branches
+    outside: tuple[str, ...]  # name prefixes of parameters outside every branch
+
+
+def residual_truth(spec: NetSpec) -> ResidualTruth:
+    """Every block is one branch hosted by ``blocks.i``; a post-norm block's norm acts on
+    the stream (outside); the condition / context projections act only through the blocks
+    that read them (inside when one does); stem, long skip, final norm and readout are outside."""
+    calls = list(range(len(spec.blocks))) + ([0] if spec.share_first else [])
+    inside = []
+    for i, block in enumerate(spec.blocks):
+        if block.pre_norm:
+            inside.append(f"blocks.{i}.")
+        else:
+            inside += [f"blocks.{i}.{child}." for child in ("body", "modulation")]
+            inside += [f"blocks.{i}.gamma"] if block.layer_scale else []
+    if any(b.adaln for b in spec.blocks):
+        inside.append("cond.")
+    if any(b.kind in ("cross", "joint") for b in spec.blocks):
+        inside.append("context.")
+    outside = ["embed.", "final_norm.", "head.", "readout", "skip.", "table"]
+    outside += [f"blocks.{i}.norm." for i, b in enumerate(spec.blocks) if not b.pre_norm]
+    return ResidualTruth(
+        branches=len(calls), depth=len(spec.blocks),
+        norms=tuple("pre" if spec.blocks[i].pre_norm else "post" for i in calls),
+        modules=tuple(f"blocks.{i}.body" for i in calls),
+        inside=tuple(inside), outside=tuple(outside))

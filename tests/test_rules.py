@@ -57,7 +57,7 @@ def test_cli_lists_and_shows_rules() -> None:
     assert shown.exit_code == 0
     assert "role hidden  m_in^-0.5" in shown.output and "References:" in shown.output
     missing = runner.invoke(cli, ["rules", "show", "nope"])
-    assert missing.exit_code != 0 and "one of: mup" in missing.output
+    assert missing.exit_code != 0 and "one of: completep, depth-mup, mup," in missing.output
 
 
 # ---- the mup package as an oracle ---------------------------------------------------------

@@ -132,7 +132,7 @@ def test_not_a_regular_file_is_refused(tmp_path: Path) -> None:
 def test_rule_name_must_match_the_safe_pattern(name: str) -> None:
     with pytest.raises(RuleError) as info:
         load_rule(name)
-    assert "neither a rule name" in info.value.message and "one of: mup" in info.value.fix
+    assert "neither a rule name" in info.value.message and "one of: completep, depth-mup, mup," in info.value.fix
 
 
 @pytest.mark.parametrize("name", ["My Rule.toml", ".toml", "UPPER.toml", "a/b\x00c.toml"])

@@ -7,8 +7,8 @@ hand-written μP code does: the by-hand reference is that class with the knobs s
 parameters of the rewritten model. Every mode (flash/math, checkpoint on/off, train/eval)
 of ``apply`` and of the emitted source must equal it in float64, and ``muprewrite check``
 must pass the emitted file. A model whose width is tied to its depth (SD3.5's MMDiT:
-hidden = 64 * depth) cannot have a base of another width and the same depth: every entry
-point refuses it, naming the unmatched parameters.
+hidden = 64 * depth) cannot have a base of another width and the same depth: its base of
+another depth needs a depth rule, and every entry point says so.
 """
 
 from __future__ import annotations
@@ -217,16 +217,22 @@ def test_emitted_source_passes_the_behavioural_check(project: Path) -> None:
             assert result.output.count("ok: ") == 3
 
 
-def test_width_tied_to_depth_is_refused_everywhere(project: Path) -> None:
+def test_width_tied_to_depth_needs_a_depth_rule(project: Path) -> None:
+    """A base of another depth is paired block by block; a width-only rule refuses it, and
+    under completep a branch that ends in an inline op (``block(h).relu()``) is refused at its
+    line, since no module output can carry the branch multiplier."""
     user = load_module(project / "tied.py")
     model, base = build_model(user, "Tied(depth=4)"), build_model(user, "Tied(depth=2)")
-    with pytest.raises(MuprewriteError, match=r"base is not Tied at another width: "
-                                              r"'blocks\.2\.weight' is not in base") as err:
+    with pytest.raises(MuprewriteError, match=r"the base has 2 residual blocks and the model 4: "
+                                              r"rule 'mup' transfers across width only") as err:
         muprewrite.apply(model, base=base)
-    assert err.value.fix
+    assert "completep" in err.value.fix
+    with pytest.raises(MuprewriteError, match=r"residual branch added at .*tied\.py:\d+ ends in "
+                                              r"an op of the block's own forward"):
+        muprewrite.apply(model, base=base, rule="completep")
     result = CliRunner().invoke(cli, [str(project / "tied.py"), "--model", "Tied(depth=4)",
                                       "--base", "Tied(depth=2)", "--diff"])
-    assert result.exit_code == 1 and "blocks.2.weight" in result.output, result.output
+    assert result.exit_code == 1 and "residual blocks" in result.output, result.output
 
 
 def test_base_running_another_path_is_refused(project: Path) -> None:

@@ -61,7 +61,8 @@ def _collapse(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
 def render_table(report: Report, collapse: bool = True) -> str:
     rows: list[tuple[str, ...]] = []
     for p in report:
-        notes = ", ".join(n for n, on in (("tied", p.tied), ("frozen", not p.trainable)) if on)
+        notes = ", ".join(n for n, on in (("tied", p.tied), ("frozen", not p.trainable),
+                                          ("branch", p.in_branch)) if on)
         rows.append((p.name, _axes(p.shape, p.width_axes), p.role, p.kind, _mult(p.m_in),
                      _mult(p.m_out), notes, p.source.rsplit("/", 1)[-1]))
     if collapse:
@@ -81,6 +82,7 @@ def render_table(report: Report, collapse: bool = True) -> str:
         counts[p.role] = counts.get(p.role, 0) + 1
     lines.append(f"{len(report)} parameters: " + ", ".join(f"{counts[r]} {r}" for r in sorted(counts)))
     lines += _attention_lines(report, collapse)
+    lines += _residual_lines(report, collapse)
     if report.buffers:
         lines.append("")
         lines.append("buffers (not trained): " + ", ".join(
@@ -108,3 +110,26 @@ def _attention_lines(report: Report, collapse: bool) -> list[str]:
         rows = [(r[0] + ".", *r[1:]) for r in rows]
         rows = [(r[0][:-1], *r[1:]) for r in _collapse(rows)]
     return ["", "attention sites:"] + [f"  {m} {text}  [{src}]" for m, text, src in rows]
+
+
+def _residual_lines(report: Report, collapse: bool) -> list[str]:
+    """The residual stream: block count (vs the base's), each branch's module and line."""
+    stream = report.residuals
+    if stream is None or not stream.branches:
+        return []
+    base = f"; base {report.depth_base} blocks, m_L = {report.depth_ratio:g}" \
+        if report.depth_base else ""
+    norms = sorted({b.norm for b in stream.branches})
+    rows: list[tuple[str, ...]] = [
+        ((b.module or f"{b.block} (inline, no module output)") + ".", f"({b.norm}-norm)",
+         b.source.rsplit("/", 1)[-1]) for b in stream.branches]
+    if collapse:
+        rows = [(r[0][:-1], *r[1:]) for r in _collapse(rows)]
+    else:
+        rows = [(r[0][:-1], *r[1:]) for r in rows]
+    lines = ["", f"residual stream: {stream.depth} blocks, {len(stream.branches)} branches "
+             f"({'/'.join(norms)}-norm){base}:"]
+    lines += [f"  {module} {text}  [{src}]" for module, text, src in rows]
+    if stream.long_skips:
+        lines.append(f"  long skips (not branches): {', '.join(stream.long_skips)}")
+    return lines

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from .uses import Kind, Use
+
+if TYPE_CHECKING:
+    from .residual import ResidualStream
 
 __all__ = ["Role", "ParamInfo", "BufferInfo", "AttentionSite", "Diagnostic", "Report"]
 
@@ -20,7 +23,9 @@ class ParamInfo:
 
     ``width_axes``: the axes that grow with width. ``fan_in`` / ``fan_out``: axes the
     parameter contracts over / produces at its main use. ``m_in`` / ``m_out``: width
-    multipliers of those axes relative to ``base`` (None without ``base``).
+    multipliers of those axes relative to ``base`` (None without ``base``). ``in_branch``:
+    the parameter acts on the residual stream only through residual branches; ``m_depth``:
+    for those, the model's blocks over the base's (None without ``base``, or outside).
     """
 
     name: str
@@ -35,6 +40,8 @@ class ParamInfo:
     tied: bool
     trainable: bool
     uses: tuple[Use, ...]
+    in_branch: bool = False  # inside a residual branch (see Report.residuals)
+    m_depth: float | None = None  # blocks / base blocks, for a parameter inside a branch
 
     @property
     def consumers(self) -> tuple[str, ...]:
@@ -89,6 +96,26 @@ class Report:
     attention: tuple[AttentionSite, ...]
     buffers: tuple[BufferInfo, ...]
     diagnostics: tuple[Diagnostic, ...] = field(default=())
+    residuals: ResidualStream | None = None  # the residual branches (None: not analysed)
+    depth_base: int | None = None  # the base's block count (with base)
+    base_names: Mapping[str, str] = field(default_factory=dict)  # model -> base parameter,
+    # where the base has another depth (blocks paired by position in the repeated block)
+
+    @property
+    def depth(self) -> int:
+        """L: the model's number of blocks (0 without residual branches)."""
+        return self.residuals.depth if self.residuals is not None else 0
+
+    @property
+    def depth_ratio(self) -> float:
+        """m_L = L / L_base (1 without base or without residual branches)."""
+        if not self.depth or not self.depth_base:
+            return 1.0
+        return self.depth / self.depth_base
+
+    def base_name(self, name: str) -> str:
+        """The base parameter paired with the model's ``name``."""
+        return self.base_names.get(name, name)
 
     def __getitem__(self, name: str) -> ParamInfo:
         return self.params[name]
@@ -134,6 +161,9 @@ class Report:
             "attention": [asdict(a) for a in self.attention],
             "buffers": [asdict(b) for b in self.buffers],
             "diagnostics": [asdict(d) for d in self.diagnostics],
+            "depth": self.depth, "depth_base": self.depth_base,
+            "residuals": {**asdict(self.residuals), "inside": sorted(self.residuals.inside)}
+            if self.residuals is not None else None,
         }
 
     def to_json(self, indent: int | None = 2) -> str:

@@ -76,7 +76,9 @@ def render_rule(rule: Rule) -> str:
     lines = [f"{rule.id}: {rule.title}", f"status: {rule.status}; optimizer: {rule.optimizer}; "
              f"weight decay: {rule.weight_decay_convention}; attention logits: "
              + ("x sqrt(d_head_base)/d_head where d_head grows" if rule.attention == "inverse"
-                else "unchanged")]
+                else "unchanged")
+             + ("; residual branches: x + m_L^-" + f"{rule.depth_alpha:g} F(x) (depth rule)"
+                if rule.depth_alpha is not None else "; width only")]
     for key, title in (("what", "What it does"), ("when", "When to use it"),
                        ("example", "Example"), ("known_problems", "Known problems")):
         lines += ["", f"{title}:", textwrap.indent(textwrap.fill(
@@ -87,7 +89,9 @@ def render_rule(rule: Rule) -> str:
     rows += [(f"kind {k}",) + tuple(str(getattr(s, q)) for q in QUANTITIES)
              for k, s in rule.kinds.items()]
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
-    lines += ["", "Factors relative to base width (m = size / base size):"]
+    lines += ["", "Factors relative to base width (m = size / base size)"
+              + (", and depth (m_L = blocks / base blocks, for parameters inside residual "
+                 "branches only):" if rule.has_depth else ":")]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
               for row in [header, *rows]]
     lines += ["", "References:"] + [f"  - {ref}" for ref in rule.doc["references"]]

@@ -13,6 +13,7 @@ from types import MappingProxyType
 import torch
 
 from ..capture import Capture
+from .align import Alignment
 from .axes import Axis, as_int
 from .solve import Dims
 
@@ -28,15 +29,21 @@ def _tensors(node: torch.fx.Node) -> list[tuple[str, torch.Tensor]]:
     return []
 
 
-def base_sizes(cap: Capture, base: Capture) -> tuple[dict[Axis, int], bool]:
-    """Size at base width of every axis of ``cap`` that can be matched; and whether all could."""
+def base_sizes(cap: Capture, base: Capture, alignment: Alignment | None = None
+               ) -> tuple[dict[Axis, int], bool]:
+    """Size at base width of every axis of ``cap`` that can be matched; and whether all could.
+    ``alignment``: the node pairing of a base of another depth (see align.py)."""
     ours, theirs = list(cap.graph.nodes), list(base.graph.nodes)
     aligned = len(ours) == len(theirs) and all(
         a.op == b.op and a.target == b.target for a, b in zip(ours, theirs)
     )
     sizes: dict[Axis, int] = {}
     pairs: Iterable[tuple[torch.fx.Node, torch.fx.Node]]
-    if aligned:
+    if alignment is not None:
+        named = {n.name: n for n in theirs}
+        pairs = [(n, named[alignment.nodes[n.name]]) for n in ours if n.name in alignment.nodes]
+        aligned = True
+    elif aligned:
         pairs = zip(ours, theirs)
     else:
         by_fqn = {fqn: node for node, fqn in base.params.items()}

@@ -83,6 +83,12 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
     names = aliases(model)
     plan = make_plan(report, cap.graph, rule, names)
+    if report.depth_ratio != 1.0:
+        raise EmitError(f"the base has {report.depth_base} residual blocks and the model "
+                        f"{report.depth}: emitting the residual branch multipliers of a depth "
+                        "rule is not built yet", fix=f"use muprewrite.apply(model, inputs, "
+                        f"base=..., rule={rule.id!r}) at run time, or emit with a base of the "
+                        "model's depth")
     if progress:
         progress("locating the edits in the source")
     nodes = {n.name: n for n in cap.graph.nodes}

@@ -21,6 +21,7 @@ from typing import Any
 
 from torch import nn
 
+from .branches import install_branches
 from .logits import Ledger
 from .mode import RewriteMode, attention_owned
 from .plan import HostEdit, Plan
@@ -86,6 +87,7 @@ def install(model: nn.Module, plan: Plan) -> None:
         object.__setattr__(host, HOST_ATTR, edit)
         object.__setattr__(host, INPUT_FACTOR_ATTR, _input_factor(host, edit))
         host.__class__ = _subclass(type(host))
+    install_branches(model, plan.branches)
     object.__setattr__(model, PLAN_ATTR, plan)
 
 

@@ -38,8 +38,9 @@ def init_targets(model: nn.Module, base: nn.Module, plan: Plan) -> dict[str, flo
         info = plan.report.params.get(name)
         if info is None or info.role == "unused" or not param.requires_grad:
             continue
-        reference = base_params.get(name)
-        if reference is None or tuple(reference.shape) == tuple(param.shape):
+        reference = base_params.get(plan.report.base_name(name))
+        deeper = info.in_branch and plan.report.depth_ratio != 1.0  # a depth-dependent init
+        if reference is None or (tuple(reference.shape) == tuple(param.shape) and not deeper):
             continue
         if reference.is_meta:
             raise MuprewriteError(

@@ -24,6 +24,7 @@ from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
 from ..rules import Exponents, Rule, RuleError, Scaling
+from .branches import BranchEdit, branch_edits, check_depth_rule
 from .frozen import frozen_diagnostics, frozen_projections
 from .table import LogitTable, logit_tables, within
 
@@ -95,6 +96,7 @@ class Plan:
     hosts: tuple[HostEdit, ...]
     diagnostics: tuple[Diagnostic, ...] = ()
     optimizer: str = "adam"  # the rule's optimizer family (a custom rule file is not reloaded)
+    branches: tuple[BranchEdit, ...] = ()  # residual branch multipliers (depth rules)
 
     def __getitem__(self, name: str) -> ParamPlan:
         return self.params[name]
@@ -139,6 +141,7 @@ def _identity(name: str) -> ParamPlan:
 def rule_factors(info: ParamInfo, rule: Rule) -> ParamPlan:
     """The factors ``rule`` gives one used parameter, whether or not it is trainable."""
     m_in, m_out = _m(info)
+    m_depth = info.m_depth or 1.0  # m_L inside residual branches, 1 elsewhere
     row = rule.scaling(info.role, info.kind)
     multiplier = row.multiplier.factor(m_in, m_out)
     if info.tied:
@@ -148,14 +151,15 @@ def rule_factors(info: ParamInfo, rule: Rule) -> ParamPlan:
                         f"a forward multiplier; only weights and embeddings can take one",
                         where=str(rule.path),
                         fix=f"move the factor into [kind.{info.kind}] init instead")
-    return ParamPlan(info.name, row.init.factor(m_in, m_out), row.lr.factor(m_in, m_out),
-                     row.eps.factor(m_in, m_out), row.weight_decay.factor(m_in, m_out),
-                     multiplier)
+    return ParamPlan(info.name, row.init.factor(m_in, m_out, m_depth),
+                     row.lr.factor(m_in, m_out, m_depth), row.eps.factor(m_in, m_out, m_depth),
+                     row.weight_decay.factor(m_in, m_out, m_depth), multiplier)
 
 
 def make_plan(report: Report, graph: fx.Graph, rule: Rule,
               aliases: Mapping[str, tuple[str, ...]]) -> Plan:
     """``aliases``: canonical parameter name -> every name it has in the module tree."""
+    check_depth_rule(report, rule)
     params = param_factors(report, rule)
     uses: dict[str, list[UseEdit]] = {}
     for name, use in multiplied_uses(report, params):
@@ -172,7 +176,7 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
     hosts = [HostEdit(h, tuple(uses.get(h, ())), tuple(attention.get(h, ())), tables.get(h))
              for h in dict.fromkeys([*uses, *attention])]
     return Plan(rule.id, report, MappingProxyType(params), tuple(hosts), tuple(diags),
-                rule.optimizer)
+                rule.optimizer, branch_edits(report, rule))
 
 
 def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Diagnostic]

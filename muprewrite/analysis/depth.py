@@ -1,0 +1,109 @@
+"""A base of another depth: pair it with the model, check the pairing, mark branch parameters.
+
+The model and its base may differ in the number of repeated blocks (and in width). Their
+parameters then differ in name (``blocks.7.*`` has no namesake in a 2-block base), so they
+are paired by position instead (``dims/align.py``): block i of the model with a block of the
+base, the stem and the head by name. A base that differs in anything else is refused with
+the unmatched names, as before. Whether a depth difference is *allowed* is the rule's call
+(a width-only rule refuses it when planning); the analysis only measures it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+
+import torch
+from torch import nn
+
+from ..capture import Capture
+from ..dims.align import Alignment, align_by_period
+from ..errors import UsageError, first_few
+from .report import Diagnostic, ParamInfo
+from .residual import ResidualStream
+
+__all__ = ["base_mismatch", "pair_with_base", "check_depths", "in_branches",
+           "depth_init_diagnostics"]
+
+DEPTH_INIT_TOLERANCE = 0.2  # |RMS / base RMS - 1| above which an equal-shape init is flagged
+
+
+def base_mismatch(model: nn.Module, problems: list[str]) -> UsageError:
+    return UsageError(f"base is not {type(model).__name__} at another width or depth: "
+                      f"{first_few(problems, 10)}",
+                      fix="build base with the same constructor and options (heads layout, "
+                          "flags, ...), changing only the width and, under a depth rule such "
+                          "as completep, the number of blocks")
+
+
+def _same_program(cap: Capture, base: Capture) -> bool:
+    ours, theirs = list(cap.graph.nodes), list(base.graph.nodes)
+    return len(ours) == len(theirs) and all(
+        a.op == b.op and a.target == b.target for a, b in zip(ours, theirs))
+
+
+def pair_with_base(model: nn.Module, cap: Capture, base: Capture,
+                   renamed: list[str]) -> Alignment | None:
+    """The pairing of a base with another number of blocks; None when none is needed (the
+    same program at another width) or possible (then the width diff refuses the base)."""
+    if not renamed and (_same_program(cap, base)
+                        or len(cap.graph.nodes) == len(base.graph.nodes)):
+        return None
+    pairing = align_by_period(cap, base)
+    if pairing is None and renamed:
+        raise base_mismatch(model, renamed)
+    return pairing
+
+
+def check_depths(model: nn.Module, depth: int, depth_base: int, renamed: list[str]) -> None:
+    """A pairing by position is only legitimate between different numbers of blocks."""
+    if depth == depth_base:
+        why = renamed or ["the two captures differ in length, but not in their number of "
+                          f"residual blocks ({depth})"]
+        raise base_mismatch(model, why)
+
+
+def in_branches(params: Mapping[str, ParamInfo], residuals: ResidualStream, ratio: float,
+                with_base: bool) -> dict[str, ParamInfo]:
+    """``params`` with ``in_branch`` and, with a base, ``m_depth`` (the depth ratio m_L)."""
+    out = {}
+    for name, info in params.items():
+        inside = name in residuals.inside
+        out[name] = dataclasses.replace(info, in_branch=inside,
+                                        m_depth=ratio if inside and with_base else None)
+    return out
+
+
+def _rms(t: torch.Tensor) -> float:
+    return float(t.detach().double().square().mean().sqrt()) if t.numel() else 0.0
+
+
+def depth_init_diagnostics(model: nn.Module, base: nn.Module | None,
+                           params: Mapping[str, ParamInfo],
+                           pairing: Alignment | None) -> list[Diagnostic]:
+    """Flag inits that already depend on depth (GPT-2's c_proj std 0.02/sqrt(2 n_layer),
+    Megatron's scaled output init): a parameter inside a branch whose shape equals its base
+    partner's but whose init RMS differs from it. A depth rule rescales it to the base's RMS
+    (times the rule's width factor), so the branch multiplier does not stack on top of it."""
+    if base is None or pairing is None:
+        return []
+    ours, theirs = dict(model.named_parameters()), dict(base.named_parameters())
+    flagged = []
+    for name, info in params.items():
+        partner = theirs.get(pairing.params.get(name, name))
+        param = ours.get(name)
+        if (not info.in_branch or partner is None or param is None or param.is_meta
+                or partner.is_meta or tuple(param.shape) != tuple(partner.shape)):
+            continue
+        mine, reference = _rms(param), _rms(partner)
+        if reference and mine and abs(mine / reference - 1) > DEPTH_INIT_TOLERANCE:
+            flagged.append(f"{name} ({mine / reference:.2f}x the base's)")
+    if not flagged:
+        return []
+    return [Diagnostic("info", "depth-init", flagged[0].split(" ")[0],
+                       f"{len(flagged)} parameter(s) inside residual branches have an init that "
+                       f"depends on depth: {first_few(flagged, 5)}; a depth rule rescales them "
+                       "to the base model's init scale, and the residual branch multiplier "
+                       "takes the place of that depth scaling",
+                       "nothing to do under completep / depth-mup; under a width-only rule "
+                       "keep the base at the model's depth")]

@@ -1,0 +1,76 @@
+"""Stage 4b — residual branches: x + m_L^-alpha * F(x) under a depth rule.
+
+The analysis finds each residual branch and the module whose output the branch operand is a
+linear function of (gates, layer-scale, dropout, drop-path only multiply it): multiplying that
+module's output by m_L^-alpha equals multiplying the branch at the add. ``apply`` does it
+with a forward hook on the module: ``state_dict`` keys do not change, ``torch.compile``
+traces through the hook, FSDP2/DDP wrap the module as before. A branch that ends in an op of
+the block's own forward (``x + F.gelu(self.fc(x))``) has no such module: refused, with the
+line of the add and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from torch import nn
+
+from ..analysis.report import Report
+from ..errors import MuprewriteError
+from ..rules import Rule, RuleError
+
+__all__ = ["BranchEdit", "branch_edits", "install_branches", "check_depth_rule"]
+
+HOOK_ATTR = "_muprewrite_branch_factor"
+
+
+@dataclass(frozen=True)
+class BranchEdit:
+    """Multiply the output of ``module`` (the end of the branch added at ``source``)."""
+
+    module: str
+    factor: float
+    source: str
+
+
+def check_depth_rule(report: Report, rule: Rule) -> None:
+    """A base of another depth needs a rule that says what depth does."""
+    if report.depth_ratio != 1.0 and not rule.has_depth:
+        raise RuleError(f"the base has {report.depth_base} residual blocks and the model "
+                        f"{report.depth}: rule {rule.id!r} transfers across width only",
+                        fix="use rule='completep' (or 'depth-mup') to transfer across depth, "
+                            "or build the base with the model's number of blocks")
+
+
+def branch_edits(report: Report, rule: Rule) -> tuple[BranchEdit, ...]:
+    """One edit per branch module; none at the base's depth or under a width-only rule."""
+    ratio = report.depth_ratio
+    if not rule.has_depth or ratio == 1.0 or report.residuals is None:
+        return ()
+    factor = rule.branch_multiplier(ratio)
+    edits: dict[str, BranchEdit] = {}
+    for branch in report.residuals.branches:
+        if not branch.module:
+            raise MuprewriteError(
+                f"the residual branch added at {branch.source or branch.add} ends in an op of "
+                "the block's own forward, so apply cannot scale it by "
+                f"m_L^-{rule.depth_alpha:g}", where=branch.source,
+                fix="end the branch in a submodule (e.g. self.mlp = nn.Sequential(fc, GELU()), "
+                    "x = x + self.mlp(x)), or keep the base at the model's depth")
+        edits.setdefault(branch.module, BranchEdit(branch.module, factor, branch.source))
+    return tuple(edits.values())
+
+
+def _scale(module: nn.Module, args: Any, output: Any) -> Any:
+    factor = getattr(module, HOOK_ATTR)
+    if isinstance(output, tuple):  # e.g. nn.MultiheadAttention: (out, weights)
+        return (output[0] * factor, *output[1:])
+    return output * factor
+
+
+def install_branches(model: nn.Module, edits: tuple[BranchEdit, ...]) -> None:
+    for edit in edits:
+        module = model.get_submodule(edit.module)
+        object.__setattr__(module, HOOK_ATTR, edit.factor)
+        module.register_forward_hook(_scale)
