@@ -279,6 +279,26 @@ def test_no_new_graph_breaks() -> None:
                                                                 before.graph_break_count)
 
 
+def test_branch_multipliers_add_no_graph_break_and_keep_keys() -> None:
+    """CompleteP's residual branch multipliers are forward hooks: no new graph break, the
+    same state_dict keys."""
+    import torch._dynamo as dynamo
+
+    from examples.dit import DiT
+
+    model = DiT(hidden_size=64, num_heads=2, depth=4)
+    inputs = _inputs(model)
+    keys = list(model.state_dict())
+    before = dynamo.explain(model)(*inputs)
+    muprewrite.apply(model, inputs, base=DiT(hidden_size=32, num_heads=2, depth=2),
+                     rule="completep")
+    assert len(muprewrite.plan_of(model).branches) == 8 and list(model.state_dict()) == keys
+    dynamo.reset()
+    after = dynamo.explain(model)(*inputs)
+    assert (after.graph_count, after.graph_break_count) == (before.graph_count,
+                                                            before.graph_break_count)
+
+
 @pytest.mark.slow
 def test_compile_true_matches_eager() -> None:
     torch.manual_seed(0)

@@ -29,11 +29,11 @@ STEPS = 5
 RTOL = 1e-5
 
 
-def _dit(width: int, device: str = "cpu") -> torch.nn.Module:
+def _dit(width: int, device: str = "cpu", depth: int = 2) -> torch.nn.Module:
     from examples.dit import DiT
 
     with torch.device(device):
-        return DiT(hidden_size=width, num_heads=2, depth=2, class_dropout_prob=0.0)
+        return DiT(hidden_size=width, num_heads=2, depth=depth, class_dropout_prob=0.0)
 
 
 def _batch() -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
@@ -44,11 +44,13 @@ def _batch() -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     return (x, t, y), torch.randn(8, 8, 16, 16, generator=gen)
 
 
-def _model() -> torch.nn.Module:
+def _model(rule: str = "mup") -> torch.nn.Module:
+    """Under mup, 2x width; under completep also 2x depth (the branch multiplier hooks)."""
     torch.manual_seed(0)
-    model, base = _dit(64), _dit(32)
+    depth = 4 if rule == "completep" else 2
+    model, base = _dit(64, depth=depth), _dit(32)
     inputs, _ = _batch()
-    return muprewrite.apply(model, inputs, base=base)
+    return muprewrite.apply(model, inputs, base=base, rule=rule)
 
 
 def _train(model: torch.nn.Module, rank: int = 0, world: int = 1,
@@ -75,7 +77,8 @@ def _worker(rank: int, world: int, init_file: str, mode: str, out: str) -> None:
                             world_size=world)
     try:
         torch.set_num_threads(1)
-        model = _model()
+        mode, _, rule = mode.partition("@")
+        model = _model(rule or "mup")
         if mode.startswith("fsdp"):
             from torch.distributed.fsdp import fully_shard
 
@@ -123,6 +126,16 @@ def test_distributed_losses_match_single_process(mode: str,
 def test_compiled_distributed_losses_match(mode: str, single_process_losses: list[float]) -> None:
     losses = _spawn(mode)
     assert losses == pytest.approx(single_process_losses, rel=RTOL)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", ["fsdp2", "ddp-compile"])
+def test_depth_rule_distributed_losses_match(mode: str) -> None:
+    """CompleteP's branch multipliers (forward hooks) under FSDP2, and under DDP compiled."""
+    single = _train(_model("completep"))
+    losses = _spawn(f"{mode}@completep")
+    assert losses == pytest.approx(single, rel=RTOL)
+    assert single[-1] < single[0]
 
 
 def test_param_groups_see_through_wrappers() -> None:
