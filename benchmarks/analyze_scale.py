@@ -55,13 +55,15 @@ def measure(name: str) -> dict:
 
     # The analysis proper, on the capture above (same steps analyze() runs after capture).
     from muprewrite.analysis.classify import classify_params
+    from muprewrite.analysis.residual import find_residuals
     from muprewrite.analyzer import _facts
     from muprewrite.dims import build_axis_graph, solve
 
     t0 = time.perf_counter()
     axes = build_axis_graph(cap)
     dims = solve(axes, heads_marks(find_attention(cap.graph), "grow"))
-    params, _ = classify_params(cap, dims, _facts(model, None))
+    params, _ = classify_params(cap, dims, _facts(model, None, {}))
+    residuals = find_residuals(cap)
     t_analysis = time.perf_counter() - t0
     rss_analysis = _peak_rss_mb()
 
@@ -86,6 +88,8 @@ def measure(name: str) -> dict:
         "peak_rss_mb_total": round(_peak_rss_mb()),
         "roles": roles,
         "classified": len(params),
+        "residual_branches": len(residuals.branches),
+        "depth": residuals.depth,
     }
 
 
@@ -104,7 +108,8 @@ def main() -> None:
               f"{row['axes']} axes | build {row['build_s']} s, capture {row['capture_s']} s, "
               f"analysis {row['analysis_s']} s, analyze() end to end "
               f"{row['analyze_end_to_end_s']} s | peak RSS {row['peak_rss_mb_total']} MB "
-              f"(after capture {row['peak_rss_mb_after_capture']} MB) | roles {row['roles']}")
+              f"(after capture {row['peak_rss_mb_after_capture']} MB) | roles {row['roles']} | "
+              f"{row['residual_branches']} residual branches, depth {row['depth']}")
 
 
 if __name__ == "__main__":
