@@ -70,6 +70,14 @@ def measure(name: str) -> dict:
     t0 = time.perf_counter()
     report = analyze(model, (args, kwargs))  # end to end, as users call it
     t_end_to_end = time.perf_counter() - t0
+
+    # with a base of 4 blocks and 1/6 of the width (CompleteP's setting): both captures, the
+    # pairing of the model's blocks with the base's, the width diff
+    with torch.device("meta"):
+        base = {"sd3_19b": cfg.build_sd3_19b_base, "llama_70b": cfg.build_llama_70b_base}[name]()
+    t0 = time.perf_counter()
+    deep = analyze(model, (args, kwargs), base=base)
+    t_depth_base = time.perf_counter() - t0
     roles: dict[str, int] = {}
     for p in report:
         roles[p.role] = roles.get(p.role, 0) + 1
@@ -89,6 +97,8 @@ def measure(name: str) -> dict:
         "roles": roles,
         "classified": len(params),
         "residual_branches": len(residuals.branches),
+        "analyze_with_depth_base_s": round(t_depth_base, 2),
+        "depth_ratio": deep.depth_ratio,
         "depth": residuals.depth,
     }
 
@@ -109,7 +119,9 @@ def main() -> None:
               f"analysis {row['analysis_s']} s, analyze() end to end "
               f"{row['analyze_end_to_end_s']} s | peak RSS {row['peak_rss_mb_total']} MB "
               f"(after capture {row['peak_rss_mb_after_capture']} MB) | roles {row['roles']} | "
-              f"{row['residual_branches']} residual branches, depth {row['depth']}")
+              f"{row['residual_branches']} residual branches, depth {row['depth']} | with a "
+              f"base of another depth (m_L = {row['depth_ratio']:g}): "
+              f"{row['analyze_with_depth_base_s']} s")
 
 
 if __name__ == "__main__":

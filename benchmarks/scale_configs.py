@@ -79,6 +79,14 @@ def build_sd3_19b() -> nn.Module:
     return SD3Transformer2DModel(**sd3_19b())
 
 
+def build_sd3_19b_base() -> nn.Module:
+    """The 19B MMDiT's proxy for depth transfer: 4 blocks, 8 heads x 64 (width 512)."""
+    from diffusers import SD3Transformer2DModel
+
+    return SD3Transformer2DModel(**{**sd3_19b(), "num_layers": 4, "num_attention_heads": 8,
+                                    "caption_projection_dim": 512})
+
+
 def sd3_19b_inputs(
     model: nn.Module, batch: int = 1, latent_size: int = 32, text_len: int = 16
 ) -> tuple[tuple, dict]:
@@ -140,6 +148,17 @@ def build_llama_70b() -> nn.Module:
     from transformers import LlamaForCausalLM
 
     return LlamaForCausalLM(llama_70b())
+
+
+def build_llama_70b_base() -> nn.Module:
+    """The 70B Llama's proxy for depth transfer: 4 layers, width 1024 (8 heads x 128)."""
+    from transformers import LlamaForCausalLM
+
+    config = llama_70b()
+    config.num_hidden_layers, config.hidden_size = 4, 1024
+    config.num_attention_heads, config.num_key_value_heads = 8, 1
+    config.intermediate_size = 3584
+    return LlamaForCausalLM(config)
 
 
 def llama_70b_inputs(model: nn.Module, batch: int = 1, seq_len: int = 16) -> tuple[tuple, dict]:

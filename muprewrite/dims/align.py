@@ -1,23 +1,28 @@
 """Pair the nodes of two captures of one architecture that differ in depth (and width).
 
-A model built with L blocks and its base with L_base blocks capture as the same program
-``stem + block x L + head``: the same ops in the same order, the block's ops repeated. Two
-such graphs are paired position by position from both ends (the common prefix and suffix of
-their op sequences); where the deeper one has blocks the other lacks, a node is paired with
-the node one period (the length of a block's op sequence) earlier, until it lands in the
-prefix. Every pair is checked: the same op and target, and tensors of the same ranks.
+A model built with L blocks and its base with L_base blocks capture as the same program with
+the blocks' ops repeated a different number of times (``stem + block x L + head``; U-ViT has
+two such regions, its in- and out-blocks). The two op sequences are walked side by side. Each
+op's signature is its target, the ranks of its outputs, and the parameters it reads with
+layer indices collapsed (``blocks.*.ln1.weight``), so a block's ``layer_norm`` differs from
+the head's. Where the two part, the longer one repeats the unit just before: its extra
+repeats are paired with that unit's partners, and the walk goes on. When a head begins like a
+block, the walk may step back a few ops. If the walk fails, a single repeated region is
+tried, split where the most stem and head parameters keep their names.
 
-Parameters and buffers are paired through their uses: the base parameter a paired node
-reads at the same argument position. A parameter so paired with two different base
-parameters of different shapes, or with none, leaves the captures unaligned.
-
->>> # model and base of another depth:
->>> # pairs = align_by_period(cap, base_cap); pairs.params["blocks.7.fc.weight"] -> "blocks.1.fc.weight"
+Parameters and buffers are paired through their uses: the base parameter that a paired node
+reads at the same argument position. The captures are left unaligned when any of these
+holds:
+- a used parameter of the model finds no partner;
+- a base parameter read by a paired node has no partner (the base has a bias the model
+  lacks);
+- the user inputs differ in number.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
@@ -33,7 +38,7 @@ __all__ = ["Alignment", "align_by_period"]
 class Alignment:
     """``nodes``: model node name -> base node name, for every node of the model graph;
     ``params`` / ``buffers``: model canonical name -> base name; ``period``: ops per repeated
-    unit (0 when the two graphs have the same length)."""
+    unit when the single-region fallback paired them (0 from the walk)."""
 
     nodes: Mapping[str, str]
     params: Mapping[str, str]
@@ -46,6 +51,74 @@ def _signature(node: fx.Node) -> tuple:
     vals = val if isinstance(val, (list, tuple)) else (val,)
     ranks = tuple(v.dim() if isinstance(v, torch.Tensor) else None for v in vals)
     return node.op, node.target, ranks
+
+
+_INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
+
+
+def _anchored(nodes: list[fx.Node], names: Mapping[str, str]) -> list[tuple]:
+    """Signatures that also name the parameters and buffers a node reads, with layer indices
+    collapsed (``blocks.*.ln1.weight``): the head's ``layer_norm`` (``ln_f``) then differs from
+    a block's, so a walk cannot slide from the last block into the head."""
+    out = []
+    for node in nodes:
+        reads = tuple(_INDEX.sub("*", names[x.name]) for x in _flat(node)
+                      if isinstance(x, fx.Node) and x.name in names)
+        out.append((*_signature(node), reads))
+    return out
+
+
+def _repeats(seq: list, at: int, limit: int = 4096) -> Iterator[tuple[int, int]]:
+    """Every (d, k), smallest d first: seq[at:at + k*d] repeats seq[at - d:at] k >= 1 times."""
+    if at >= len(seq):
+        return
+    for d in range(1, min(at, limit) + 1):
+        if seq[at - d] != seq[at]:
+            continue
+        k = 0
+        while seq[at + k * d: at + (k + 1) * d] == seq[at - d: at]:
+            k += 1
+        if k:
+            yield d, k
+
+
+def _resumes(a: list, i: int, b: list, j: int) -> bool:
+    """Whether the walk can go on from a[i], b[j]: both ended, or the same op next."""
+    return (i == len(a) and j == len(b)) or (i < len(a) and j < len(b) and a[i] == b[j])
+
+
+def _walk(a: list, b: list, back: int = 64) -> dict[int, int] | None:
+    """Pair two sequences that differ by whole repeats of units (several repeated regions,
+    as U-ViT's in- and out-blocks): where they part, the longer one repeats the unit just
+    before; its extra repeats pair with that unit's partners. ``back``: how far the walk may
+    step back when the two parted a few nodes after the repeats began."""
+    pairs: dict[int, int] = {}
+    i = j = 0
+    while i < len(a) or j < len(b):
+        if i < len(a) and j < len(b) and a[i] == b[j]:
+            pairs[i] = j
+            i, j = i + 1, j + 1
+            continue
+        moved = False
+        for k in range(0, min(back, i, j) + 1):
+            ii, jj = i - k, j - k
+            for d, reps in _repeats(a, ii):  # the model has more blocks here
+                if ii + d * reps > i and _resumes(a, ii + d * reps, b, jj):
+                    for t in range(d * reps):
+                        pairs[ii + t] = pairs[ii - d + t % d]
+                    i, j, moved = ii + d * reps, jj, True
+                    break
+            if moved:
+                break
+            for d, reps in _repeats(b, jj):  # the base has more blocks here
+                if jj + d * reps > j and _resumes(a, ii, b, jj + d * reps):
+                    i, j, moved = ii, jj + d * reps, True
+                    break
+            if moved:
+                break
+        if not moved:
+            return None
+    return pairs
 
 
 def _prefix(a: list, b: list) -> int:
@@ -150,7 +223,10 @@ def align_by_period(cap: Capture, base: Capture) -> Alignment | None:
     ours = [n for n in ours_all if n.op not in ("placeholder", "output")]
     theirs = [n for n in theirs_all if n.op not in ("placeholder", "output")]
     best: tuple[int, dict[int, int], int, dict[str, str], dict[str, str]] | None = None
-    for pairs, period in _candidates(ours, theirs):
+    walked = _walk(_anchored(ours, {**cap.params, **cap.buffers}),
+                   _anchored(theirs, {**base.params, **base.buffers}))
+    candidates = [(walked, 0)] if walked is not None else _candidates(ours, theirs)
+    for pairs, period in candidates:
         params = _by_use(ours, theirs, pairs, cap.params, base.params)
         buffers = _by_use(ours, theirs, pairs, cap.buffers, base.buffers)
         if params is None or buffers is None:
