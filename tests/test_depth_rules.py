@@ -172,6 +172,10 @@ def test_a_width_only_rule_refuses_a_base_of_another_depth() -> None:
     assert "completep" in caught.value.fix
     report = muprewrite.analyze(model, _data()[0], base=base)  # the analysis measures it
     assert report.depth_ratio == 2.0 and report["blocks.3.mlp.0.weight"].in_branch
+    with pytest.raises(RuleError, match="transfers across width only"):
+        muprewrite.param_groups(model, report, rule="mup", lr=LR)
+    groups = muprewrite.param_groups(model, report, rule="completep", lr=LR, eps=EPS)
+    assert {g["eps"] for g in groups} >= {EPS / 2 / 2}  # hidden: x 1/m x m_L^-1
 
 
 def test_another_structure_is_still_refused() -> None:

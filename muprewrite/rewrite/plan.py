@@ -130,6 +130,7 @@ def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
     all: a frozen parameter keeps the function it computes (no init change, no forward
     multiplier, tied or not), and the optimizer never sees it.
     """
+    check_depth_rule(report, rule)  # a base of another depth needs a depth rule
     return {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
             else rule_factors(info, rule) for info in report}
 
@@ -159,7 +160,6 @@ def rule_factors(info: ParamInfo, rule: Rule) -> ParamPlan:
 def make_plan(report: Report, graph: fx.Graph, rule: Rule,
               aliases: Mapping[str, tuple[str, ...]]) -> Plan:
     """``aliases``: canonical parameter name -> every name it has in the module tree."""
-    check_depth_rule(report, rule)
     params = param_factors(report, rule)
     uses: dict[str, list[UseEdit]] = {}
     for name, use in multiplied_uses(report, params):
