@@ -123,11 +123,10 @@ def _residual_lines(report: Report, collapse: bool) -> list[str]:
     rows: list[tuple[str, ...]] = [
         ((b.module or f"{b.block} (inline, no module output)") + ".", f"({b.norm}-norm)",
          b.source.rsplit("/", 1)[-1]) for b in stream.branches]
-    if collapse:
-        rows = [(r[0][:-1], *r[1:]) for r in _collapse(rows)]
-    else:
-        rows = [(r[0][:-1], *r[1:]) for r in rows]
-    lines = ["", f"residual stream: {stream.depth} blocks, {len(stream.branches)} branches "
+    rows = list(dict.fromkeys(rows))  # a branch captured on several input sets: one row
+    rows = [(r[0][:-1], *r[1:]) for r in (_collapse(rows) if collapse else rows)]
+    count = len({(b.module or b.add, b.source) for b in stream.branches})  # once per input set
+    lines = ["", f"residual stream: {stream.depth} blocks, {count} branches "
              f"({'/'.join(norms)}-norm){base}:"]
     lines += [f"  {module} {text}  [{src}]" for module, text, src in rows]
     if stream.long_skips:
