@@ -15,7 +15,8 @@ _HELP = """Check an emitted muP file by running it: exit 1 at the first divergen
       --model "DiT(hidden_size=512, num_heads=2)"
 
 \b
-Builds EMITTED_FILE's model at its base width (read from the file) and at each --model,
+Builds EMITTED_FILE's model at its base width (read from the file) and at each --model
+(under a depth rule, --model may also set another number of blocks),
 and the original model (named in the file's header, or --original) rewritten by
 muprewrite.apply with the same base. In float64 it compares: the base's structure with
 the model's; the parameters after seeding; the output for every input set (--inputs,
@@ -24,8 +25,9 @@ repeatable; default the model's example_inputs()) in train and in eval mode; and
 expectation is the original model itself.
 
 \b
-A removed readout multiplier or attention factor, a branch of the forward left unscaled
-(pass an --inputs that runs it), or a base of another structure fails the check, naming
+A removed readout multiplier, attention factor or residual branch multiplier, a branch
+of the forward left unscaled (pass an --inputs that runs it), or a base of another
+structure fails the check, naming
 the emitted file's line, the mode and the size of the error. Paths that no input set
 runs are not checked. `muprewrite FILE --check` is the quick, text-only check of the
 header (it runs nothing).

@@ -39,6 +39,10 @@ muprewrite at run time. What changes (every other line keeps its bytes):
     a softmax, in every method of the classes concerned: paths the capture
     did not run (a generate branch, a non-fused attention) are edited by
     pattern, and the header lists them;
+  - under a depth rule (--rule completep / depth-mup; --base may then have
+    fewer blocks): every residual add becomes x + self.mup_branch_multiplier
+    * f(x), set to m_L^-alpha by mup_init, m_L = blocks / base blocks counted
+    at run time, so the file also works at every depth;
   - a header comment naming the rule.
 A use that cannot be edited with certainty (the readout returned or passed
 on, getattr(self, name), a softmax over something other than q @ k^T) is

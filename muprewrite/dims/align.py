@@ -56,14 +56,32 @@ def _signature(node: fx.Node) -> tuple:
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
 
 
+_BLOCK = re.compile(r"^(.*?(?:^|\.)\d+)\.(.*)$")
+
+
+def _kinds(names: Mapping[str, str]) -> dict[str, int]:
+    """Parameter name -> a tag of the block holding it: the set of parameter names in that
+    block, layer index removed. Blocks of two kinds in one stack (MMDiT's last block has no
+    context MLP) then read differently, so neither pairs with the other."""
+    contents: dict[str, set[str]] = {}
+    for name in names.values():
+        found = _BLOCK.match(name)
+        if found:
+            contents.setdefault(found[1], set()).add(found[2])
+    return {name: hash(frozenset(contents[found[1]])) if (found := _BLOCK.match(name)) else 0
+            for name in names.values()}
+
+
 def _anchored(nodes: list[fx.Node], names: Mapping[str, str]) -> list[tuple]:
     """Signatures that also name the parameters and buffers a node reads, with layer indices
-    collapsed (``blocks.*.ln1.weight``): the head's ``layer_norm`` (``ln_f``) then differs from
-    a block's, so a walk cannot slide from the last block into the head."""
+    collapsed (``blocks.*.ln1.weight``) and the kind of block they sit in: the head's
+    ``layer_norm`` (``ln_f``) then differs from a block's, and a block from one of another
+    kind, so a walk cannot slide from one into the other."""
+    kinds = _kinds(names)
     out = []
     for node in nodes:
-        reads = tuple(_INDEX.sub("*", names[x.name]) for x in _flat(node)
-                      if isinstance(x, fx.Node) and x.name in names)
+        reads = tuple((_INDEX.sub("*", names[x.name]), kinds[names[x.name]])
+                      for x in _flat(node) if isinstance(x, fx.Node) and x.name in names)
         out.append((*_signature(node), reads))
     return out
 

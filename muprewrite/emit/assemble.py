@@ -18,6 +18,7 @@ from ..files import SourceText, split_lines
 from ..rules import Rule
 from .block import emitted_rule, render_constants, render_header, render_part_header
 from .complete import Edits
+from .depth import BRANCH_ATTRIBUTE
 from .project import Parsed, Project
 from .sites import EmitError, Sites
 from .transform import SourceEdits, rewrite
@@ -133,6 +134,9 @@ def _main_changes(project: Project, edits: Mapping[Path, Edits], sites: Sites, r
                    f"{_lines(project, edits, 'readout')})")
     if any(fe.lines.get("attention") for fe in edits.values()):
         out.append(f"attention logit scale at line(s) {_lines(project, edits, 'attention')}")
+    if any(fe.lines.get("branch") for fe in edits.values()):
+        out.append("residual branch multiplier m_L^-alpha (mup_branch_multiplier) at the add(s) "
+                   f"of line(s) {_lines(project, edits, 'branch')}")
     out += [u for fe in edits.values() for u in fe.unverified]
     out.append("added MUP_* constants, mup_init and mup_param_groups(model, lr, weight_decay)")
     others = [project.relative(file) for file in edits if file != project.main]
@@ -146,9 +150,12 @@ def _part_changes(fe: Edits, constants: Mapping[str, int], main: str) -> list[st
     out = []
     if fe.lines.get("readout"):
         defaults = ", ".join(f"{a} = 1.0 in {cls}" for cls, attrs in fe.defaults.items()
-                             for a in attrs)
+                             for a in attrs if a != BRANCH_ATTRIBUTE)
         out.append(f"output multiplier at line(s) {', '.join(map(str, fe.lines['readout']))} "
                    f"(class default {defaults}; mup_init in {main} sets it per instance)")
+    if fe.lines.get("branch"):
+        out.append("residual branch multiplier at the add(s) of line(s) "
+                   f"{', '.join(map(str, fe.lines['branch']))} (mup_init in {main} sets it)")
     if fe.lines.get("attention"):
         defined = f" ({', '.join(constants)} defined here)" if constants else ""
         out.append("attention logit scale at line(s) "

@@ -13,19 +13,28 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-__all__ = ["Entry", "layer_pattern", "collapse", "render_block", "render_header",
+from .depth import DepthBlock, depth_constants, depth_functions
+
+__all__ = ["Entry", "layer_pattern", "module_pattern", "collapse", "render_block", "render_header",
            "render_part_header", "render_constants", "emitted_rule", "part_of", "MARKER"]
 
 MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
 _PART = "part of the muP version of "  # the header of another file of the project says this
 
 _INDEX = re.compile(r"(^|\.)\d+(?=\.)")
+_MODULE_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
 
 
 def layer_pattern(name: str) -> str:
     """``blocks.3.attn.qkv.weight`` -> ``blocks.*.attn.qkv.weight`` (the emitted lookup)."""
     return _INDEX.sub(r"\1*", name)
+
+
+def module_pattern(path: str) -> str:
+    """``blocks.3`` -> ``blocks.*``: a module path with every layer index collapsed."""
+    return _MODULE_INDEX.sub(r"\1*", path)
 
 
 @dataclass(frozen=True)
@@ -34,11 +43,14 @@ class Entry:
 
     fan_in: tuple[int, ...]
     fan_out: tuple[int, ...]
-    exponents: tuple[tuple[str, float, float], ...]  # (quantity, exponent of m_in, of m_out)
+    # (quantity, exponent of m_in, of m_out[, of m_L under a depth rule])
+    exponents: tuple[tuple[Any, ...], ...]
+    in_branch: bool | None = None  # inside a residual branch (None: a width-only rule)
 
     def code(self) -> str:
-        exps = ", ".join(f'"{q}": ({a!r}, {b!r})' for q, a, b in self.exponents)
-        return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)}, {{{exps}}})"
+        exps = ", ".join(f'"{q}": ({", ".join(repr(x) for x in xs)})' for q, *xs in self.exponents)
+        branch = "" if self.in_branch is None else f" {self.in_branch},"
+        return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)},{branch} {{{exps}}})"
 
 
 def _tuple(axes: tuple[int, ...]) -> str:
@@ -125,9 +137,12 @@ def render_constants(rule: str, main: str, d_head: Mapping[str, int]) -> str:
 def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, Entry],
                  unused: Sequence[str], multipliers: Mapping[str, Mapping[str, str]],
                  d_head: Mapping[str, int], uses_eps: bool, imports: Sequence[str],
-                 elsewhere: Sequence[tuple[str, int, str]] = ()) -> str:
+                 elsewhere: Sequence[tuple[str, int, str]] = (),
+                 depth: DepthBlock | None = None) -> str:
     """The module-level code added after the file's imports. ``elsewhere``: (constant, size,
-    file) of the head size constants that only other files use (defined there)."""
+    file) of the head size constants that only other files use (defined there); ``depth``:
+    under a depth rule, the residual blocks and branch hosts (``MUP_PARAMS`` is then keyed by
+    the base's parameters, each with its m_L exponent)."""
     out = [*imports, "" if imports else None, "",
            f'# ---- muP (written by muprewrite, rule "{rule}") ' + "-" * 40, "",
            f'MUP_RULE = "{rule}"',
@@ -138,9 +153,13 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     for name, size, file in elsewhere:
         out.append(f"# {name} = {size} (head size at base width) is defined in {file}, with "
                    "its attention")
-    out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents of",
-            "# m_in, m_out (size / base size of those axes) of each factor the rule changes",
-            "MUP_PARAMS = {"]
+    if depth is None:
+        out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents "
+                "of", "# m_in, m_out (size / base size of those axes) of each factor the rule "
+                "changes"]
+    else:
+        out += depth_constants(depth)
+    out.append("MUP_PARAMS = {")
     out += [f'    "{name}": {entry.code()},' for name, entry in entries.items()]
     out.append("}")
     if unused:
@@ -154,13 +173,15 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
         inner = ", ".join(f'"{a}": "{p}"' for a, p in attrs.items())
         out.append(f'    "{module}": {{{inner}}},')
     out.append("}")
-    out.append(_FUNCTIONS.format(base_call=base_call, eps_key=_EPS if uses_eps else ""))
+    middle = _WIDTH.format() if depth is None else depth_functions()
+    out.append("\n\n".join([_PREAMBLE.format(base_call=base_call), middle,
+                             _GROUPS.format(eps_key=_EPS if uses_eps else "")]))
     return "\n".join(line for line in out if line is not None)
 
 
 _EPS = ', "eps": eps * key[2]'
 
-_FUNCTIONS = '''_MUP_BUILDING_BASE = False
+_PREAMBLE = '''_MUP_BUILDING_BASE = False
 
 
 def mup_base_model() -> torch.nn.Module:
@@ -176,9 +197,9 @@ def _mup_entry(name: str) -> tuple | None:
 
 def _mup_rms(t: torch.Tensor) -> float:
     return float(t.detach().double().square().mean().sqrt()) if t.numel() else 0.0
+'''
 
-
-def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict[str, float]]:
+_WIDTH = '''def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict[str, float]]:
     """Per parameter, the factor on each quantity (init, multiplier, lr, eps, weight_decay)."""
     base_shapes = {{name: p.shape for name, p in base.named_parameters()}}
     ours = {{name: p.dim() for name, p in model.named_parameters()}}
@@ -232,9 +253,9 @@ def mup_init(model: torch.nn.Module) -> None:
         for attribute, name in attributes.items():
             factor = model.mup_factors.get(name, {{}}).get("multiplier", 1.0)
             setattr(model.get_submodule(path), attribute, factor)
+'''
 
-
-def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
                      eps: float = 1e-8) -> list[dict]:
     """Optimizer groups from the values tuned at base width, e.g.
     torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1))."""

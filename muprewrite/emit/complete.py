@@ -1,6 +1,7 @@
 """Stage 6a, complete: the captured sites and the pattern scans merged into node edits.
 
-Each site is scanned in every file of its scope (the classes of its module's MRO written in
+Each site (a readout, an attention, the residual adds of a host under a depth rule) is
+scanned in every file of its scope (the classes of its module's MRO written in
 the project; for an attention, also the top-level function holding its line). Each captured
 site (a line one capture ran through) must match a node the scans found in the site's own
 file: a node spanning the line, or one inside a method or function called on that line
@@ -21,6 +22,8 @@ import libcst as cst
 
 from ..errors import first_few
 from .attention import attention_functions, scan_attention
+from .branches import scan_branches
+from .depth import BRANCH_ATTRIBUTE
 from .forms import NodeEdit
 from .readouts import scan_readout
 from .sites import AttentionScaleSite, EmitError, ReadoutSite, Sites, by_file
@@ -38,7 +41,7 @@ Site = ReadoutSite | AttentionScaleSite
 class Edits:
     nodes: Mapping[cst.CSTNode, NodeEdit]
     defaults: Mapping[str, tuple[str, ...]]  # class -> the multiplier attributes it declares
-    lines: Mapping[str, tuple[int, ...]]  # "readout" / "attention" -> edited lines
+    lines: Mapping[str, tuple[int, ...]]  # "readout" / "attention" / "branch" -> edited lines
     unverified: tuple[str, ...]  # "file:line: what ... not run by any capture; edited by pattern"
 
 
@@ -59,6 +62,13 @@ def complete(project: Project, sites: Sites) -> dict[Path, Edits]:
             functions = attention_functions(src, classes, [extra] if extra else [])
             merge.add(src, scan_attention(src, functions, dict(asite.children)), asite.constant,
                       asite if file == asite.file else None, functions, classes)
+    for bsite in sites.branches:
+        for file, classes in by_file(bsite.scope).items():
+            src = project.parsed(file).src
+            functions = src.methods(classes)
+            merge.add(src, scan_branches(src, functions, bsite.modules)[0], BRANCH_ATTRIBUTE,
+                      None, functions, classes)
+        merge.verified.update(bsite.verified)
     merge.check()
     edits = merge.edits()
     order = [p.path.resolve() for p in project.files()]
@@ -124,15 +134,16 @@ class _FileEdits:
         self.src = src
         self.nodes: dict[cst.CSTNode, NodeEdit] = {}
         self.defaults: dict[str, list[str]] = {}
-        self.lines: dict[str, list[int]] = {"readout": [], "attention": []}
+        self.lines: dict[str, list[int]] = {"readout": [], "attention": [], "branch": []}
         self.unverified: list[str] = []
 
     def add(self, node: cst.CSTNode, found: Found, factor: str, verified: bool) -> None:
         line = self.src.line(node)
         self.nodes[node] = NodeEdit(found.kind, factor, self.src.where(line), found.scale_input,
-                                    found.query)
+                                    found.query, found.operand)
         attention = found.kind in ("sdpa", "logits")
-        self.lines["attention" if attention else "readout"].append(line)
+        self.lines["attention" if attention else found.kind if found.kind == "branch"
+                   else "readout"].append(line)
         if not attention:
             cls = self.src.top_class(node) or ""
             if factor not in self.defaults.setdefault(cls, []):

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -26,7 +26,10 @@ from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
 from .block import Entry, collapse, emitted_rule, render_block
+from .branches import locate_branches
 from .complete import Edits, complete
+from .depth import DepthBlock
+from .depth_plan import base_entries, depth_block, partners_of
 from .project import Project
 from .sites import EmitError, Sites, locate
 
@@ -83,21 +86,20 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
     names = aliases(model)
     plan = make_plan(report, cap.graph, rule, names)
-    if report.depth_ratio != 1.0:
-        raise EmitError(f"the base has {report.depth_base} residual blocks and the model "
-                        f"{report.depth}: emitting the residual branch multipliers of a depth "
-                        "rule is not built yet", fix=f"use muprewrite.apply(model, inputs, "
-                        f"base=..., rule={rule.id!r}) at run time, or emit with a base of the "
-                        "model's depth")
     if progress:
         progress("locating the edits in the source")
     nodes = {n.name: n for n in cap.graph.nodes}
     logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
               if p.kind == "softmax" and p.logits is not None}
     sites = locate(model, project, plan, names, logits)
+    deep = rule.has_depth and report.residuals is not None and bool(report.residuals.branches)
+    if deep:  # the residual adds take m_L^-alpha, at any depth the file is built at
+        sites = replace(sites, branches=locate_branches(model, project, report, cap.graph))
     edits = _main_first(project.main, complete(project, sites))  # every path of the hosts
     base_call = _call_text(base_expr)
-    block = _block_for(report, rule, sites, seed, base_call, project.parsed(path).wrapper.module)
+    depth = depth_block(model, base, report, rule, project, edits, sites) if deep else None
+    block = _block_for(report, rule, sites, seed, base_call, project.parsed(path).wrapper.module,
+                       depth, _partners(model, base, depth))
     rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
     files, changes = assemble(project, edits, sites, root=type(model).__name__, rule=rule,
                               base_call=base_call, block=block, rescaled=rescaled)
@@ -138,25 +140,36 @@ def _check_root(project: Project, user: ModuleType, model: torch.nn.Module, path
 
 
 def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: str,
-               module: cst.Module) -> BlockFor:
+               module: cst.Module, depth: DepthBlock | None, partners: Mapping[str, str]
+               ) -> BlockFor:
     """The main file's block, given the head size constants it defines and those defined
-    elsewhere."""
-    entries = collapse({info.name: _entry(info, rule) for info in report})
-    unused = [i.name for i in report if i.role == "unused"]
+    elsewhere. Under a depth rule (``depth``) the entries are keyed by the base's parameters
+    (``partners``: model parameter -> base parameter)."""
+    if depth is None:
+        entries = collapse({info.name: _entry(info, rule) for info in report})
+        unused = [i.name for i in report if i.role == "unused"]
+    else:
+        entries = collapse(base_entries(report, rule, partners, _entry))
+        unused = sorted({partners[i.name] for i in report if i.role == "unused"})
     imports = [f"import {m}" for m in ("re", "torch") if not _imports(module, m)]
 
     def block(d_head: Mapping[str, int], elsewhere: Sequence[tuple[str, int, str]]) -> str:
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
                             uses_eps=rule.optimizer == "adam", imports=imports,
-                            elsewhere=elsewhere)
+                            elsewhere=elsewhere, depth=depth)
 
     return block
 
 
+def _partners(model: torch.nn.Module, base: torch.nn.Module, depth: DepthBlock | None
+              ) -> dict[str, str]:
+    return partners_of(model, base, depth) if depth is not None else {}
+
+
 def _main_first(main: Path, edits: Mapping[Path, Edits]) -> dict[Path, Edits]:
     """The main file always changes (mup_init, the block), and comes first."""
-    empty = Edits({}, {}, {"readout": (), "attention": ()}, ())
+    empty = Edits({}, {}, {"readout": (), "attention": (), "branch": ()}, ())
     return {main: edits.get(main, empty), **{f: e for f, e in edits.items() if f != main}}
 
 
@@ -183,16 +196,25 @@ def _check_base_differs(model: torch.nn.Module, base: torch.nn.Module, model_exp
                             "the hidden size")
 
 
-def _entry(info: ParamInfo, rule: Rule) -> Entry | None:
+def _entry(info: ParamInfo, rule: Rule, depth: bool = False) -> Entry | None:
+    """A parameter's line of MUP_PARAMS; ``depth``: with its m_L exponents and whether it
+    lies inside a residual branch (such a parameter always has one: its init is rescaled)."""
     if info.role == "unused":
         return None
     row = rule.scaling(info.role, info.kind)
     exps: dict[str, Exponents] = {q: getattr(row, q) for q in _QUANTITIES}
     if info.tied:  # its readout use scales as an output weight's
         exps["multiplier"] = tied_multiplier(rule, row)
-    kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
-                 for q, e in exps.items() if e.m_in or e.m_out)
-    return Entry(info.fan_in, info.fan_out, kept) if kept else None
+    if not depth:
+        kept: tuple[tuple, ...] = tuple(
+            (q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
+            for q, e in exps.items() if e.m_in or e.m_out)
+        return Entry(info.fan_in, info.fan_out, kept) if kept else None
+    inside = info.in_branch
+    kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0,
+                  float(e.m_depth if inside else 0.0) + 0.0)
+                 for q, e in exps.items() if e.m_in or e.m_out or inside and e.m_depth)
+    return Entry(info.fan_in, info.fan_out, kept, inside) if kept or inside else None
 
 
 def _imports(module: cst.Module, name: str) -> bool:

@@ -9,7 +9,9 @@ Each form equals what ``muprewrite.apply`` does at run time:
 - ``F.scaled_dot_product_attention(q, k, v)`` -> ``scale=MUP_D_HEAD_BASE ** 0.5 /
   q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``
   (a name, attribute or call that may hold None, SDPA's default, gets both, by ``s is None``);
-- an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``.
+- an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``;
+- a residual add ``x + f(x)`` (``x += f(x)``, ``f(x) + x``) -> ``x + self.mup_branch_multiplier
+  * f(x)``, the branch operand parenthesised where ``*`` would bind tighter.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import libcst as cst
 from .sites import EmitError
 from .source import callee_name
 
-__all__ = ["NodeEdit", "paren", "times", "apply_edit"]
+__all__ = ["NodeEdit", "paren", "times", "apply_edit", "scale_branch"]
 
 _SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
 _NEVER_NONE = (cst.Integer, cst.Float, cst.BinaryOperation, cst.UnaryOperation)
@@ -38,6 +40,28 @@ class NodeEdit:
     where: str  # path:line
     scale_input: bool = True
     query: str = ""
+    operand: int = 1  # kind "branch": the operand of the + that is the branch
+
+
+def _factor_first(factor: cst.BaseExpression, value: cst.BaseExpression) -> cst.BinaryOperation:
+    """``factor * value``; a product stays as written (``m * g * f(x)``), anything that binds
+    looser than ``*`` is parenthesised."""
+    product = isinstance(value, cst.BinaryOperation) and isinstance(
+        value.operator, (cst.Multiply, cst.MatrixMultiply, cst.Divide))
+    if not isinstance(value, _SIMPLE) and not product and not value.lpar:
+        value = value.with_changes(lpar=[cst.LeftParen()], rpar=[cst.RightParen()])
+    return cst.BinaryOperation(factor, cst.Multiply(), value)
+
+
+def scale_branch(node: cst.CSTNode, edit: NodeEdit) -> cst.CSTNode:
+    """The residual add ``node`` with its branch operand times ``self.<factor>``."""
+    factor = cst.parse_expression(f"self.{edit.factor}")
+    if isinstance(node, cst.AugAssign):
+        return node.with_changes(value=_factor_first(factor, node.value))
+    assert isinstance(node, cst.BinaryOperation)
+    if edit.operand == 0:
+        return node.with_changes(left=_factor_first(factor, node.left))
+    return node.with_changes(right=_factor_first(factor, node.right))
 
 
 def paren(node: cst.BaseExpression) -> cst.BaseExpression:
@@ -56,6 +80,8 @@ def times(value: cst.BaseExpression, factor: cst.BaseExpression) -> cst.BinaryOp
 
 def apply_edit(node: cst.BaseExpression, edit: NodeEdit) -> cst.BaseExpression:
     """``node`` (already transformed inside) with ``edit`` made."""
+    if edit.kind == "branch":
+        return scale_branch(node, edit)  # type: ignore[return-value]  # an expression here
     if edit.kind == "sdpa":
         assert isinstance(node, cst.Call)
         return _scale_attention(node, edit)

@@ -27,10 +27,11 @@ from ..errors import MuprewriteError
 from ..rewrite.plan import Plan, multiplied_uses
 
 if TYPE_CHECKING:
+    from .branches import BranchSite
     from .project import Project
 
 __all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "by_file",
-           "locate", "split_source"]
+           "locate", "split_source", "place"]
 
 Scope = tuple[tuple[Path, str], ...]  # (resolved file, top-level class name)
 
@@ -76,6 +77,7 @@ class Sites:
     attention: tuple[AttentionScaleSite, ...]
     multipliers: Mapping[str, Mapping[str, str]]  # host path -> {attribute: parameter}
     d_head: Mapping[str, int]  # constant name -> base head size
+    branches: tuple[BranchSite, ...] = ()  # residual adds (depth rules), see branches.py
 
 
 def split_source(source: str) -> tuple[str, int]:
@@ -97,7 +99,7 @@ def locate(model: nn.Module, project: Project, plan: Plan,
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
     for name, use in multiplied_uses(plan.report, plan.params):
-        file, line = _place(use.source, project, f"the forward multiplier of {name!r}")
+        file, line = place(use.source, project, f"the forward multiplier of {name!r}")
         host, cls = _host(model, project, use.module, file, line, use.source, name)
         callee = use.module[len(host) + 1:] if host else use.module
         param_attr = ""
@@ -180,10 +182,10 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
         if site.node not in hosts:
             continue
         if site.kind == "sdpa":
-            file, line = _place(site.source, project, "an attention scale")
+            file, line = place(site.source, project, "an attention scale")
             kind = "sdpa"
         elif site.node in logits:
-            file, line = _place(logits[site.node], project, "an attention logit factor")
+            file, line = place(logits[site.node], project, "an attention logit factor")
             kind = "logits"
         else:
             raise EmitError("explicit softmax attention with no q.k^T product found",
@@ -211,7 +213,7 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
     return sites, {names[size]: size for size in distinct}
 
 
-def _place(source: str, project: Project, what: str) -> tuple[Path, int]:
+def place(source: str, project: Project, what: str) -> tuple[Path, int]:
     """(resolved file, line) of a captured ``file:line``, refused outside the project."""
     where, line = split_source(source)
     if not where or not line:

@@ -24,13 +24,15 @@ FIX = "use muprewrite.apply(model, ...) at runtime for this model"
 @dataclass(frozen=True)
 class Found:
     """A node to edit. ``kind``: "call" (``self.m(x)``), "functional" (``F.linear(x,
-    self.w)``), "matmul" (``x @ self.w.t()``), "sdpa", "logits" (the q.k^T product)."""
+    self.w)``), "matmul" (``x @ self.w.t()``), "sdpa", "logits" (the q.k^T product),
+    "branch" (a residual add ``x + f(x)`` or ``x += f(x)``)."""
 
     node: cst.CSTNode
     kind: str
     what: str  # for people: "readout call self.lm_head(...)"
     scale_input: bool = True  # kind "call": scale the input (False: the output, a lookup)
     query: str = ""  # kinds "sdpa", "logits": the code of the query, to read d_head from
+    operand: int = 1  # kind "branch": the operand of the + that is the residual branch
 
 
 @dataclass(frozen=True)

@@ -113,6 +113,11 @@ class Trace:
             return args
         return []
 
+    def reaching(self, use: cst.Name) -> Iterator[Def]:
+        """The assignments to ``use`` that may reach it, latest first: (statement, the parts
+        its value is computed from)."""
+        return self._reaching(use)
+
     def _reaching(self, use: cst.Name) -> Iterator[Def]:
         """The assignments to ``use`` that may reach it, latest first."""
         at = self.src.positions[use].start

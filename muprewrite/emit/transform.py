@@ -1,7 +1,7 @@
 """Stage 6b — the source edits, made with libcst so that every untouched line keeps its bytes.
 
-Edits: each node of ``complete.Edits`` (a readout's multiplier, an attention's scale; the
-forms are in ``forms.py``); a class default for each multiplier attribute; a ``mup_init(self)``
+Edits: each node of ``complete.Edits`` (a readout's multiplier, an attention's scale, a
+residual branch's multiplier; the forms are in ``forms.py``); a class default for each multiplier attribute; a ``mup_init(self)``
 call ending the root class's ``__init__`` (main file only: another file of the project has no
 root class); the muP block after the imports (for another file, only the constants its edits
 use, or nothing); the header comment.
@@ -16,7 +16,7 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from .complete import Edits
-from .forms import MULTIPLICATIVE, apply_edit, paren
+from .forms import MULTIPLICATIVE, apply_edit, paren, scale_branch
 from .sites import EmitError
 
 __all__ = ["class_spans", "SourceEdits", "rewrite"]
@@ -65,6 +65,13 @@ class SourceEdits(cst.CSTTransformer):
         elif isinstance(updated.operator, MULTIPLICATIVE):
             updated = updated.with_changes(right=paren(updated.right))
         return self._edit(original, updated)
+
+    def leave_AugAssign(self, original: cst.AugAssign, updated: cst.AugAssign) -> cst.AugAssign:
+        edit = self.edits.nodes.get(original)
+        if edit is None:
+            return updated
+        self.done.add(original)
+        return scale_branch(updated, edit)  # type: ignore[return-value]
 
     def _edit(self, original: cst.BaseExpression, updated: cst.BaseExpression
               ) -> cst.BaseExpression:

@@ -6,7 +6,8 @@ the original model (the file the emitted one was written from) the same way, rew
 (train, eval) it compares, in float64:
 
 1. the structure: the base the emitted file builds has the model's parameters, with the same
-   number of axes (a base of another structure has no factor for what it lacks);
+   number of axes (a base of another structure has no factor for what it lacks); under a depth
+   rule the base may have fewer blocks, paired by position (the file's ``mup_partners``);
 2. the parameters after seeding (the emitted init against ``apply``'s rescale);
 3. the forward output; on a divergence, the first module whose output differs is named with
    the emitted file's line of its ``forward``;
@@ -36,6 +37,7 @@ from torch import nn
 from ..errors import MuprewriteError
 from ..files import read_source
 from ..input_sets import InputSets, input_sets
+from ..rewrite.branches import HOOK_ATTR
 from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
@@ -150,7 +152,7 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     at_base = spec == base_text
     torch.manual_seed(1)
     expected = build_model(user, spec, "--model", device="cpu")
-    structure = _structure(spec, base, expected)
+    structure = _structure(spec, base, expected, getattr(emitted, "mup_partners", None))
     if structure is not None:
         return structure
     sets = _input_sets(expected, inputs)
@@ -173,16 +175,23 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     return found
 
 
-def _structure(spec: str, base: nn.Module, model: nn.Module) -> Divergence | None:
+def _structure(spec: str, base: nn.Module, model: nn.Module,
+               pair: Callable[[nn.Module, nn.Module], dict[str, str]] | None
+               ) -> Divergence | None:
+    """Every parameter of the model has a partner in the base with as many axes, and every
+    base parameter is someone's partner. The partner is the same name, or under a depth rule
+    the emitted file's own pairing of blocks by position (``mup_partners``)."""
     ours = {n: p.dim() for n, p in model.named_parameters()}
     theirs = {n: p.dim() for n, p in base.named_parameters()}
-    missing = sorted(set(ours) ^ set(theirs)) + sorted(
-        n for n in ours if n in theirs and ours[n] != theirs[n])
+    partners = pair(model, base) if pair is not None else {n: n for n in ours}
+    missing = sorted(n for n in ours if theirs.get(partners.get(n, "")) != ours[n])
+    missing += sorted(set(theirs) - {partners.get(n) for n in ours})
     if missing:
+        another = "width and depth" if pair is not None else "width"
         return Divergence(spec, "structure", "mup_base_model()", "-", -1, float("inf"),
                           f"the emitted base and the model differ in {len(missing)} "
                           f"parameter(s), e.g. {', '.join(missing[:10])}; the base must be the "
-                          "same architecture at another width")
+                          f"same architecture at another {another}")
     return None
 
 
@@ -234,6 +243,8 @@ def _outputs(spec: str, model: nn.Module, expected: nn.Module, args: tuple, kwar
         return None
     where = "the model's output"
     for name in ours:
+        if getattr(expected.get_submodule(name), HOOK_ATTR, None) is not None:
+            continue  # apply scales this branch module's output; the file scales at the add
         if name in theirs and max((_rel(a, b) for a, b in zip(ours[name], theirs[name])),
                                   default=0.0) > RTOL:
             where = _module_where(model, name, file)
@@ -287,8 +298,34 @@ def _module_where(model: nn.Module, name: str, file: Path) -> str:
         path = path.rpartition(".")[0]
 
 
+def _hyperparameters(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
+                     theirs: list[dict]) -> Divergence | None:
+    """Each parameter's lr, eps and weight decay in the two optimizers' groups: a factor that
+    moves the loss less than the tolerance in a few steps (eps at 1e-8) still shows here."""
+    def table(net: nn.Module, groups: list[dict]) -> dict[str, dict[str, float]]:
+        names = {id(p): n for n, p in net.named_parameters()}
+        return {names[id(p)]: {k: float(g[k]) for k in ("lr", "eps", "weight_decay") if k in g}
+                for g in groups for p in g["params"] if p.requires_grad}
+    mine, reference = table(model, ours), table(expected, theirs)
+    for name, values in reference.items():
+        got = mine.get(name)
+        if got is None:
+            return Divergence(spec, "optimizer group", name, "-", -1, float("inf"),
+                              "mup_param_groups leaves it out")
+        for key in values.keys() & got.keys():
+            a, b = got[key], values[key]
+            error = abs(a - b) / max(abs(b), 1e-30)
+            if error > RTOL:
+                return Divergence(spec, "optimizer group", name, "-", -1, error,
+                                  f"{key} {a:.6g} in mup_param_groups, {b:.6g} in param_groups")
+    return None
+
+
 def _training(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
               theirs: list[dict], inputs: tuple[tuple, dict], steps: int) -> Divergence | None:
+    found = _hyperparameters(spec, model, ours, expected, theirs)
+    if found is not None:
+        return found
     args, kwargs = inputs
     losses = []
     for net, groups in ((model, ours), (expected, theirs)):
