@@ -1,16 +1,25 @@
 """Learning-rate transfer on real data: a small DiT trained as a diffusion model on the 8x8
 handwritten digits that ship with scikit-learn, at widths 32 to 256, under the standard
-parametrization (sp) and under muP.
+parametrization (sp) and under muP; or, with --depths, at depths 2 to 16 under CompleteP and
+under mup (standard residuals).
 
     python examples/transfer_dit.py                # ~16 minutes on a 2-core CPU; docs/
     python examples/transfer_dit.py --seeds 1      # ~8 minutes
     python examples/transfer_dit.py --replot       # redraw docs/transfer_dit.png from the JSON
+    python examples/transfer_dit.py --depths 2,4,8,16 --steps 120 --log2-lrs=-10:-4
+                                                   # depth at width 64, ~23 minutes: docs/
+    python examples/transfer_dit.py --depths 2,4,8,16 --steps 120 --replot
 
 For each rule and width, the model (examples/dit.py, rewritten by muprewrite.apply with the
 width-32 model as base) is trained with AdamW at every learning rate of a factor-2 grid, and
 scored by its diffusion loss on held-out digits. The figure shows loss against log2 LR, one
 line per width; the printout says how many grid steps the best LR moves between widths.
 muP's promise is that it stays put.
+
+Across depth (--depths, at --width): under completep the depth-2 model is the base, so
+every residual branch of a depth-L model is scaled by 2/L; mup refuses a base of another
+depth, so under mup each depth is its own base (standard residuals, the LR reaches AdamW as
+is): the sweep shows where the optimum goes when depth grows without a depth rule.
 """
 
 from __future__ import annotations
@@ -28,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import muprewrite  # noqa: E402
 from examples.dit import DiT  # noqa: E402
-from muprewrite.verify import Sweep, lr_sweep  # noqa: E402
+from muprewrite.verify import Sweep, lr_sweep, lr_sweep_depth  # noqa: E402
 from muprewrite.verify.plots import plot_sweeps  # noqa: E402
 
 T = 200  # diffusion steps (linear beta schedule)
@@ -46,9 +55,19 @@ def digits() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return images[:1400], labels[:1400], images[1400:], labels[1400:]
 
 
-def build(width: int) -> DiT:
-    return DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=width, depth=2,
+def build(width: int, depth: int = 2) -> DiT:
+    return DiT(input_size=8, patch_size=2, in_channels=1, hidden_size=width, depth=depth,
                num_heads=width // 16, num_classes=10, learn_sigma=False)
+
+
+class AtWidth:
+    """``AtWidth(64)(depth)``: the digits DiT at a fixed width (a depth sweep's ``build``)."""
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+
+    def __call__(self, depth: int) -> DiT:
+        return build(self.width, depth)
 
 
 class Trainer:
@@ -89,9 +108,15 @@ class Trainer:
             return self.loss(model, self.val_x, self.val_y, self.val_t, self.val_noise).item()
 
 
+WIDTH_RULES, DEPTH_RULES = ("sp", "mup"), ("completep", "mup")
+INPUTS = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--widths", default="32,64,128,256")
+    parser.add_argument("--depths", help="sweep depth at --width instead, e.g. 2,4,8,16")
+    parser.add_argument("--width", type=int, default=64, help="the width of a depth sweep")
     parser.add_argument("--log2-lrs", default="-12:-4", help="inclusive range of log2 LRs")
     parser.add_argument("--steps", type=int, default=150, help="AdamW steps per run")
     parser.add_argument("--seeds", type=int, default=2)
@@ -100,38 +125,55 @@ def main() -> None:
                         help="redraw the figure from the JSON files in --out, no training")
     args = parser.parse_args()
     out = Path(args.out)
+    stem = "transfer_dit_depth" if args.depths else "transfer_dit"
+    rules = DEPTH_RULES if args.depths else WIDTH_RULES
     if args.replot:
-        sweeps = [Sweep.load_json(out / f"transfer_dit_{rule}.json") for rule in ("sp", "mup")]
+        sweeps = [Sweep.load_json(out / f"{stem}_{rule}.json") for rule in rules]
         for sweep in sweeps:
             print(sweep.summary())
-        print(f"wrote {_plot(sweeps, out)}")
+        print(f"wrote {_plot(sweeps, out / f'{stem}.png', args.width, args.steps)}")
         return
-    widths = [int(w) for w in args.widths.split(",")]
     lo, hi = (int(v) for v in args.log2_lrs.split(":"))
     lrs = [2.0 ** k for k in range(lo, hi + 1)]
     trainer = Trainer(args.steps)
-    inputs = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
     out.mkdir(parents=True, exist_ok=True)
     sweeps: list[Sweep] = []
-    for rule in ("sp", "mup"):
+    begin = time.perf_counter()
+    for rule in rules:
         start = time.perf_counter()
 
         def progress(done: int, total: int, rule: str = rule) -> None:
             print(f"\r{rule}: {done}/{total} runs", end="", file=sys.stderr, flush=True)
 
-        sweep = lr_sweep(build, widths, lrs, train=trainer, inputs=inputs, rule=rule,
-                         seeds=args.seeds, metric="held-out diffusion loss", progress=progress)
+        if args.depths:
+            depths = [int(d) for d in args.depths.split(",")]
+            sweep = lr_sweep_depth(AtWidth(args.width), depths, lrs, train=trainer,
+                                   inputs=INPUTS, rule=rule, seeds=args.seeds,
+                                   metric="held-out diffusion loss", progress=progress)
+        else:
+            widths = [int(w) for w in args.widths.split(",")]
+            sweep = lr_sweep(build, widths, lrs, train=trainer, inputs=INPUTS, rule=rule,
+                             seeds=args.seeds, metric="held-out diffusion loss",
+                             progress=progress)
         print(f"\n{sweep.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
-        sweep.save_json(out / f"transfer_dit_{rule}.json")
+        sweep.save_json(out / f"{stem}_{rule}.json")
         sweeps.append(sweep)
-    print(f"wrote {_plot(sweeps, out)}")
+    print(f"total {time.perf_counter() - begin:.0f} s; wrote "
+          f"{_plot(sweeps, out / f'{stem}.png', args.width, args.steps)}")
 
 
-def _plot(sweeps: list[Sweep], out: Path) -> Path:
-    return plot_sweeps(sweeps, out / "transfer_dit.png",
-                       title=f"DiT on sklearn digits, widths {sweeps[0].widths[0]}-"
-                             f"{sweeps[0].widths[-1]}: held-out diffusion loss "
-                             f"(mean of {sweeps[0].seeds} seed(s))")
+def _plot(sweeps: list[Sweep], path: Path, width: int, steps: int) -> Path:
+    """The figure; a depth sweep's title names its width and steps (--replot: pass the ones
+    the sweep ran with)."""
+    first = sweeps[0]
+    if first.axis == "depth":
+        title = (f"DiT on sklearn digits, depths {first.sizes[0]}-{first.sizes[-1]} at width "
+                 f"{width}, {steps} AdamW steps: held-out diffusion loss "
+                 f"(mean of {first.seeds} seed(s))")
+    else:
+        title = (f"DiT on sklearn digits, widths {first.sizes[0]}-{first.sizes[-1]}: held-out "
+                 f"diffusion loss (mean of {first.seeds} seed(s))")
+    return plot_sweeps(sweeps, path, title=title)
 
 
 if __name__ == "__main__":

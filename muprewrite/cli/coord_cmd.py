@@ -1,4 +1,5 @@
-"""``muprewrite coord-check``: activation size against width, as a figure, JSON and verdict."""
+"""``muprewrite coord-check``: activation size against width (or depth), as a figure, JSON and
+verdict."""
 
 from __future__ import annotations
 
@@ -15,13 +16,24 @@ from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["coord_check_cmd"]
 
-_HELP = """Coordinate check: does every activation keep its size as MODEL_FILE's model widens?
+_HELP = """Coordinate check: does every activation keep its size as MODEL_FILE's model widens
+(or, with --depths, deepens)?
 
 \b
 --model is a template with {width} where the width goes; arithmetic is allowed:
   muprewrite coord-check examples/dit.py \\
       --model "DiT(depth=2, hidden_size={width}, num_heads={width} // 32)" \\
       --widths 64,128,256,512,1024 --rule mup --rule sp
+
+\b
+Across depth at one width: {depth} in the template, --depths, and one width (or none):
+  muprewrite coord-check examples/gpt.py \\
+      --model "GPT(n_layer={depth}, n_embd=256, n_head=2)" \\
+      --depths 2,4,8,16 --rule completep --rule mup --steps 20 --lr 1e-3
+The shallowest model is the base under a depth rule (completep, depth-mup); a width-only
+rule (mup, sp) refuses a base of another depth, so there each depth is its own base. The
+slope is then against depth, and blocks are compared at the same relative depth (block j
+of the shallowest model with the last block of the j-th group of the deeper one).
 
 \b
 At each width (the narrowest is the base) the model is rewritten with the rule, trained
@@ -39,58 +51,89 @@ MODEL_FILE nor a rule file).
 """
 
 
-def _widths(ctx: click.Context, param: click.Parameter, value: str) -> list[int]:
+def _sizes(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int]:
+    if value is None:
+        return []
     try:
-        widths = sorted({int(w) for w in value.split(",") if w.strip()})
+        sizes = sorted({int(w) for w in value.split(",") if w.strip()})
     except ValueError:
         raise click.BadParameter("comma-separated integers, e.g. 64,128,256") from None
+    if not sizes or sizes[0] < 1:
+        raise click.BadParameter("positive integers, e.g. 64,128,256")
+    return sizes
+
+
+def _axis(template: str, widths: list[int], depths: list[int]) -> str:
+    """"width" or "depth": the one axis that varies; BadParameter with the fix otherwise."""
+    if depths:
+        if "{depth}" not in template:
+            raise click.BadParameter('with --depths the template needs {depth}, e.g. '
+                                     '"GPT(n_layer={depth}, n_embd=256)"', param_hint="--model")
+        if len(depths) < 2:
+            raise click.BadParameter("at least two depths, e.g. 2,4,8,16",
+                                     param_hint="--depths")
+        if "{width}" in template and len(widths) != 1:
+            raise click.BadParameter("a check across depth runs at one width: pass one, e.g. "
+                                     "--widths 256 (or write the width into the template)",
+                                     param_hint="--widths")
+        return "depth"
+    if "{depth}" in template:
+        raise click.BadParameter("the template has {depth}: pass --depths, e.g. 2,4,8,16",
+                                 param_hint="--model")
+    if "{width}" not in template:
+        raise click.BadParameter('the template needs {width}, e.g. "DiT(hidden_size={width})" '
+                                 '(or {depth} with --depths)', param_hint="--model")
     if len(widths) < 2:
-        raise click.BadParameter("at least two widths, e.g. 64,128,256")
-    return widths
+        raise click.BadParameter("at least two widths, e.g. 64,128,256", param_hint="--widths")
+    return "width"
 
 
 @click.command("coord-check", help=_HELP)
 @click.argument("model_file", type=click.Path(dir_okay=False))
 @click.option("--model", "template", required=True, metavar="TEMPLATE",
-              help='Constructor call with {width}, e.g. "DiT(hidden_size={width}, num_heads=2)".')
-@click.option("--widths", callback=_widths, default="64,128,256,512,1024", show_default=True,
-              help="Comma-separated widths; the narrowest is the base.")
+              help='Constructor call with {width} (or {depth}), e.g. "DiT(hidden_size={width}, num_heads=2)".')
+@click.option("--widths", callback=_sizes, default="64,128,256,512,1024", show_default=True,
+              help="Comma-separated widths; the narrowest is the base (with --depths: one).")
+@click.option("--depths", callback=_sizes, default=None,
+              help="Comma-separated depths for {depth}: check across depth at one width.")
 @click.option("--rule", "rules", multiple=True, default=("mup",), show_default=True,
               help="Parametrization(s) to check, by name or path/to/rule.toml; repeat for side by side (--rule mup --rule sp).")
 @click.option("--inputs", "inputs_expr", metavar="SPECS",
               help='Example inputs, e.g. "float(8, 4, 32, 32), int(8, high=1000)" (default: model.example_inputs()).')
 @click.option("--steps", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Adam steps per width.")
+              help="Adam steps per width (or depth).")
 @click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate (at base width).")
 @click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
-              help="Initialisations averaged per width.")
+              help="Initialisations averaged per width (or depth).")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="coord_check.png",
               show_default=True, help="The PNG to write.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False),
               help="The JSON to write (default: the PNG's name with .json).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--all", "show_all", is_flag=True, help="Print the slope of every module.")
-def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tuple[str, ...],
-                    inputs_expr: str | None, steps: int, lr: float, seeds: int, out: str,
-                    json_path: str | None, force: bool, show_all: bool) -> None:
+def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: list[int],
+                    rules: tuple[str, ...], inputs_expr: str | None, steps: int, lr: float,
+                    seeds: int, out: str, json_path: str | None, force: bool,
+                    show_all: bool) -> None:
     from ..rules import load_rule
-    from ..verify import coord_check
+    from ..verify import coord_check, coord_check_depth
     from ..verify.plots import coord_checks_image, image_format
 
     png = Path(out)
     data = Path(json_path) if json_path else png.with_suffix(".json")
     _check_outputs(model_file, rules, png, data, force)
-    if "{width}" not in template:
-        raise click.BadParameter('the template needs {width}, e.g. "DiT(hidden_size={width})"',
-                                 param_hint="--model")
+    axis = _axis(template, widths, depths)
+    sizes = depths if axis == "depth" else widths
+    check = coord_check_depth if axis == "depth" else coord_check
     try:
         for rule in rules:
             load_rule(rule)
         module = load_module(model_file)
 
-        def build(width: int) -> Any:
-            return build_model(module, template.replace("{width}", str(width)), "--model",
-                               device="cpu")
+        def build(size: int) -> Any:
+            filled = (template.replace("{width}", str(widths[0])).replace("{depth}", str(size))
+                      if axis == "depth" else template.replace("{width}", str(size)))
+            return build_model(module, filled, "--model", device="cpu")
 
         def inputs(model: Any) -> Any:
             if inputs_expr:
@@ -101,23 +144,24 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], rules: tu
             return model.example_inputs()
 
         checks = []
-        total = len(widths) * seeds
+        total = len(sizes) * seeds
         for rule in rules:
-            with click.progressbar(length=total, label=f"{rule}: widths x seeds",
+            with click.progressbar(length=total, label=f"{rule}: {axis}s x seeds",
                                    file=sys.stderr) as bar:
                 def advance(done: int, _total: int, bar: Any = bar) -> None:
                     bar.update(done - bar.pos)
 
-                checks.append(coord_check(build, widths, inputs=inputs, rule=rule,
-                                          steps=steps, lr=lr, seeds=seeds, progress=advance))
+                checks.append(check(build, sizes, inputs=inputs, rule=rule, steps=steps,
+                                    lr=lr, seeds=seeds, progress=advance))
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
-    for check in checks:
-        click.echo(check.verdict())
+    for result in checks:
+        click.echo(result.verdict())
         if show_all:
-            for name in check.rms:
-                click.echo(f"  {name or '<output>'}: slope {check.slope(name):+.2f}")
-    title = f"{Path(model_file).name}: {template}, {steps} Adam steps, lr {lr:g}"
+            for name in result.rms:
+                click.echo(f"  {name or '<output>'}: slope {result.slope(name):+.2f}")
+    shown = template.replace("{width}", str(widths[0])) if axis == "depth" else template
+    title = f"{Path(model_file).name}: {shown}, {steps} Adam steps, lr {lr:g}"
     try:
         image = coord_checks_image(checks, title=title, fmt=image_format(png))
         write_file(png, image, force=force)

@@ -1,4 +1,4 @@
-"""Coordinate check: does every activation keep its size as the model widens?
+"""Coordinate check: does every activation keep its size as the model widens (or deepens)?
 
 Build the model at several widths, rewrite each with ``apply`` (base = the narrowest), take
 a few Adam steps on one fixed batch, and record the RMS of every module's output at every
@@ -10,6 +10,14 @@ flat, 0.5 = grows like sqrt(width), 1 = like width). A module is flagged when it
 exceeds ``SLOPE_THRESHOLD`` = 0.25, i.e. it grows more than 2x over a 16x range of widths.
 Shrinking is not flagged: muP lets some outputs vanish with width at init (a readout whose
 init part is 1/width), and training fills them in.
+
+``coord_check_depth`` does the same across depth at one width: the slope is then against
+log2 depth. Under a depth rule (``completep``, ``depth-mup``) the shallowest model is the
+base; under a width-only rule each depth is its own base (the only base it accepts), which
+shows what depth does to a model without a depth rule. Blocks are compared at the same
+relative depth: block j of the shallowest model (L0 blocks) is paired with the last block of
+the j-th group of L / L0 blocks of a model of L blocks (with L0 = 2: the middle and the last
+block); the blocks between are not recorded.
 
 >>> import torch
 >>> from muprewrite.verify import coord_check
@@ -27,7 +35,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -36,15 +44,18 @@ from ..apply import apply
 from ..files import write_file
 from ..input_sets import first_set
 from ..optim import param_groups
+from ..rules import Rule, load_rule
 
-__all__ = ["CoordCheck", "coord_check", "SLOPE_THRESHOLD", "OUTPUT"]
+__all__ = ["CoordCheck", "coord_check", "coord_check_depth", "paired_names", "SLOPE_THRESHOLD", "OUTPUT",
+           "Axis"]
 
 SLOPE_THRESHOLD = 0.25
 OUTPUT = ""  # the module name under which the model's own output is recorded
+Axis = Literal["width", "depth"]
 
 
 def slope(widths: Sequence[int], values: Sequence[float]) -> float:
-    """Least-squares slope of log2(value) against log2(width); nan if a value is 0."""
+    """Least-squares slope of log2(value) against log2(size); nan if a value is 0."""
     if any(v <= 0 for v in values) or len(widths) < 2:
         return math.nan
     xs = [math.log2(w) for w in widths]
@@ -53,23 +64,36 @@ def slope(widths: Sequence[int], values: Sequence[float]) -> float:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
 
 
+def rule_id(rule: str | Rule) -> str:
+    return rule.id if isinstance(rule, Rule) else rule
+
+
+def depth_base_is_own(rule: str | Rule) -> bool:
+    """Whether a check across depth must use each depth as its own base: the rule has no
+    ``[depth]`` section, so it refuses a base of another depth."""
+    return not (rule if isinstance(rule, Rule) else load_rule(rule)).has_depth
+
+
 @dataclass(frozen=True)
 class CoordCheck:
-    """``rms[module][step][i]``: RMS of the module's output at ``widths[i]`` after ``step``
-    updates (step 0 = at init). The model output is recorded as module ``""``."""
+    """``rms[module][step][i]``: RMS of the module's output at ``sizes[i]`` (widths, or depths
+    when ``axis`` is "depth") after ``step`` updates (step 0 = at init). The model output is
+    recorded as module ``""``. ``own_base``: each size was its own base."""
 
     rule: str
-    widths: tuple[int, ...]
+    sizes: tuple[int, ...]
     steps: int
     lr: float
     seeds: int
     rms: dict[str, tuple[tuple[float, ...], ...]]
+    axis: Axis = "width"
+    own_base: bool = False
 
     def at(self, module: str, step: int = -1) -> tuple[float, ...]:
         return self.rms[module][step]
 
     def slope(self, module: str, step: int = -1) -> float:
-        return slope(self.widths, self.at(module, step))
+        return slope(self.sizes, self.at(module, step))
 
     def spread(self, module: str, step: int = -1) -> float:
         """Largest over smallest RMS across widths (1 = flat; inf if one is 0)."""
@@ -77,17 +101,18 @@ class CoordCheck:
         return math.inf if min(values) == 0 else max(values) / min(values)
 
     def growth(self, module: str, step: int = -1) -> float:
-        """RMS at the widest over RMS at the narrowest."""
+        """RMS at the largest size over RMS at the smallest."""
         values = self.at(module, step)
         return math.inf if values[0] == 0 else values[-1] / values[0]
 
     def worst(self, n: int = 5, step: int = -1) -> list[tuple[str, float]]:
-        """The ``n`` modules whose RMS varies most across widths (max/min)."""
+        """The ``n`` modules whose RMS varies most across sizes (max/min)."""
         spreads = [(m, self.spread(m, step)) for m in self.rms if any(self.at(m, step))]
         return sorted(spreads, key=lambda item: -item[1])[:n]
 
     def flagged(self, threshold: float = SLOPE_THRESHOLD, step: int = -1) -> list[tuple[str, float]]:
-        """Modules whose RMS grows with width faster than ``threshold`` (slope), worst first."""
+        """Modules whose RMS grows with the size faster than ``threshold`` (slope), worst
+        first."""
         found = [(m, self.slope(m, step)) for m in self.rms]
         return sorted([(m, s) for m, s in found if s > threshold], key=lambda item: -item[1])
 
@@ -95,19 +120,22 @@ class CoordCheck:
         """A few lines for people: the output's slope and the flagged modules."""
         flagged = self.flagged(threshold)
         out = self.slope(OUTPUT)
-        lines = [f"rule {self.rule!r}: output slope {out:+.2f}"
+        base = " (each depth its own base)" if self.own_base else ""
+        lines = [f"rule {self.rule!r}{base}: output slope {out:+.2f}"
                  f"{' (FLAGGED)' if out > threshold else ''} "
-                 f"(log2 RMS per doubling of width, threshold {threshold:+.2f}); "
+                 f"(log2 RMS per doubling of {self.axis}, threshold {threshold:+.2f}); "
                  f"{len(flagged)} of {len(self.rms)} modules flagged"]
-        lines += [f"  FLAGGED {m or '<output>'}: slope {s:+.2f}, "
-                  f"x{self.growth(m):.2f} from width {self.widths[0]} to {self.widths[-1]}"
+        lines += [f"  FLAGGED {m or '<output>'}: slope {s:+.2f}, x{self.growth(m):.2f} "
+                  f"from {self.axis} {self.sizes[0]} to {self.sizes[-1]}"
                   for m, s in flagged[:10]]
         if len(flagged) > 10:
             lines.append(f"  ... and {len(flagged) - 10} more")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field; the sizes under "widths" or "depths" (the axis's name)."""
         data = asdict(self)
+        data[f"{self.axis}s"] = list(data.pop("sizes"))
         data["slopes"] = {m: self.slope(m) for m in self.rms}
         data["threshold"] = SLOPE_THRESHOLD
         return data
@@ -127,49 +155,128 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 
 
 def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], *,
-                inputs: Callable[[nn.Module], Any], rule: str = "mup",
+                inputs: Callable[[nn.Module], Any], rule: str | Rule = "mup",
                 steps: int = 3, lr: float = 1e-2, seeds: int = 3,
                 progress: Callable[[int, int], None] | None = None) -> CoordCheck:
     """RMS of every module's output at each of ``steps`` Adam steps, at each width.
 
     ``build(width)`` makes the model; the narrowest width is the base. ``inputs(model)``
     gives one batch (drawn once, reused at every width and step), in any form ``analyze``
-    takes (of an ``InputSets``, every set is captured and the first one is trained on). The loss is the mean square error to a fixed random target of the output's shape.
+    takes (of an ``InputSets``, every set is captured and the first one is trained on). The
+    loss is the mean square error to a fixed random target of the output's shape.
     Each RMS is the mean over ``seeds`` initialisations, so one unlucky draw does not read as
     a trend. ``progress(done, total)`` is called after each (width, seed) run.
     """
-    widths = tuple(sorted(widths))
+    return _check(build, tuple(sorted(widths)), "width", False, inputs, rule, steps, lr,
+                  seeds, progress)
+
+
+def coord_check_depth(build: Callable[[int], nn.Module], depths: Sequence[int], *,
+                      inputs: Callable[[nn.Module], Any], rule: str | Rule = "completep",
+                      steps: int = 3, lr: float = 1e-2, seeds: int = 3,
+                      progress: Callable[[int, int], None] | None = None) -> CoordCheck:
+    """``coord_check`` across depth: ``build(depth)`` makes the model at one fixed width.
+
+    Under a depth rule the shallowest model is the base; under a width-only rule each depth
+    is its own base. Modules of the repeated blocks are recorded under the names of the
+    shallowest model's blocks they are paired with (see the module docstring).
+
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def __init__(self, depth):
+    ...         super().__init__()
+    ...         self.embed = torch.nn.Linear(8, 32)
+    ...         self.blocks = torch.nn.ModuleList(torch.nn.Sequential(
+    ...             torch.nn.LayerNorm(32), torch.nn.Linear(32, 32)) for _ in range(depth))
+    ...         self.head = torch.nn.Linear(32, 3)
+    ...     def forward(self, x):
+    ...         x = self.embed(x)
+    ...         for block in self.blocks:
+    ...             x = x + block(x)
+    ...         return self.head(x)
+    >>> check = coord_check_depth(Net, [2, 8], inputs=lambda m: (torch.randn(16, 8),), seeds=1)
+    >>> check.axis, check.sizes, sorted(m for m in check.rms if m.startswith("blocks."))[:3]
+    ('depth', (2, 8), ['blocks.0', 'blocks.0.0', 'blocks.0.1'])
+    """
+    return _check(build, tuple(sorted(depths)), "depth", depth_base_is_own(rule), inputs,
+                  rule, steps, lr, seeds, progress)
+
+
+def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis,
+           own_base: bool, inputs: Callable[[nn.Module], Any], rule: str | Rule, steps: int,
+           lr: float, seeds: int, progress: Callable[[int, int], None] | None) -> CoordCheck:
     torch.manual_seed(0)
-    batch = inputs(build(widths[0]))
+    smallest = build(sizes[0])
+    batch = inputs(smallest)
     sums: dict[str, list[list[float]]] = {}
-    total = len(widths) * seeds
-    for i, width in enumerate(widths):
+    total = len(sizes) * seeds
+    for i, size in enumerate(sizes):
         for seed in range(seeds):
-            for step, record in enumerate(_one_run(build, widths[0], width, batch, rule,
-                                                   steps, lr, seed)):
+            torch.manual_seed(1000 + seed)
+            base = build(size if own_base else sizes[0])
+            torch.manual_seed(seed)
+            model = apply(build(size), batch, base=base, rule=rule)
+            names = (paired_names(model, smallest) if axis == "depth"
+                     else {n: n for n, _ in model.named_modules()})
+            for step, record in enumerate(_one_run(model, names, batch, steps, lr)):
                 for name, value in record.items():
-                    table = sums.setdefault(name, [[0.0] * len(widths) for _ in range(steps + 1)])
+                    table = sums.setdefault(name, [[0.0] * len(sizes) for _ in range(steps + 1)])
                     table[step][i] += value / seeds
             if progress:
                 progress(i * seeds + seed + 1, total)
     rms = {name: tuple(tuple(row) for row in table) for name, table in sums.items()}
-    return CoordCheck(rule, widths, steps, lr, seeds, rms)
+    return CoordCheck(rule_id(rule), sizes, steps, lr, seeds, rms, axis, own_base)
 
 
-def _one_run(build: Callable[[int], nn.Module], base_width: int, width: int, batch: Any,
-             rule: str, steps: int, lr: float, seed: int) -> list[dict[str, float]]:
-    torch.manual_seed(1000 + seed)
-    base = build(base_width)
-    torch.manual_seed(seed)
-    model = apply(build(width), batch, base=base, rule=rule)
+def paired_names(model: nn.Module, shallow: nn.Module) -> dict[str, str]:
+    """Model module name -> the name of its partner in ``shallow`` (the same architecture
+    with fewer blocks), for the modules recorded across depth.
+
+    A list of blocks (``nn.ModuleList`` / ``nn.Sequential``) of length L in the model and
+    L0 in ``shallow`` is split into L0 groups in order; the last block of group j is paired
+    with block j. Modules of the other blocks are left out.
+    """
+    out: dict[str, str] = {}
+
+    def walk(module: nn.Module, partner: nn.Module | None, name: str, canon: str) -> None:
+        out[name] = canon
+        blocks = _blocks(module)
+        partners = _blocks(partner)
+        listed = blocks is not None and partners is not None and len(blocks) != len(partners)
+        for child_name, child in module.named_children():
+            full = f"{name}.{child_name}" if name else child_name
+            if listed and blocks is not None and partners is not None and child_name.isdigit():
+                i, n, n0 = int(child_name), len(blocks), len(partners)
+                j = i * n0 // n
+                if (i + 1) * n0 // n == j:  # not the last block of its group
+                    continue
+                walk(child, partners[j], full, f"{canon}.{j}" if canon else str(j))
+            else:
+                twin = getattr(partner, child_name, None) if partner is not None else None
+                walk(child, twin if isinstance(twin, nn.Module) else None, full,
+                     f"{canon}.{child_name}" if canon else child_name)
+
+    walk(model, shallow, "", "")
+    return out
+
+
+def _blocks(module: nn.Module | None) -> list[nn.Module] | None:
+    """The children of a list of blocks (``nn.ModuleList``, ``nn.Sequential``), else None."""
+    if isinstance(module, (nn.ModuleList, nn.Sequential)):
+        return list(module.children())
+    return None
+
+
+def _one_run(model: nn.Module, names: dict[str, str], batch: Any, steps: int,
+             lr: float) -> list[dict[str, float]]:
     args, kwargs = first_set(batch)  # every set is captured; the first one trains
     opt = torch.optim.Adam(param_groups(model, lr=lr))
+    modules = [(names[n], m) for n, m in model.named_modules() if n in names]
     target = None
     records = []
     for step in range(steps + 1):
         record: dict[str, float] = {}
-        handles = [m.register_forward_hook(_recorder(n, record))
-                   for n, m in model.named_modules()]
+        handles = [m.register_forward_hook(_recorder(n, record)) for n, m in modules]
         try:
             out = _first_tensor(model(*args, **kwargs))
         finally:

@@ -1,8 +1,13 @@
-"""Learning-rate transfer sweep: the loss against the learning rate at several widths.
+"""Learning-rate transfer sweep: the loss against the learning rate at several widths (or
+depths).
 
 muP's promise: the best learning rate at the narrowest width is the best at every width.
 ``lr_sweep`` trains the model at each (width, learning rate) on a factor-2 grid (or any grid
 you pass) and reports how many grid steps the optimum moves between widths.
+``lr_sweep_depth`` does the same across depth at one width, for depth rules (``completep``,
+``depth-mup``: the shallowest model is the base); under a width-only rule such as ``mup``,
+which refuses a base of another depth, each depth is its own base, so the sweep shows how the
+optimum moves when depth is scaled without a depth rule.
 
 >>> import torch, muprewrite
 >>> from muprewrite.verify import lr_sweep
@@ -15,8 +20,8 @@ you pass) and reports how many grid steps the optimum moves between widths.
 ...         loss = (model(x) - y).square().mean(); opt.zero_grad(); loss.backward(); opt.step()
 ...     return loss.item()
 >>> sweep = lr_sweep(mlp, [16, 32], [1e-3, 1e-2, 1e-1], train=train, inputs=(x,), seeds=1)
->>> len(sweep.loss), len(sweep.loss[0])
-(2, 3)
+>>> len(sweep.loss), len(sweep.loss[0]), sweep.axis
+(2, 3, 'width')
 """
 
 from __future__ import annotations
@@ -33,20 +38,26 @@ from torch import nn
 
 from ..apply import apply
 from ..files import write_file
+from ..rules import Rule
+from .coordcheck import Axis, depth_base_is_own, rule_id
 
-__all__ = ["Sweep", "lr_sweep"]
+__all__ = ["Sweep", "lr_sweep", "lr_sweep_depth"]
 
 
 @dataclass(frozen=True)
 class Sweep:
-    """``loss[i][j]``: the mean final loss at ``widths[i]`` and ``lrs[j]`` (inf: diverged)."""
+    """``loss[i][j]``: the mean final loss at ``sizes[i]`` (widths, or depths when ``axis``
+    is "depth") and ``lrs[j]`` (inf: diverged). ``own_base``: each size was its own base
+    (a depth sweep under a width-only rule)."""
 
     rule: str
-    widths: tuple[int, ...]
+    sizes: tuple[int, ...]
     lrs: tuple[float, ...]
     loss: tuple[tuple[float, ...], ...]
     seeds: int
     metric: str = "final training loss"
+    axis: Axis = "width"
+    own_base: bool = False
 
     def best_index(self, i: int) -> int:
         row = self.loss[i]
@@ -56,24 +67,27 @@ class Sweep:
         return self.lrs[self.best_index(i)]
 
     def drift(self) -> int:
-        """Grid steps between the optimum at the narrowest and at the widest width."""
-        return abs(self.best_index(len(self.widths) - 1) - self.best_index(0))
+        """Grid steps between the optimum at the smallest and at the largest size."""
+        return abs(self.best_index(len(self.sizes) - 1) - self.best_index(0))
 
     def spread(self) -> int:
-        """Grid steps between the lowest and highest optimum over all widths."""
-        best = [self.best_index(i) for i in range(len(self.widths))]
+        """Grid steps between the lowest and highest optimum over all sizes."""
+        best = [self.best_index(i) for i in range(len(self.sizes))]
         return max(best) - min(best)
 
     def summary(self) -> str:
-        optima = ", ".join(f"{w}: {self.best_lr(i):.3g}" for i, w in enumerate(self.widths))
-        return (f"rule {self.rule!r}: best lr by width {{{optima}}}; the optimum moves "
-                f"{self.drift()} grid step(s) from width {self.widths[0]} to "
-                f"{self.widths[-1]} (spread over all widths: {self.spread()})")
+        optima = ", ".join(f"{w}: {self.best_lr(i):.3g}" for i, w in enumerate(self.sizes))
+        base = " (each depth its own base)" if self.own_base else ""
+        return (f"rule {self.rule!r}{base}: best lr by {self.axis} {{{optima}}}; the optimum "
+                f"moves {self.drift()} grid step(s) from {self.axis} {self.sizes[0]} to "
+                f"{self.sizes[-1]} (spread over all {self.axis}s: {self.spread()})")
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field; the sizes under "widths" or "depths" (the axis's name)."""
         data = asdict(self)
+        data[f"{self.axis}s"] = list(data.pop("sizes"))
         data["loss"] = [[v if math.isfinite(v) else None for v in row] for row in self.loss]
-        data["best_lr"] = [self.best_lr(i) for i in range(len(self.widths))]
+        data["best_lr"] = [self.best_lr(i) for i in range(len(self.sizes))]
         data["drift"], data["spread"] = self.drift(), self.spread()
         return data
 
@@ -84,14 +98,15 @@ class Sweep:
     @classmethod
     def load_json(cls, path: str | Path) -> Sweep:
         data = json.loads(Path(path).read_text())
+        axis = data.get("axis", "width")
         loss = tuple(tuple(math.inf if v is None else v for v in row) for row in data["loss"])
-        return cls(data["rule"], tuple(data["widths"]), tuple(data["lrs"]), loss,
-                   data["seeds"], data["metric"])
+        return cls(data["rule"], tuple(data[f"{axis}s"]), tuple(data["lrs"]), loss,
+                   data["seeds"], data["metric"], axis, data.get("own_base", False))
 
 
 def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequence[float], *,
-             train: Callable[[nn.Module, float], float], inputs: Any = None, rule: str = "mup",
-             seeds: int = 2, metric: str = "final training loss",
+             train: Callable[[nn.Module, float], float], inputs: Any = None,
+             rule: str | Rule = "mup", seeds: int = 2, metric: str = "final training loss",
              progress: Callable[[int, int], None] | None = None) -> Sweep:
     """Train at every (width, lr) and collect the final losses.
 
@@ -100,20 +115,43 @@ def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequ
     optimizer from ``muprewrite.param_groups(model, lr=lr)``); ``inputs`` are example inputs
     for the capture (default: ``model.example_inputs()``). Each loss is the mean over
     ``seeds``; a run whose loss is not finite counts as diverged (inf). ``metric`` names what
-``train`` returns (for the plot's axis).
+    ``train`` returns (for the plot's axis).
     """
-    widths, lrs = tuple(sorted(widths)), tuple(sorted(lrs))
+    return _sweep(build, tuple(sorted(widths)), lrs, "width", False, train, inputs, rule,
+                  seeds, metric, progress)
+
+
+def lr_sweep_depth(build: Callable[[int], nn.Module], depths: Sequence[int],
+                   lrs: Sequence[float], *, train: Callable[[nn.Module, float], float],
+                   inputs: Any = None, rule: str | Rule = "completep", seeds: int = 2,
+                   metric: str = "final training loss",
+                   progress: Callable[[int, int], None] | None = None) -> Sweep:
+    """``lr_sweep`` across depth: ``build(depth)`` makes the model at one fixed width.
+
+    Under a depth rule the shallowest model is the base. Under a width-only rule (``mup``,
+    ``sp``) each depth is rewritten against a base of its own depth, the only base such a
+    rule accepts; the learning rate then reaches ``param_groups`` as is at every depth.
+    """
+    return _sweep(build, tuple(sorted(depths)), lrs, "depth", depth_base_is_own(rule), train,
+                  inputs, rule, seeds, metric, progress)
+
+
+def _sweep(build: Callable[[int], nn.Module], sizes: tuple[int, ...], lrs: Sequence[float],
+           axis: Axis, own_base: bool, train: Callable[[nn.Module, float], float],
+           inputs: Any, rule: str | Rule, seeds: int, metric: str,
+           progress: Callable[[int, int], None] | None) -> Sweep:
+    lrs = tuple(sorted(lrs))
     table = []
-    done, total = 0, len(widths) * len(lrs) * seeds
-    for width in widths:
+    done, total = 0, len(sizes) * len(lrs) * seeds
+    for size in sizes:
         row = []
         for lr in lrs:
             losses = []
             for seed in range(seeds):
                 torch.manual_seed(1000 + seed)
-                base = build(widths[0])
+                base = build(size if own_base else sizes[0])
                 torch.manual_seed(seed)
-                model = apply(build(width), inputs, base=base, rule=rule)
+                model = apply(build(size), inputs, base=base, rule=rule)
                 loss = float(train(model, lr))
                 losses.append(loss if math.isfinite(loss) else math.inf)
                 done += 1
@@ -121,4 +159,4 @@ def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequ
                     progress(done, total)
             row.append(sum(losses) / len(losses))
         table.append(tuple(row))
-    return Sweep(rule, widths, lrs, tuple(table), seeds, metric)
+    return Sweep(rule_id(rule), sizes, lrs, tuple(table), seeds, metric, axis, own_base)
