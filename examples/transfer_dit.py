@@ -121,12 +121,19 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150, help="AdamW steps per run")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="docs", help="folder for the PNG and JSON")
+    parser.add_argument("--rules", help="run only these rules (comma-separated), e.g. to run "
+                        "each in its own process; then --replot draws the figure")
     parser.add_argument("--replot", action="store_true",
                         help="redraw the figure from the JSON files in --out, no training")
     args = parser.parse_args()
     out = Path(args.out)
     stem = "transfer_dit_depth" if args.depths else "transfer_dit"
     rules = DEPTH_RULES if args.depths else WIDTH_RULES
+    if args.rules and not args.replot:
+        unknown = set(args.rules.split(",")) - set(rules)
+        if unknown:
+            parser.error(f"--rules: {', '.join(sorted(unknown))} not in {', '.join(rules)}")
+        rules = tuple(r for r in rules if r in args.rules.split(","))
     if args.replot:
         sweeps = [Sweep.load_json(out / f"{stem}_{rule}.json") for rule in rules]
         for sweep in sweeps:
@@ -158,6 +165,10 @@ def main() -> None:
         print(f"\n{sweep.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
         sweep.save_json(out / f"{stem}_{rule}.json")
         sweeps.append(sweep)
+    if rules != (DEPTH_RULES if args.depths else WIDTH_RULES):
+        print(f"total {time.perf_counter() - begin:.0f} s; the figure needs every rule: run "
+              "the others, then --replot")
+        return
     print(f"total {time.perf_counter() - begin:.0f} s; wrote "
           f"{_plot(sweeps, out / f'{stem}.png', args.width, args.steps)}")
 
