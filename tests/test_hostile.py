@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -335,6 +336,12 @@ def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
         return {k: f.result() for k, f in futures.items()}
 
 
+def _interruptible() -> None:
+    """A job started in the background by a shell inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: give the child Ctrl-C back, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.id)
 def test_cli_case(case: Case, outcomes: dict[str, Outcome]) -> None:
     out = outcomes[case.id]
@@ -396,7 +403,8 @@ def test_signal_while_writing_leaves_nothing(tmp_path: Path, signame: str, code:
     (tmp_path / "model.py").write_text(NET)
     before = _snapshot(tmp_path)
     proc = subprocess.run([sys.executable, "-c", _CTRL_C_MID_WRITE, signame], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=300,
+                          preexec_fn=_interruptible)
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and "Aborted!" not in proc.stderr
     assert _snapshot(tmp_path) == before  # model.py untouched, no temporary file

@@ -7,6 +7,7 @@ import difflib
 import importlib.util
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -45,6 +46,13 @@ def _mode(path: Path) -> int:
 
 
 # -- write_file ----------------------------------------------------------------------------
+
+
+def _interruptible() -> None:
+    """A job started in the background by a shell inherits SIGINT ignored, and Python then
+    installs no KeyboardInterrupt handler: give the child Ctrl-C back, as a terminal would."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
 
 def test_a_symlink_is_written_through(tmp_path: Path) -> None:
     real, link = tmp_path / "real.txt", tmp_path / "link.txt"
@@ -130,7 +138,7 @@ def test_no_temporary_file_survives_a_signal(tmp_path: Path, signame: str,
     target = tmp_path / "out.txt"
     target.write_bytes(b"old")
     done = subprocess.run([sys.executable, "-c", _SIGNAL_MID_WRITE, str(target), signame],
-                          capture_output=True, text=True, cwd=ROOT)
+                          capture_output=True, text=True, cwd=ROOT, preexec_fn=_interruptible)
     assert done.returncode in codes, done.stderr
     assert _files(tmp_path) == {"out.txt": b"old"}
 
