@@ -109,9 +109,12 @@ def _expected(optimizer: torch.optim.Optimizer) -> list[float]:
     return lr_ratios(optimizer)
 
 
-def _broken(now: list[float], expected: list[float]) -> int | None:
-    return next((i for i, (a, b) in enumerate(zip(now, expected))
-                 if not math.isclose(a, b, rel_tol=RATIO_RTOL)), None)
+def _broken(optimizer: torch.optim.Optimizer, expected: list[float]) -> int | None:
+    """The first group whose lr / its muP ratio differs from group 0's (an lr of 0 in every
+    group, at the end of a decay, keeps the ratios)."""
+    scaled = [float(g["lr"]) / e for g, e in zip(optimizer.param_groups, expected)]
+    return next((i for i, v in enumerate(scaled)
+                 if not math.isclose(v, scaled[0], rel_tol=RATIO_RTOL)), None)
 
 
 def _error(n: int, bad: int, now: list[float], expected: list[float],
@@ -138,7 +141,7 @@ def check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, steps: int 
         raise UsageError("the optimizer has no parameter groups", fix="pass the optimizer "
                          "built from muprewrite.param_groups(model, lr=...)")
     expected = _expected(optimizer)
-    bad = _broken(lr_ratios(optimizer), expected)
+    bad = _broken(optimizer, expected)
     if bad is not None:
         raise _error(0, bad, lr_ratios(optimizer), expected, scheduler)
     saved_opt = copy.deepcopy(optimizer.state_dict())
@@ -149,10 +152,9 @@ def check_schedule(optimizer: torch.optim.Optimizer, scheduler: Any, steps: int 
             warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
             for n in range(1, steps + 1):
                 (step or (lambda s: s.step()))(scheduler)
-                now = lr_ratios(optimizer)
-                bad = _broken(now, expected)
+                bad = _broken(optimizer, expected)
                 if bad is not None:
-                    raise _error(n, bad, now, expected, scheduler)
+                    raise _error(n, bad, lr_ratios(optimizer), expected, scheduler)
     finally:
         optimizer.load_state_dict(saved_opt)
         scheduler.load_state_dict(saved_sched)

@@ -83,6 +83,13 @@ def test_schedulers_that_scale_every_group_alike_pass(make) -> None:  # type: ig
     assert sched.state_dict() == before[1]
 
 
+def test_a_decay_to_zero_keeps_the_ratios() -> None:
+    """At the end of a decay every group's lr is 0: no ratio is broken there."""
+    opt = _optimizer()
+    check_schedule(opt, wsd(opt, total_steps=TOTAL, final_factor=0.0), steps=TOTAL + 20)
+    check_schedule(opt, lr_scheduler.CosineAnnealingLR(opt, T_max=TOTAL), steps=TOTAL)
+
+
 class OneLR(lr_scheduler.LRScheduler):
     """A hand-rolled warmup that writes one lr into every group: the muP ratios are lost."""
 
