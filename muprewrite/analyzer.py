@@ -42,7 +42,7 @@ from .analysis.residual import find_residuals
 from .analysis.source import node_module, node_source
 from .capture import Capture, capture
 from .dims import Dims, build_axis_graph, solve
-from .dims.align import Alignment
+from .dims.align import Alignment, layer_pattern
 from .dims.constants import width_sized_constants
 from .dims.diff import base_sizes, with_base
 from .errors import CaptureError, MuprewriteError, UsageError
@@ -208,10 +208,8 @@ def _unaligned(model: nn.Module, cap: Capture, base_cap: Capture) -> UsageError:
 def _depth_names_only(ours: dict[str, int], theirs: dict[str, int]) -> bool:
     """Whether the names differ only in integer path components (layer indices), as a base
     with another number of blocks does."""
-    def pattern(name: str) -> str:
-        return ".".join("*" if part.isdigit() else part for part in name.split("."))
-    return ({pattern(n): d for n, d in ours.items()} == {pattern(n): d for n, d in theirs.items()}
-            and set(ours) != set(theirs))
+    return ({layer_pattern(n): d for n, d in ours.items()}
+            == {layer_pattern(n): d for n, d in theirs.items()} and set(ours) != set(theirs))
 
 
 def _facts(model: nn.Module, base: nn.Module | None,

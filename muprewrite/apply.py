@@ -104,8 +104,7 @@ def _warn_unused(report: Report, base: nn.Module) -> None:
     """A trainable parameter that grows with width but that no captured op used gets no
     factor: say so, since the forward may use it on a path the capture did not run."""
     base_shapes = {n: tuple(p.shape) for n, p in unwrap(base).named_parameters()}
-    names = [i.name for i in report if i.role == "unused" and i.trainable
-             and base_shapes.get(report.base_name(i.name), tuple(i.shape)) != tuple(i.shape)]
+    names = report.uncaptured(base_shapes)
     if names:
         warnings.warn(f"muprewrite: {len(names)} trainable parameter(s) that grow with width are "
                       f"used by no captured op and get no muP factor: {', '.join(names[:10])}. "

@@ -20,7 +20,7 @@ from examples.mmdit import MMDiT
 from examples.uvit import UViT
 from muprewrite import UsageError
 from muprewrite.capture import capture
-from muprewrite.dims.align import align_by_period
+from muprewrite.dims.align import align_depths
 from muprewrite.input_sets import input_sets
 
 _INDEX = re.compile(r"\.\d+\.")
@@ -42,7 +42,7 @@ def _capture(model: torch.nn.Module):  # type: ignore[no-untyped-def]
 def test_blocks_pair_with_blocks_and_the_rest_by_name(name: str, depths: tuple[int, int]) -> None:
     torch.manual_seed(0)
     model, base = (BUILDS[name](d, w) for d, w in zip(depths, (64, 32)))
-    pairing = align_by_period(_capture(model), _capture(base))
+    pairing = align_depths(_capture(model), _capture(base))
     assert pairing is not None
     base_names = {n for n, _ in base.named_parameters()}
     for ours, theirs in pairing.params.items():
@@ -63,7 +63,7 @@ def test_a_base_of_another_structure_is_refused(name: str) -> None:
     else:
         base.final_layer.linear = torch.nn.Linear(32, base.final_layer.linear.out_features,
                                                   bias=False)  # a head without a bias
-    assert align_by_period(_capture(model), _capture(base)) is None
+    assert align_depths(_capture(model), _capture(base)) is None
     with pytest.raises(UsageError, match="base is not .* at another width or depth"):
         muprewrite.analyze(model, base=base)
 

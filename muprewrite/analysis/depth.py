@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..capture import Capture
-from ..dims.align import Alignment, align_by_period
+from ..dims.align import Alignment, align_depths
 from ..errors import UsageError, first_few
 from .report import Diagnostic, ParamInfo
 from .residual import ResidualStream
@@ -36,20 +36,13 @@ def base_mismatch(model: nn.Module, problems: list[str]) -> UsageError:
                           "as completep, the number of blocks")
 
 
-def _same_program(cap: Capture, base: Capture) -> bool:
-    ours, theirs = list(cap.graph.nodes), list(base.graph.nodes)
-    return len(ours) == len(theirs) and all(
-        a.op == b.op and a.target == b.target for a, b in zip(ours, theirs))
-
-
 def pair_with_base(model: nn.Module, cap: Capture, base: Capture,
                    renamed: list[str]) -> Alignment | None:
     """The pairing of a base with another number of blocks; None when none is needed (the
     same program at another width) or possible (then the width diff refuses the base)."""
-    if not renamed and (_same_program(cap, base)
-                        or len(cap.graph.nodes) == len(base.graph.nodes)):
-        return None
-    pairing = align_by_period(cap, base)
+    if not renamed and len(cap.graph.nodes) == len(base.graph.nodes):
+        return None  # one program at two widths (or two programs: the width diff refuses)
+    pairing = align_depths(cap, base)
     if pairing is None and renamed:
         raise base_mismatch(model, renamed)
     return pairing

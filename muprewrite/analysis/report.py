@@ -113,6 +113,13 @@ class Report:
             return 1.0
         return self.depth / self.depth_base
 
+    def uncaptured(self, base_shapes: Mapping[str, tuple[int, ...]]) -> list[str]:
+        """Trainable parameters that grow with width (against their base partner's shape) but
+        that no captured op used: they get no factor, and the forward may use them on a path
+        no input set ran."""
+        return [i.name for i in self if i.role == "unused" and i.trainable
+                and tuple(base_shapes.get(self.base_name(i.name), i.shape)) != tuple(i.shape)]
+
     def base_name(self, name: str) -> str:
         """The base parameter paired with the model's ``name``."""
         return self.base_names.get(name, name)

@@ -7,8 +7,8 @@ op's signature is its target, the ranks of its outputs, and the parameters it re
 layer indices collapsed (``blocks.*.ln1.weight``), so a block's ``layer_norm`` differs from
 the head's. Where the two part, the longer one repeats the unit just before: its extra
 repeats are paired with that unit's partners, and the walk goes on. When a head begins like a
-block, the walk may step back a few ops. If the walk fails, a single repeated region is
-tried, split where the most stem and head parameters keep their names.
+block, the walk may step back a few ops. If the walk fails, the two are not one architecture
+at two depths.
 
 Parameters and buffers are paired through their uses: the base parameter that a paired node
 reads at the same argument position. The captures are left unaligned when any of these
@@ -31,19 +31,17 @@ from torch import fx
 
 from ..capture import Capture
 
-__all__ = ["Alignment", "align_by_period"]
+__all__ = ["Alignment", "align_depths", "layer_pattern"]
 
 
 @dataclass(frozen=True)
 class Alignment:
     """``nodes``: model node name -> base node name, for every node of the model graph;
-    ``params`` / ``buffers``: model canonical name -> base name; ``period``: ops per repeated
-    unit when the single-region fallback paired them (0 from the walk)."""
+    ``params`` / ``buffers``: model canonical name -> base name."""
 
     nodes: Mapping[str, str]
     params: Mapping[str, str]
     buffers: Mapping[str, str]
-    period: int
 
 
 def _signature(node: fx.Node) -> tuple:
@@ -57,6 +55,11 @@ _INDEX = re.compile(r"(?<=\.)\d+(?=\.|$)|^\d+(?=\.)")
 
 
 _BLOCK = re.compile(r"^(.*?(?:^|\.)\d+)\.(.*)$")
+
+
+def layer_pattern(name: str) -> str:
+    """``blocks.7.attn.qkv.weight`` -> ``blocks.*.attn.qkv.weight``."""
+    return _INDEX.sub("*", name)
 
 
 def _kinds(names: Mapping[str, str]) -> dict[str, int]:
@@ -80,7 +83,7 @@ def _anchored(nodes: list[fx.Node], names: Mapping[str, str]) -> list[tuple]:
     kinds = _kinds(names)
     out = []
     for node in nodes:
-        reads = tuple((_INDEX.sub("*", names[x.name]), kinds[names[x.name]])
+        reads = tuple((layer_pattern(names[x.name]), kinds[names[x.name]])
                       for x in _flat(node) if isinstance(x, fx.Node) and x.name in names)
         out.append((*_signature(node), reads))
     return out
@@ -139,66 +142,6 @@ def _walk(a: list, b: list, back: int = 64) -> dict[int, int] | None:
     return pairs
 
 
-def _prefix(a: list, b: list) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
-
-
-def _period(sigs: list[tuple], start: int, stop: int, total: int) -> int | None:
-    """The smallest d dividing ``total`` with sigs[i] == sigs[i - d] for i in [start, stop)."""
-    for d in range(1, total + 1):
-        if total % d == 0 and d <= start and all(sigs[i] == sigs[i - d]
-                                                 for i in range(start, stop)):
-            return d
-    return None
-
-
-def _pairs_at(a: list[tuple], b: list[tuple], split: int) -> tuple[dict[int, int], int] | None:
-    """Pairs when the base's repeated blocks end at ``split`` (the model's extra blocks, if
-    any, start there); None if the signatures do not pair up."""
-    shift = len(a) - len(b)
-    period = 0
-    if shift > 0:
-        found = _period(a, split, split + shift, shift)
-        if found is None:
-            return None
-        period = found
-    pairs: dict[int, int] = {}
-    for i in range(len(a)):
-        if i < split:
-            j = i
-        elif i >= split + max(shift, 0):
-            j = i - shift
-        else:
-            j = i - period * ((i - split) // period + 1)
-        if not 0 <= j < len(b) or a[i] != b[j]:
-            return None
-        pairs[i] = j
-    return pairs, period
-
-
-def _candidates(ours: list[fx.Node], theirs: list[fx.Node]) -> list[tuple[dict[int, int], int]]:
-    """Every pairing the op sequences allow: the base's last block may end anywhere between
-    where the common suffix starts and the common prefix ends (a head that begins like a block,
-    ``layer_norm`` then ``linear``, leaves that open)."""
-    a = [_signature(n) for n in ours]
-    b = [_signature(n) for n in theirs]
-    p = _prefix(a, b)
-    s = _prefix(a[::-1], b[::-1])
-    shift = len(a) - len(b)
-    low = (len(b) if shift > 0 else len(a)) - s
-    found = []
-    for split in range(max(low, 0), min(p, len(a), len(b)) + 1):
-        pairing = _pairs_at(a, b, split)
-        if pairing is not None:
-            found.append(pairing)
-    return found
-
-
 def _by_use(ours: list[fx.Node], theirs: list[fx.Node], pairs: dict[int, int],
             names: Mapping[str, str], base_names: Mapping[str, str]) -> dict[str, str] | None:
     """Model placeholder name (in ``names``) -> base one, read off paired uses."""
@@ -234,28 +177,20 @@ def _flat(node: fx.Node) -> list:
     return out
 
 
-def align_by_period(cap: Capture, base: Capture) -> Alignment | None:
+def align_depths(cap: Capture, base: Capture) -> Alignment | None:
     """The pairing of ``cap``'s nodes with ``base``'s, or None if the two captures are not one
     architecture at two depths (see the module docstring)."""
     ours_all, theirs_all = list(cap.graph.nodes), list(base.graph.nodes)
     ours = [n for n in ours_all if n.op not in ("placeholder", "output")]
     theirs = [n for n in theirs_all if n.op not in ("placeholder", "output")]
-    best: tuple[int, dict[int, int], int, dict[str, str], dict[str, str]] | None = None
-    walked = _walk(_anchored(ours, {**cap.params, **cap.buffers}),
-                   _anchored(theirs, {**base.params, **base.buffers}))
-    candidates = [(walked, 0)] if walked is not None else _candidates(ours, theirs)
-    for pairs, period in candidates:
-        params = _by_use(ours, theirs, pairs, cap.params, base.params)
-        buffers = _by_use(ours, theirs, pairs, cap.buffers, base.buffers)
-        if params is None or buffers is None:
-            continue
-        # the stem and the head keep their names: the pairing that pairs most by name
-        score = sum(k == v for k, v in params.items()) + sum(k == v for k, v in buffers.items())
-        if best is None or score > best[0]:
-            best = (score, pairs, period, params, buffers)
-    if best is None:
+    pairs = _walk(_anchored(ours, {**cap.params, **cap.buffers}),
+                  _anchored(theirs, {**base.params, **base.buffers}))
+    if pairs is None:
         return None
-    _, pairs, period, params, buffers = best
+    params = _by_use(ours, theirs, pairs, cap.params, base.params)
+    buffers = _by_use(ours, theirs, pairs, cap.buffers, base.buffers)
+    if params is None or buffers is None:
+        return None
     needed = {cap.params[n.name] for n in ours_all
               if n.op == "placeholder" and n.name in cap.params and n.users}
     if needed - set(params) or _unpaired(theirs_all, base.params, set(params.values()),
@@ -278,4 +213,4 @@ def align_by_period(cap: Capture, base: Capture) -> Alignment | None:
     ours_out, theirs_out = cap.graph.output_node(), base.graph.output_node()
     nodes[ours_out.name] = theirs_out.name
     return Alignment(MappingProxyType(nodes), MappingProxyType(params),
-                     MappingProxyType(buffers), period)
+                     MappingProxyType(buffers))

@@ -104,9 +104,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     files, changes = assemble(project, edits, sites, root=type(model).__name__, rule=rule,
                               base_call=base_call, block=block, rescaled=rescaled)
     first = files[0]
-    base_shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
-    unused = [i.name for i in report if i.role == "unused" and i.trainable
-              and base_shapes.get(i.name, tuple(i.shape)) != tuple(i.shape)]
+    unused = report.uncaptured({n: tuple(p.shape) for n, p in base.named_parameters()})
     if unused:  # no factor for them: the forward may use them on a path no capture ran
         changes = (*changes, f"WARNING: {len(unused)} trainable parameter(s) that grow with "
                    f"width are used by no captured op and get no muP factor: "
