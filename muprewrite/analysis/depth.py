@@ -43,8 +43,10 @@ def pair_with_base(model: nn.Module, cap: Capture, base: Capture,
     if not renamed and len(cap.graph.nodes) == len(base.graph.nodes):
         return None  # one program at two widths (or two programs: the width diff refuses)
     pairing = align_depths(cap, base)
-    if pairing is None and renamed:
-        raise base_mismatch(model, renamed)
+    if pairing is None and renamed:  # names that differ only in layer indices: the ops differ
+        raise base_mismatch(model, ["its parameters match block for block, but its forward runs "
+                                    "other ops than the model's (another option: dropout, "
+                                    "flash attention, a bias, ...)", *renamed[:3]])
     return pairing
 
 
