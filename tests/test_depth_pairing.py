@@ -76,3 +76,27 @@ def test_report_measures_depth_and_branches() -> None:
     assert report["in_blocks.2.attn.qkv.weight"].m_depth == pytest.approx(7 / 3)
     assert not report["patch_embed.proj.weight"].in_branch
     assert "residual stream: 7 blocks" in report.table()
+
+
+class Flagged(torch.nn.Module):
+    """Residual MLP blocks whose activation is an option."""
+
+    def __init__(self, width: int, depth: int, gelu: bool = True) -> None:
+        super().__init__()
+        self.gelu = gelu
+        self.inp, self.out = torch.nn.Linear(4, width), torch.nn.Linear(width, 3)
+        self.blocks = torch.nn.ModuleList(torch.nn.Linear(width, width) for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = h + block(torch.nn.functional.gelu(h) if self.gelu else h.relu())
+        return self.out(h)
+
+
+def test_a_base_of_another_depth_running_other_ops_says_so() -> None:
+    x = torch.randn(2, 4)
+    muprewrite.analyze(Flagged(64, 4), x, base=Flagged(32, 2))  # same option: paired
+    with pytest.raises(UsageError, match="match block for block, but its forward runs other "
+                                         "ops than the model's"):
+        muprewrite.analyze(Flagged(64, 4), x, base=Flagged(32, 2, gelu=False))
