@@ -12,7 +12,8 @@
 [(['2.weight'], 0.00025, 0.4)]
 
 Each group carries its scaled ``lr``, ``weight_decay`` and (Adam rules) ``eps``, plus
-``lr_factor`` and ``param_names`` for inspection. LR schedulers rescale every group's lr by
+``lr_factor`` (lr = base_lr * lr_factor), ``base_lr`` (the value tuned at base width) and
+``param_names`` for inspection. LR schedulers rescale every group's lr by
 the same factor, so the ratios between groups (the muP part) survive them.
 """
 
@@ -56,7 +57,8 @@ def plan_of(model: nn.Module) -> Plan | None:
 
 def param_groups(model: nn.Module, report: Report | None = None, *,
                  rule: str | Rule | None = None, lr: float, weight_decay: float = 0.0,
-                 eps: float = 1e-8) -> list[dict[str, Any]]:
+                 eps: float = 1e-8, adam_lr: float | None = None,
+                 adam_weight_decay: float | None = None) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into groups scaled per the muP rule.
 
     Build the groups after wrapping or sharding (DDP, FSDP2's ``fully_shard``,
@@ -71,6 +73,14 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     frozen when the model was analysed got no muP factors (its function was kept), so
     training it now is refused. A report analysed from another model (another width,
     another structure) is refused too.
+
+    Under a Muon rule (``mup-muon``), ``lr`` and ``weight_decay`` are Muon's, ``adam_lr``
+    (required) and ``adam_weight_decay`` (default ``weight_decay``) AdamW's. Each group
+    says which optimizer steps it (``group["optimizer"]``: "muon" or "adamw"), and the Muon
+    groups carry the rule's ``adjust_lr_fn``; ``muprewrite.optimizer`` builds the pair.
+    Under a rule with ``weight_decay_coupling = "independent"``, ``weight_decay`` is the
+    per-step decay, and each group's torch ``weight_decay`` is that over its ``lr`` (torch's
+    AdamW decays by lr * weight_decay), so a schedule still scales the decay with the lr.
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"param_groups needs the model (an nn.Module), got "
@@ -91,7 +101,8 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                                   f"{asked!r}",
                                   fix="leave rule= out, or apply the other rule to a fresh model")
         factors, report = plan.params, plan.report
-        uses_eps = plan.optimizer == "adam"
+        family, adjust, coupling = (plan.optimizer, plan.muon_adjust_lr_fn,
+                                    plan.weight_decay_coupling)
     else:
         if report is not None and not isinstance(report, Report):
             raise UsageError(f"report must be a muprewrite Report, got {type(report).__name__}",
@@ -107,19 +118,35 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                                   "capture does not measure", fix="analyze(model, inputs, "
                                   "base=<the model at base width>) and pass that report")
         loaded = load_rule(rule or "mup") if not isinstance(rule, Rule) else rule
-        factors, uses_eps = param_factors(report, loaded), loaded.optimizer == "adam"
+        factors = param_factors(report, loaded)
+        family, coupling = loaded.optimizer, loaded.weight_decay_coupling
+        adjust = loaded.muon.adjust_lr_fn if loaded.muon is not None else None
     _check_report(model, report)
-    groups: dict[tuple[float, float, float], dict[str, Any]] = {}
+    values = _values(family, lr, weight_decay, adam_lr, adam_weight_decay)
+    groups: dict[tuple[bool, float, float, float], dict[str, Any]] = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         f = factors[name]
-        key = (f.lr, f.weight_decay, f.eps)
+        key = (f.muon, f.lr, f.weight_decay, f.eps)
         if key not in groups:
-            groups[key] = {"params": [], "param_names": [], "lr": lr * f.lr,
-                           "weight_decay": weight_decay * f.weight_decay, "lr_factor": f.lr}
-            if uses_eps:
-                groups[key]["eps"] = eps * f.eps
+            base_lr, base_wd = values[f.muon]
+            group = {"params": [], "param_names": [], "lr": base_lr * f.lr,
+                     "weight_decay": base_wd * f.weight_decay, "lr_factor": f.lr,
+                     "base_lr": base_lr}
+            if coupling == "independent" and group["weight_decay"]:  # torch decays by lr*wd
+                if not group["lr"]:
+                    raise UsageError(f"{name!r}: an independent weight decay is handed to "
+                                     "torch as weight_decay / lr, and its lr is 0",
+                                     fix="pass a positive lr (a schedule may still reach 0)")
+                group["weight_decay"] /= group["lr"]
+            if family == "muon":
+                group["optimizer"] = "muon" if f.muon else "adamw"
+            if f.muon:
+                group["adjust_lr_fn"] = adjust
+            elif family in ("adam", "muon"):
+                group["eps"] = eps * f.eps
+            groups[key] = group
         groups[key]["params"].append(param)
         groups[key]["param_names"].append(name)
     if not groups:
@@ -127,6 +154,27 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                          fix="unfreeze what is to be trained (requires_grad=True) before "
                              "analysing it")
     return list(groups.values())
+
+
+def _values(family: str, lr: float, weight_decay: float, adam_lr: float | None,
+            adam_weight_decay: float | None) -> dict[bool, tuple[float, float]]:
+    """(lr, weight decay) at base width for the Muon groups (True) and the others (False)."""
+    _check_numbers(**{k: v for k, v in (("adam_lr", adam_lr),
+                                        ("adam_weight_decay", adam_weight_decay)) if v is not None})
+    if family != "muon":
+        if adam_lr is not None or adam_weight_decay is not None:
+            raise UsageError(f"adam_lr and adam_weight_decay are for Muon rules; this is a "
+                             f"{family} rule, where lr and weight_decay are every group's",
+                             fix="leave adam_lr/adam_weight_decay out, or use rule=\"mup-muon\"")
+        return {False: (lr, weight_decay)}
+    if adam_lr is None:
+        raise UsageError("a Muon rule steps hidden matrices with Muon (lr=) and the rest with "
+                         "AdamW, whose learning rate is adam_lr=: it is missing",
+                         fix="muprewrite.optimizer(model, lr=0.02, adam_lr=3e-3), or "
+                             "param_groups(model, lr=..., adam_lr=...) to split the groups "
+                             "yourself")
+    adam_wd = weight_decay if adam_weight_decay is None else adam_weight_decay
+    return {True: (lr, weight_decay), False: (adam_lr, adam_wd)}
 
 
 def _check_numbers(**values: Any) -> None:

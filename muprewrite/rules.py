@@ -15,8 +15,16 @@ files; unknown keys are refused at every level, strings hold no control characte
 
 - top level: ``id`` (the file name without ``.toml``; a shipped rule's id only for that very
   file), ``title`` (one line, <= 200 characters), ``status`` (stable, experimental),
-  ``optimizer`` (adam, sgd), ``attention`` (inverse, unchanged), ``weight_decay_convention``
-  (constant-lr-wd, constant-wd, custom; checked against the exponents);
+  ``optimizer`` (adam, sgd, muon), ``attention`` (inverse, unchanged),
+  ``weight_decay_convention`` (constant-lr-wd, sqrt-width-wd, constant-timescale, constant-wd,
+  custom; checked against the exponents, see :func:`expected_weight_decay`), and optionally
+  ``weight_decay_coupling`` (coupled: the optimizer decays by lr * weight_decay, as torch's
+  AdamW, SGD and Muon do; independent: by weight_decay alone; default coupled) and
+  ``vector_weight_decay`` (scaled, default; none: vector-like parameters, i.e. input weights
+  and embeddings, readouts, biases and norm gains, get no weight decay);
+- ``[muon]`` (``optimizer = "muon"`` only, and required there): ``adjust_lr_fn`` (original,
+  match_rms_adamw: the torch.optim.Muon update scaling the rule is derived for), ``lr`` and
+  ``weight_decay`` exponents for the hidden 2-D weights Muon steps;
 - ``[doc]``: ``what``, ``when``, ``example``, ``known_problems`` (texts; line breaks and tabs
   allowed), ``references`` (a list of one-line strings);
 - ``[depth]`` (depth rules only): ``alpha`` in [0, 1], the residual branch multiplier
@@ -72,11 +80,18 @@ MAX_RULE_BYTES = 1 << 20
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _CHOICES = {
     "status": ("stable", "experimental"),
-    "optimizer": ("adam", "sgd"),
+    "optimizer": ("adam", "sgd", "muon"),
     "attention": ("inverse", "unchanged"),
-    "weight_decay_convention": ("constant-lr-wd", "constant-wd", "custom"),
+    "weight_decay_convention": ("constant-lr-wd", "sqrt-width-wd", "constant-timescale",
+                                "constant-wd", "custom"),
 }
-_TOP_KEYS = ("id", "title", *_CHOICES, "doc", "depth", "role", "kind")
+# optional top-level choices: the first is the default
+_OPTIONAL = {
+    "weight_decay_coupling": ("coupled", "independent"),
+    "vector_weight_decay": ("scaled", "none"),
+}
+MUON_ADJUST = ("original", "match_rms_adamw")
+_TOP_KEYS = ("id", "title", *_CHOICES, *_OPTIONAL, "doc", "depth", "muon", "role", "kind")
 _AXES = ("m_in", "m_out", "m_depth")
 MAX_ALPHA = 1.0
 _DOC_KEYS = ("what", "when", "example", "known_problems", "references")
@@ -122,6 +137,19 @@ class Scaling:
 
 
 @dataclass(frozen=True)
+class MuonRow:
+    """``[muon]``: how ``torch.optim.Muon`` steps the hidden 2-D weights under a Muon rule.
+
+    ``adjust_lr_fn`` is the update scaling the exponents were derived for (Muon's own
+    ``adjust_lr_fn``); ``lr`` and ``weight_decay`` replace the hidden row's for those
+    matrices (init and multiplier stay the hidden row's)."""
+
+    adjust_lr_fn: str
+    lr: Exponents
+    weight_decay: Exponents
+
+
+@dataclass(frozen=True)
 class Rule:
     id: str
     title: str
@@ -134,6 +162,9 @@ class Rule:
     doc: Mapping[str, Any]
     path: Path
     depth_alpha: float | None = None  # residual branch multiplier m_L^-alpha; None: width only
+    weight_decay_coupling: str = "coupled"  # per-step decay lr*wd (torch AdamW, Muon) or wd
+    vector_weight_decay: str = "scaled"  # "none": biases and norm gains get no weight decay
+    muon: MuonRow | None = None  # optimizer "muon": the hidden matrices Muon steps
 
     @property
     def has_depth(self) -> bool:
@@ -142,6 +173,11 @@ class Rule:
     def branch_multiplier(self, m_depth: float) -> float:
         """The factor on every residual branch, x + m_L^-alpha * F(x)."""
         return 1.0 if self.depth_alpha is None else float(m_depth ** -self.depth_alpha)
+
+    def steps_with_muon(self, role: str, kind: str, ndim: int) -> bool:
+        """Whether Muon steps this parameter: a hidden 2-D weight under a Muon rule (conv
+        kernels, embeddings, readouts, biases and norm gains stay on AdamW)."""
+        return self.muon is not None and role == "hidden" and kind == "weight" and ndim == 2
 
     def scaling(self, role: str, kind: str) -> Scaling:
         """The row for a parameter: its kind's override if the rule has one, else its role's."""
@@ -291,12 +327,19 @@ def _parse(data: dict[str, Any], path: Path) -> Rule:
         if data.get(key) not in choices:
             raise _fail(path, key, f"one of {list(choices)}", data.get(key),
                         f'write {key} = "{choices[0]}" (or: {", ".join(choices[1:])})')
+    optional = {}
+    for key, choices in _OPTIONAL.items():
+        optional[key] = data.get(key, choices[0])
+        if optional[key] not in choices:
+            raise _fail(path, key, f"one of {list(choices)}", optional[key],
+                        f'write {key} = "{choices[0]}" (or: {", ".join(choices[1:])})')
     roles = _rows(data.get("role", {}), ROLES, "role", path)
     kinds = _rows(data.get("kind", {}), KINDS, "kind", path)
     rule = Rule(data["id"], title, data["status"], data["optimizer"], data["attention"],
                 data["weight_decay_convention"], MappingProxyType(roles), MappingProxyType(kinds),
                 MappingProxyType(_doc(data.get("doc"), path)), path,
-                _depth(data.get("depth"), path))
+                _depth(data.get("depth"), path), **optional,
+                muon=_muon(data.get("muon"), data["optimizer"], path))
     _check_weight_decay(rule)
     _check_depth(rule)
     return rule
@@ -317,16 +360,43 @@ def _depth(table: Any, path: Path) -> float | None:
     return float(alpha)
 
 
+def _muon(table: Any, optimizer: str, path: Path) -> MuonRow | None:
+    """``[muon]``: required under ``optimizer = "muon"``, refused under any other."""
+    example = '[muon] adjust_lr_fn = "original", lr = {}, weight_decay = {}'
+    if optimizer != "muon":
+        if table is not None:
+            raise _error(path, "muon", f"a [muon] section needs optimizer = \"muon\", not "
+                         f"{optimizer!r}", 'remove [muon], or set optimizer = "muon"')
+        return None
+    if table is None:
+        raise _error(path, "muon", "optimizer \"muon\" needs a [muon] section", f"add {example}")
+    table = _table(path, "muon", table, example)
+    _known(path, "muon.", table, "a muon key", ("adjust_lr_fn", "lr", "weight_decay"))
+    if table.get("adjust_lr_fn") not in MUON_ADJUST:
+        raise _fail(path, "muon.adjust_lr_fn", f"one of {list(MUON_ADJUST)}",
+                    table.get("adjust_lr_fn"), 'write adjust_lr_fn = "original" (Muon\'s '
+                    'default, also adjust_lr_fn=None) or "match_rms_adamw"')
+    rows = {}
+    for quantity in ("lr", "weight_decay"):
+        key = f"muon.{quantity}"
+        exps = _table(path, key, table.get(quantity, {}), "{m_in = number}")
+        _known(path, f"{key}.", exps, "an axis", _AXES)
+        rows[quantity] = Exponents(*(_exponent(path, f"{key}.{axis}", exps.get(axis, 0))
+                                     for axis in _AXES))
+    return MuonRow(table["adjust_lr_fn"], rows["lr"], rows["weight_decay"])
+
+
 def _check_depth(rule: Rule) -> None:
     """m_depth exponents mean nothing without a residual multiplier: a base of another depth
     is only matched under a rule with a [depth] section."""
     if rule.has_depth:
         return
-    for prefix, rows in (("role", rule.roles), ("kind", rule.kinds)):
+    muon = {"muon": rule.muon} if rule.muon is not None else {}
+    for prefix, rows in (("role", rule.roles), ("kind", rule.kinds), ("", muon)):
         for name, row in rows.items():
-            for quantity in QUANTITIES:
+            for quantity in (("lr", "weight_decay") if prefix == "" else QUANTITIES):
                 if getattr(row, quantity).m_depth:
-                    raise _error(rule.path, f"{prefix}.{name}.{quantity}.m_depth",
+                    raise _error(rule.path, f"{prefix}.{name}.{quantity}.m_depth".lstrip("."),
                                  "m_depth exponents need a [depth] section",
                                  "add [depth] alpha = ... (the residual branch multiplier "
                                  "m_L^-alpha), or remove m_depth")
@@ -371,23 +441,53 @@ def _doc(doc: Any, path: Path) -> dict[str, Any]:
     return {key: doc[key] for key in _DOC_KEYS}
 
 
+def _rows_with_lr(rule: Rule) -> list[tuple[str, Exponents, Exponents]]:
+    """(key, lr, weight_decay) of every row, the [muon] row included."""
+    rows = [(f"{prefix}.{name}.weight_decay", row.lr, row.weight_decay)
+            for prefix, table in (("role", rule.roles), ("kind", rule.kinds))
+            for name, row in table.items()]
+    if rule.muon is not None:
+        rows.append(("muon.weight_decay", rule.muon.lr, rule.muon.weight_decay))
+    return rows
+
+
+def _scaled(exps: Exponents, by: float) -> Exponents:
+    return Exponents(exps.m_in * by + 0.0, exps.m_out * by + 0.0, exps.m_depth * by + 0.0)
+
+
+def expected_weight_decay(rule: Rule, lr: Exponents) -> Exponents | None:
+    """The weight-decay exponents the rule's convention and coupling imply for a row with
+    these lr exponents (None: "custom", anything goes).
+
+    The per-step decay of a parameter is lr*wd (coupled: torch's AdamW and Muon) or wd
+    (independent). "constant-lr-wd" and "constant-timescale" keep the per-step decay, and so
+    the EMA timescale 1/(lr*wd), as at base; "sqrt-width-wd" lets the per-step decay follow
+    the square root of lr's factor (where lr ~ 1/m: coupled wd ~ sqrt(m)); "constant-wd"
+    keeps wd itself."""
+    convention = rule.weight_decay_convention
+    if convention == "custom":
+        return None
+    if convention == "constant-wd":
+        return Exponents()
+    decay = Exponents() if convention in ("constant-lr-wd", "constant-timescale") else _scaled(lr, 0.5)
+    if rule.weight_decay_coupling == "independent":
+        return decay
+    return Exponents(decay.m_in - lr.m_in + 0.0, decay.m_out - lr.m_out + 0.0,
+                     decay.m_depth - lr.m_depth + 0.0)
+
+
 def _check_weight_decay(rule: Rule) -> None:
     """The declared convention must hold for every row (it is a claim, so check it)."""
-    for prefix, rows in (("role", rule.roles), ("kind", rule.kinds)):
-        for name, row in rows.items():
-            key, lr, wd = f"{prefix}.{name}.weight_decay", row.lr, row.weight_decay
-            if rule.weight_decay_convention == "constant-lr-wd" and (
-                    wd.m_in != -lr.m_in or wd.m_out != -lr.m_out or wd.m_depth != -lr.m_depth):
-                depth = f", m_depth = {-lr.m_depth + 0.0:g}" if lr.m_depth else ""
-                raise _error(rule.path, key, "weight_decay_convention 'constant-lr-wd' needs "
-                             f"weight_decay = -lr (lr is {lr}, weight_decay is {wd})",
-                             f"set weight_decay = {{ m_in = {-lr.m_in + 0.0:g}, m_out = "
-                             f"{-lr.m_out + 0.0:g}{depth} }}, or weight_decay_convention = "
-                             "\"custom\"")
-            if rule.weight_decay_convention == "constant-wd" and wd != Exponents():
-                raise _error(rule.path, key, "weight_decay_convention 'constant-wd' needs no "
-                             f"weight_decay exponents, got {wd}",
-                             "remove weight_decay, or weight_decay_convention = \"custom\"")
+    for key, lr, wd in _rows_with_lr(rule):
+        want = expected_weight_decay(rule, lr)
+        if want is not None and wd != want:
+            depth = f", m_depth = {want.m_depth:g}" if want.m_depth else ""
+            raise _error(rule.path, key, f"weight_decay_convention "
+                         f"{rule.weight_decay_convention!r} with {rule.weight_decay_coupling} "
+                         f"weight decay needs weight_decay = {want} (lr is {lr}, weight_decay "
+                         f"is {wd})",
+                         f"set weight_decay = {{ m_in = {want.m_in:g}, m_out = {want.m_out:g}"
+                         f"{depth} }}, or weight_decay_convention = \"custom\"")
 
 
 def _check_unique(rule: Rule, directory: Path) -> None:

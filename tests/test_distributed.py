@@ -55,7 +55,11 @@ def _model(rule: str = "mup") -> torch.nn.Module:
 
 def _train(model: torch.nn.Module, rank: int = 0, world: int = 1,
            steps: int = STEPS) -> list[float]:
-    opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3, weight_decay=0.1))
+    plan = muprewrite.plan_of(model)
+    if plan is not None and plan.optimizer == "muon":  # Muon on hidden matrices, AdamW on the rest
+        opt = muprewrite.optimizer(model, lr=0.02, adam_lr=1e-3, weight_decay=0.1)
+    else:
+        opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=1e-3, weight_decay=0.1))
     (x, t, y), target = _batch()
     part = slice(rank * len(x) // world, (rank + 1) * len(x) // world)
     losses = []
@@ -134,6 +138,17 @@ def test_depth_rule_distributed_losses_match(mode: str) -> None:
     """CompleteP's branch multipliers (forward hooks) under FSDP2, and under DDP compiled."""
     single = _train(_model("completep"))
     losses = _spawn(f"{mode}@completep")
+    assert losses == pytest.approx(single, rel=RTOL)
+    assert single[-1] < single[0]
+
+
+@pytest.mark.slow
+def test_muon_under_ddp_matches_single_process() -> None:
+    """mup-muon's optimizer on a DDP model: each rank holds whole matrices, so Muon
+    orthogonalises the same averaged gradient as one process does (bf16 inside Muon: the
+    all-reduce's summation order can round differently, hence RTOL)."""
+    single = _train(_model("mup-muon"))
+    losses = _spawn("ddp@mup-muon")
     assert losses == pytest.approx(single, rel=RTOL)
     assert single[-1] < single[0]
 

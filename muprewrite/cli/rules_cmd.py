@@ -73,8 +73,10 @@ def show_cmd(name: str) -> None:
 
 
 def render_rule(rule: Rule) -> str:
+    vectors = "; none on vector-like parameters" if rule.vector_weight_decay == "none" else ""
     lines = [f"{rule.id}: {rule.title}", f"status: {rule.status}; optimizer: {rule.optimizer}; "
-             f"weight decay: {rule.weight_decay_convention}; attention logits: "
+             f"weight decay: {rule.weight_decay_convention} ({rule.weight_decay_coupling}"
+             f"{vectors}); attention logits: "
              + ("x sqrt(d_head_base)/d_head where d_head grows" if rule.attention == "inverse"
                 else "unchanged")
              + ("; residual branches: x + m_L^-" + f"{rule.depth_alpha:g} F(x) (depth rule)"
@@ -88,11 +90,18 @@ def render_rule(rule: Rule) -> str:
             for r in ROLES]
     rows += [(f"kind {k}",) + tuple(str(getattr(s, q)) for q in QUANTITIES)
              for k, s in rule.kinds.items()]
+    if rule.muon is not None:  # the hidden 2-D weights Muon steps: its lr and weight decay
+        hidden = rule.scaling("hidden", "weight")
+        rows.append(("Muon (hidden 2-D)", str(hidden.init), str(hidden.multiplier),
+                     str(rule.muon.lr), "-", str(rule.muon.weight_decay)))
     widths = [max(len(row[i]) for row in [header, *rows]) for i in range(len(header))]
     lines += ["", "Factors relative to base width (m = size / base size)"
               + (", and depth (m_L = blocks / base blocks, for parameters inside residual "
                  "branches only):" if rule.has_depth else ":")]
     lines += ["  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip()
               for row in [header, *rows]]
+    if rule.muon is not None:
+        lines += [f"  Muon rows are for torch.optim.Muon with adjust_lr_fn="
+                  f"{rule.muon.adjust_lr_fn!r}; every other parameter is stepped by AdamW."]
     lines += ["", "References:"] + [f"  - {ref}" for ref in rule.doc["references"]]
     return "\n".join(lines)

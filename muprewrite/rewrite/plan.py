@@ -53,6 +53,7 @@ class ParamPlan:
     eps: float
     weight_decay: float
     multiplier: float  # at the uses listed in the hosts; 1 = no forward change
+    muon: bool = False  # stepped by Muon (a Muon rule's hidden 2-D weight), else the Adam row
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ class Plan:
     diagnostics: tuple[Diagnostic, ...] = ()
     optimizer: str = "adam"  # the rule's optimizer family (a custom rule file is not reloaded)
     branches: tuple[BranchEdit, ...] = ()  # residual branch multipliers (depth rules)
+    muon_adjust_lr_fn: str | None = None  # a Muon rule's adjust_lr_fn (None: not a Muon rule)
+    weight_decay_coupling: str = "coupled"  # per-step decay lr*wd, or wd ("independent")
 
     def __getitem__(self, name: str) -> ParamPlan:
         return self.params[name]
@@ -152,9 +155,22 @@ def rule_factors(info: ParamInfo, rule: Rule) -> ParamPlan:
                         f"a forward multiplier; only weights and embeddings can take one",
                         where=str(rule.path),
                         fix=f"move the factor into [kind.{info.kind}] init instead")
+    if rule.muon is not None and rule.steps_with_muon(info.role, info.kind, len(info.shape)):
+        return ParamPlan(info.name, row.init.factor(m_in, m_out, m_depth),
+                         rule.muon.lr.factor(m_in, m_out, m_depth), 1.0,
+                         rule.muon.weight_decay.factor(m_in, m_out, m_depth), multiplier,
+                         muon=True)
+    no_decay = rule.vector_weight_decay == "none" and vector_like(info)
     return ParamPlan(info.name, row.init.factor(m_in, m_out, m_depth),
                      row.lr.factor(m_in, m_out, m_depth), row.eps.factor(m_in, m_out, m_depth),
-                     row.weight_decay.factor(m_in, m_out, m_depth), multiplier)
+                     0.0 if no_decay else row.weight_decay.factor(m_in, m_out, m_depth),
+                     multiplier)
+
+
+def vector_like(info: ParamInfo) -> bool:
+    """Tensor Programs' vector-like parameters (one width axis, or none that contracts over
+    width): input weights and embeddings, readouts, biases and norm gains."""
+    return info.role in ("input", "output") or info.kind in ("bias", "norm")
 
 
 def make_plan(report: Report, graph: fx.Graph, rule: Rule,
@@ -176,7 +192,9 @@ def make_plan(report: Report, graph: fx.Graph, rule: Rule,
     hosts = [HostEdit(h, tuple(uses.get(h, ())), tuple(attention.get(h, ())), tables.get(h))
              for h in dict.fromkeys([*uses, *attention])]
     return Plan(rule.id, report, MappingProxyType(params), tuple(hosts), tuple(diags),
-                rule.optimizer, branch_edits(report, rule))
+                rule.optimizer, branch_edits(report, rule),
+                rule.muon.adjust_lr_fn if rule.muon is not None else None,
+                rule.weight_decay_coupling)
 
 
 def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Diagnostic]

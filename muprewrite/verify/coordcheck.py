@@ -43,7 +43,8 @@ from torch import nn
 from ..apply import apply
 from ..files import write_file
 from ..input_sets import first_set
-from ..optim import param_groups
+from ..optim import param_groups, plan_of
+from ..optimizer import optimizer
 from ..rules import Rule, load_rule
 
 __all__ = ["CoordCheck", "coord_check", "coord_check_depth", "paired_names", "SLOPE_THRESHOLD", "OUTPUT",
@@ -157,8 +158,11 @@ def _first_tensor(out: Any) -> torch.Tensor | None:
 def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], *,
                 inputs: Callable[[nn.Module], Any], rule: str | Rule = "mup",
                 steps: int = 3, lr: float = 1e-2, seeds: int = 3,
-                progress: Callable[[int, int], None] | None = None) -> CoordCheck:
-    """RMS of every module's output at each of ``steps`` Adam steps, at each width.
+                progress: Callable[[int, int], None] | None = None,
+                adam_lr: float | None = None) -> CoordCheck:
+    """RMS of every module's output at each of ``steps`` Adam steps, at each width (under a
+    Muon rule: Muon on the hidden matrices at ``lr``, Adam on the rest at ``adam_lr``,
+    default ``lr``).
 
     ``build(width)`` makes the model; the narrowest width is the base. ``inputs(model)``
     gives one batch (drawn once, reused at every width and step), in any form ``analyze``
@@ -168,7 +172,7 @@ def coord_check(build: Callable[[int], nn.Module], widths: Sequence[int], *,
     a trend. ``progress(done, total)`` is called after each (width, seed) run.
     """
     return _check(build, tuple(sorted(widths)), "width", False, inputs, rule, steps, lr,
-                  seeds, progress)
+                  seeds, progress, adam_lr)
 
 
 def coord_check_depth(build: Callable[[int], nn.Module], depths: Sequence[int], *,
@@ -204,7 +208,8 @@ def coord_check_depth(build: Callable[[int], nn.Module], depths: Sequence[int], 
 
 def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis,
            own_base: bool, inputs: Callable[[nn.Module], Any], rule: str | Rule, steps: int,
-           lr: float, seeds: int, progress: Callable[[int, int], None] | None) -> CoordCheck:
+           lr: float, seeds: int, progress: Callable[[int, int], None] | None,
+           adam_lr: float | None = None) -> CoordCheck:
     torch.manual_seed(0)
     smallest = build(sizes[0])
     batch = inputs(smallest)
@@ -218,7 +223,7 @@ def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis
             model = apply(build(size), batch, base=base, rule=rule)
             names = (paired_names(model, smallest) if axis == "depth"
                      else {n: n for n, _ in model.named_modules()})
-            for step, record in enumerate(_one_run(model, names, batch, steps, lr)):
+            for step, record in enumerate(_one_run(model, names, batch, steps, lr, adam_lr)):
                 for name, value in record.items():
                     table = sums.setdefault(name, [[0.0] * len(sizes) for _ in range(steps + 1)])
                     table[step][i] += value / seeds
@@ -268,9 +273,13 @@ def _blocks(module: nn.Module | None) -> list[nn.Module] | None:
 
 
 def _one_run(model: nn.Module, names: dict[str, str], batch: Any, steps: int,
-             lr: float) -> list[dict[str, float]]:
+             lr: float, adam_lr: float | None = None) -> list[dict[str, float]]:
     args, kwargs = first_set(batch)  # every set is captured; the first one trains
-    opt = torch.optim.Adam(param_groups(model, lr=lr))
+    plan = plan_of(model)
+    if plan is not None and plan.optimizer == "muon":
+        opt = optimizer(model, lr=lr, adam_lr=lr if adam_lr is None else adam_lr)
+    else:
+        opt = torch.optim.Adam(param_groups(model, lr=lr))
     modules = [(names[n], m) for n, m in model.named_modules() if n in names]
     target = None
     records = []
