@@ -108,9 +108,18 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         base_cap = _capture_base(base, sets)
         pairing = pair_with_base(model, cap, base_cap, renamed)
         sizes, aligned = base_sizes(cap, base_cap, pairing)
-        measured = with_base(dims, sizes)
         diags = [d for d in diags if d.code == "no-rule"]
-        diags += base_disagreements(dims, measured, axes.state, sizes)
+        if all(dims.sizes[axis] == size for axis, size in sizes.items() if axis in dims.classes):
+            # the base has the model's width (the proxy itself, or a base of another depth):
+            # no axis is measured to grow, so which axes are width-like comes from the
+            # single-capture solver; every multiplier is 1, but the roles (which matrices
+            # Muon steps, which are vector-like, which are inside branches) must be the
+            # ones a wider model gets
+            measured = dims
+            diags.append(_same_width(heads))
+        else:
+            measured = with_base(dims, sizes)
+            diags += base_disagreements(dims, measured, axes.state, sizes)
         if not aligned:
             raise _unaligned(model, cap, base_cap)
         dims = measured
@@ -137,6 +146,13 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         base_names=MappingProxyType(dict(pairing.params) if pairing is not None else {}),
     )
     return report, cap
+
+
+def _same_width(heads: str) -> Diagnostic:
+    return Diagnostic("info", "base-same-width", "",
+                      "the base has the model's width: every width multiplier is 1, and the "
+                      f"roles come from this one capture (heads={heads!r}), as without base",
+                      "to check them, analyze a wider model against this base")
 
 
 def _check_arguments(model: nn.Module, base: nn.Module | None, heads: str,

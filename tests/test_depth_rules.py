@@ -199,3 +199,20 @@ def test_a_depth_dependent_init_is_reported_and_replaced() -> None:
     rms = float(model.blocks[5].attn.proj.weight.square().mean().sqrt())
     assert rms == pytest.approx(float(base.blocks[1].attn.proj.weight.square().mean().sqrt()),
                                 rel=1e-12)
+
+
+def test_a_base_of_the_same_width_keeps_the_roles() -> None:
+    """A base of another depth at the model's width: no axis grows, yet the roles must be
+    those a wider model gets, or the depth factors of hidden parameters (depth-muP's
+    lr x m_L^-1/2 inside branches) silently fall away."""
+    from mup_oracle import Transformer
+
+    torch.manual_seed(0)
+    model = muprewrite.apply(Transformer(16, depth=8).double(),
+                             base=Transformer(16, depth=2).double(), rule="depth-mup")
+    groups = muprewrite.param_groups(model, lr=1.0)
+    by_name = {n: g["lr"] for g in groups for n in g["param_names"]}
+    assert by_name["blocks.0.qkv.weight"] == pytest.approx(0.5)  # m_L = 4: 4^-1/2
+    assert by_name["embed.weight"] == 1.0 and by_name["out.weight"] == 1.0
+    report = muprewrite.plan_of(model).report  # type: ignore[union-attr]
+    assert "base-same-width" in {d.code for d in report.diagnostics}
