@@ -131,15 +131,16 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
         key = (f.muon, f.lr, f.weight_decay, f.eps)
         if key not in groups:
             base_lr, base_wd = values[f.muon]
-            group = {"params": [], "param_names": [], "lr": base_lr * f.lr,
-                     "weight_decay": base_wd * f.weight_decay, "lr_factor": f.lr,
-                     "base_lr": base_lr}
-            if coupling == "independent" and group["weight_decay"]:  # torch decays by lr*wd
-                if not group["lr"]:
+            group_lr, group_wd = base_lr * f.lr, base_wd * f.weight_decay
+            if coupling == "independent" and group_wd:  # torch decays by lr * wd
+                if not group_lr:
                     raise UsageError(f"{name!r}: an independent weight decay is handed to "
                                      "torch as weight_decay / lr, and its lr is 0",
                                      fix="pass a positive lr (a schedule may still reach 0)")
-                group["weight_decay"] /= group["lr"]
+                group_wd /= group_lr
+            group: dict[str, Any] = {"params": [], "param_names": [], "lr": group_lr,
+                                     "weight_decay": group_wd, "lr_factor": f.lr,
+                                     "base_lr": base_lr}
             if family == "muon":
                 group["optimizer"] = "muon" if f.muon else "adamw"
             if f.muon:

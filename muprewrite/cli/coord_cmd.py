@@ -102,7 +102,9 @@ def _axis(template: str, widths: list[int], depths: list[int]) -> str:
               help='Example inputs, e.g. "float(8, 4, 32, 32), int(8, high=1000)" (default: model.example_inputs()).')
 @click.option("--steps", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Adam steps per width (or depth).")
-@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate (at base width).")
+@click.option("--lr", type=float, default=3e-3, show_default=True, help="Adam learning rate (at base width); under a Muon rule, Muon's.")
+@click.option("--adam-lr", type=float, default=None,
+              help="Under a Muon rule (mup-muon): AdamW's learning rate on the parameters Muon does not step (default: --lr).")
 @click.option("--seeds", type=click.IntRange(1, 100), default=3, show_default=True,
               help="Initialisations averaged per width (or depth).")
 @click.option("-o", "--out", "out", type=click.Path(dir_okay=False), default="coord_check.png",
@@ -113,8 +115,8 @@ def _axis(template: str, widths: list[int], depths: list[int]) -> str:
 @click.option("--all", "show_all", is_flag=True, help="Print the slope of every module.")
 def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: list[int],
                     rules: tuple[str, ...], inputs_expr: str | None, steps: int, lr: float,
-                    seeds: int, out: str, json_path: str | None, force: bool,
-                    show_all: bool) -> None:
+                    adam_lr: float | None, seeds: int, out: str, json_path: str | None,
+                    force: bool, show_all: bool) -> None:
     from ..rules import load_rule
     from ..verify import coord_check, coord_check_depth
     from ..verify.plots import coord_checks_image, image_format
@@ -123,6 +125,9 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
     data = Path(json_path) if json_path else png.with_suffix(".json")
     _check_outputs(model_file, rules, png, data, force)
     axis = _axis(template, widths, depths)
+    if adam_lr is not None and axis == "depth":
+        raise click.UsageError("--adam-lr is for Muon rules, which transfer across width; "
+                               "leave it out of a --depths check")
     sizes = depths if axis == "depth" else widths
     check = coord_check_depth if axis == "depth" else coord_check
     try:
@@ -151,8 +156,9 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
                 def advance(done: int, _total: int, bar: Any = bar) -> None:
                     bar.update(done - bar.pos)
 
+                extra = {"adam_lr": adam_lr} if axis == "width" else {}
                 checks.append(check(build, sizes, inputs=inputs, rule=rule, steps=steps,
-                                    lr=lr, seeds=seeds, progress=advance))
+                                    lr=lr, seeds=seeds, progress=advance, **extra))
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     for result in checks:

@@ -143,7 +143,8 @@ def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> 
             ax.plot(xs[best], sweep.loss[i][best], marker="*", ms=12, color=color,
                     markeredgecolor="black")
         own = " (own base)" if sweep.own_base else ""
-        ax.set(xlabel="log2 learning rate", title=f"{sweep.rule}{own}: optimum moves "
+        ax.set(xlabel="log2 learning rate" if sweep.hyper == "lr" else f"log2 {sweep.hyper}",
+               title=f"{sweep.rule}{own}: optimum moves "
                f"{sweep.drift()} grid step(s)")
         ax.set_ylim(low * 0.97, low * 1.5)
         ax.grid(alpha=0.3)

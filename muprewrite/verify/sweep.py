@@ -58,6 +58,7 @@ class Sweep:
     metric: str = "final training loss"
     axis: Axis = "width"
     own_base: bool = False
+    hyper: str = "lr"  # what ``lrs`` holds: the swept hyperparameter's name
 
     def best_index(self, i: int) -> int:
         row = self.loss[i]
@@ -78,7 +79,7 @@ class Sweep:
     def summary(self) -> str:
         optima = ", ".join(f"{w}: {self.best_lr(i):.3g}" for i, w in enumerate(self.sizes))
         base = " (each depth its own base)" if self.own_base else ""
-        return (f"rule {self.rule!r}{base}: best lr by {self.axis} {{{optima}}}; the optimum "
+        return (f"rule {self.rule!r}{base}: best {self.hyper} by {self.axis} {{{optima}}}; the optimum "
                 f"moves {self.drift()} grid step(s) from {self.axis} {self.sizes[0]} to "
                 f"{self.sizes[-1]} (spread over all {self.axis}s: {self.spread()})")
 
@@ -97,17 +98,22 @@ class Sweep:
 
     @classmethod
     def load_json(cls, path: str | Path) -> Sweep:
-        data = json.loads(Path(path).read_text())
+        return cls.load_json_dict(json.loads(Path(path).read_text()))
+
+    @classmethod
+    def load_json_dict(cls, data: dict[str, Any]) -> Sweep:
+        """The inverse of ``to_dict``."""
         axis = data.get("axis", "width")
         loss = tuple(tuple(math.inf if v is None else v for v in row) for row in data["loss"])
         return cls(data["rule"], tuple(data[f"{axis}s"]), tuple(data["lrs"]), loss,
-                   data["seeds"], data["metric"], axis, data.get("own_base", False))
+                   data["seeds"], data["metric"], axis, data.get("own_base", False),
+                   data.get("hyper", "lr"))
 
 
 def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequence[float], *,
              train: Callable[[nn.Module, float], float], inputs: Any = None,
              rule: str | Rule = "mup", seeds: int = 2, metric: str = "final training loss",
-             progress: Callable[[int, int], None] | None = None) -> Sweep:
+             progress: Callable[[int, int], None] | None = None, hyper: str = "lr") -> Sweep:
     """Train at every (width, lr) and collect the final losses.
 
     ``build(width)`` makes the model (the narrowest width is the base of ``apply``);
@@ -115,10 +121,11 @@ def lr_sweep(build: Callable[[int], nn.Module], widths: Sequence[int], lrs: Sequ
     optimizer from ``muprewrite.param_groups(model, lr=lr)``); ``inputs`` are example inputs
     for the capture (default: ``model.example_inputs()``). Each loss is the mean over
     ``seeds``; a run whose loss is not finite counts as diverged (inf). ``metric`` names what
-    ``train`` returns (for the plot's axis).
+    ``train`` returns (for the plot's axis). ``hyper`` names what ``lrs`` holds when another
+    hyperparameter is swept the same way (e.g. "weight decay": ``train(model, wd)``).
     """
     return _sweep(build, tuple(sorted(widths)), lrs, "width", False, train, inputs, rule,
-                  seeds, metric, progress)
+                  seeds, metric, progress, hyper)
 
 
 def lr_sweep_depth(build: Callable[[int], nn.Module], depths: Sequence[int],
@@ -139,7 +146,7 @@ def lr_sweep_depth(build: Callable[[int], nn.Module], depths: Sequence[int],
 def _sweep(build: Callable[[int], nn.Module], sizes: tuple[int, ...], lrs: Sequence[float],
            axis: Axis, own_base: bool, train: Callable[[nn.Module, float], float],
            inputs: Any, rule: str | Rule, seeds: int, metric: str,
-           progress: Callable[[int, int], None] | None) -> Sweep:
+           progress: Callable[[int, int], None] | None, hyper: str = "lr") -> Sweep:
     lrs = tuple(sorted(lrs))
     table = []
     done, total = 0, len(sizes) * len(lrs) * seeds
@@ -159,4 +166,4 @@ def _sweep(build: Callable[[int], nn.Module], sizes: tuple[int, ...], lrs: Seque
                     progress(done, total)
             row.append(sum(losses) / len(losses))
         table.append(tuple(row))
-    return Sweep(rule_id(rule), sizes, lrs, tuple(table), seeds, metric, axis, own_base)
+    return Sweep(rule_id(rule), sizes, lrs, tuple(table), seeds, metric, axis, own_base, hyper)
