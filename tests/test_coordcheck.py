@@ -21,3 +21,22 @@ def test_coordinates_stay_flat_under_mup_and_logits_grow_under_sp(name: str) -> 
     assert spread < 2.0, f"{name}: {module} varies by {spread:.2f}x: {mup.rms[module]}"
     sp = coord_check(build, WIDTHS, inputs=inputs, rule="sp", lr=LR)
     assert sp.growth("") > 3.0, f"{name}: sp output grew only {sp.growth(''):.2f}x"
+
+
+def test_roles_that_differ_between_widths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The base width takes its roles from one capture; a sweep refuses to compare widths
+    whose roles differ (the base would train with other factors, or another optimizer)."""
+    from types import SimpleNamespace
+
+    from muprewrite import MuprewriteError
+    from muprewrite.verify import coordcheck
+
+    plans = iter([SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="input")]),
+                  SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="input")]),
+                  SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="hidden")])])
+    monkeypatch.setattr(coordcheck, "plan_of", lambda model: next(plans))
+    check = coordcheck.RoleCheck()
+    check.check(32, None)  # type: ignore[arg-type]
+    check.check(64, None)  # type: ignore[arg-type]
+    with pytest.raises(MuprewriteError, match=r"fc.weight \(input at width 32, hidden at 128\)"):
+        check.check(128, None)  # type: ignore[arg-type]

@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..apply import apply
+from ..errors import MuprewriteError, first_few
 from ..files import write_file
 from ..input_sets import first_set
 from ..optim import param_groups, plan_of
@@ -214,6 +215,7 @@ def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis
     smallest = build(sizes[0])
     batch = inputs(smallest)
     sums: dict[str, list[list[float]]] = {}
+    roles = RoleCheck()
     total = len(sizes) * seeds
     for i, size in enumerate(sizes):
         for seed in range(seeds):
@@ -221,6 +223,8 @@ def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis
             base = build(size if own_base else sizes[0])
             torch.manual_seed(seed)
             model = apply(build(size), batch, base=base, rule=rule)
+            if axis == "width" and seed == 0:
+                roles.check(size, model)
             names = (paired_names(model, smallest) if axis == "depth"
                      else {n: n for n, _ in model.named_modules()})
             for step, record in enumerate(_one_run(model, names, batch, steps, lr, adam_lr)):
@@ -231,6 +235,34 @@ def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis
                 progress(i * seeds + seed + 1, total)
     rms = {name: tuple(tuple(row) for row in table) for name, table in sums.items()}
     return CoordCheck(rule_id(rule), sizes, steps, lr, seeds, rms, axis, own_base)
+
+
+class RoleCheck:
+    """Across a width sweep, every width must give each parameter the same role. The base
+    width, where nothing is measured to grow, takes its roles from one capture; a role that
+    differs from the wider widths' would train the base with other factors (another
+    optimizer, under a Muon rule) than the widths it is meant to transfer to."""
+
+    def __init__(self) -> None:
+        self.first: tuple[int, dict[str, str]] | None = None
+
+    def check(self, size: int, model: nn.Module) -> None:
+        plan = plan_of(model)
+        if plan is None:
+            return
+        roles: dict[str, str] = {info.name: info.role for info in plan.report}
+        if self.first is None:
+            self.first = (size, roles)
+            return
+        base_size, base_roles = self.first
+        differ = [f"{n} ({base_roles[n]} at width {base_size}, {r} at {size})"
+                  for n, r in roles.items() if n in base_roles and base_roles[n] != r]
+        if differ:
+            raise MuprewriteError(f"the roles at width {base_size} (the base, from one "
+                                  f"capture) differ from those measured at width {size}: "
+                                  f"{first_few(differ)}",
+                                  fix="report it with the model; meanwhile sweep from a base "
+                                      "one step narrower than the first width you compare")
 
 
 def paired_names(model: nn.Module, shallow: nn.Module) -> dict[str, str]:

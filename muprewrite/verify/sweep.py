@@ -39,7 +39,7 @@ from torch import nn
 from ..apply import apply
 from ..files import write_file
 from ..rules import Rule
-from .coordcheck import Axis, depth_base_is_own, rule_id
+from .coordcheck import Axis, RoleCheck, depth_base_is_own, rule_id
 
 __all__ = ["Sweep", "lr_sweep", "lr_sweep_depth"]
 
@@ -148,6 +148,7 @@ def _sweep(build: Callable[[int], nn.Module], sizes: tuple[int, ...], lrs: Seque
            inputs: Any, rule: str | Rule, seeds: int, metric: str,
            progress: Callable[[int, int], None] | None, hyper: str = "lr") -> Sweep:
     lrs = tuple(sorted(lrs))
+    roles = RoleCheck()
     table = []
     done, total = 0, len(sizes) * len(lrs) * seeds
     for size in sizes:
@@ -159,6 +160,8 @@ def _sweep(build: Callable[[int], nn.Module], sizes: tuple[int, ...], lrs: Seque
                 base = build(size if own_base else sizes[0])
                 torch.manual_seed(seed)
                 model = apply(build(size), inputs, base=base, rule=rule)
+                if axis == "width" and seed == 0 and lr == lrs[0]:
+                    roles.check(size, model)
                 loss = float(train(model, lr))
                 losses.append(loss if math.isfinite(loss) else math.inf)
                 done += 1
