@@ -139,6 +139,11 @@ class MuonWithAdamW(torch.optim.Optimizer):
         super().load_state_dict(state_dict)  # new group dicts and state: re-link the parts
         self._link()
 
+    def __getstate__(self) -> dict[str, Any]:  # deepcopy and pickle keep the parts
+        state = super().__getstate__()
+        state["_parts"] = self._parts
+        return state
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         if "_parts" in self.__dict__:

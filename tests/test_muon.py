@@ -220,3 +220,15 @@ def test_coord_check_is_flat_under_mup_muon_and_not_under_sp_muon() -> None:
               for rule in ("mup-muon", "sp-muon")}
     assert checks["mup-muon"].flagged() == []
     assert "out" in dict(checks["sp-muon"].flagged())
+
+
+def test_deepcopy_and_pickle_keep_both_parts() -> None:
+    import pickle
+
+    model = _wide()
+    opt = muprewrite.optimizer(model, lr=LR, adam_lr=ADAM_LR)
+    _train(model, opt, steps=2)
+    for clone in (copy.deepcopy(opt), pickle.loads(pickle.dumps(opt))):
+        assert [g["lr"] for g in clone.param_groups] == [g["lr"] for g in opt.param_groups]
+        assert len(clone.state) == len(opt.state)
+        clone.step()  # both parts are there (their grads are the copies')

@@ -20,14 +20,18 @@ Builds EMITTED_FILE's model at its base width (read from the file) and at each -
 and the original model (named in the file's header, or --original) rewritten by
 muprewrite.apply with the same base. In float64 it compares: the base's structure with
 the model's; the parameters after seeding; the output for every input set (--inputs,
-repeatable; default the model's example_inputs()) in train and in eval mode; and
---steps AdamW steps on mup_param_groups against param_groups. At the base width the
-expectation is the original model itself.
+repeatable; default the model's example_inputs()) in train and in eval mode; each
+parameter's optimizer settings in mup_param_groups and mup_optimizer against
+muprewrite.param_groups and muprewrite.optimizer (lr, weight decay, eps, and under a Muon
+rule whether Muon or AdamW steps it); and --steps steps of mup_optimizer against
+muprewrite.optimizer (AdamW, SGD, or torch.optim.Muon with AdamW), losses and final
+parameters. At the base width the expectation is the original model itself, trained as
+the rule trains it there (every width factor 1).
 
 \b
 A removed readout multiplier, attention factor or residual branch multiplier, a branch
-of the forward left unscaled (pass an --inputs that runs it), or a base of another
-structure fails the check, naming
+of the forward left unscaled (pass an --inputs that runs it), a changed optimizer factor
+or flag (Muon, no weight decay), or a base of another structure fails the check, naming
 the emitted file's line, the mode and the size of the error. Paths that no input set
 runs are not checked. `muprewrite FILE --check` is the quick, text-only check of the
 header (it runs nothing).
@@ -48,7 +52,7 @@ header (it runs nothing).
 @click.option("--rule", default=None,
               help="The rule, when a custom rule file was used: path/to/rule.toml.")
 @click.option("--steps", type=click.IntRange(0, 100), default=5, show_default=True,
-              help="AdamW steps compared.")
+              help="Optimizer steps compared (mup_optimizer against muprewrite.optimizer).")
 def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...],
               original: str | None, base: str | None, rule: str | None, steps: int) -> None:
     from ..verify.source_check import check_emitted

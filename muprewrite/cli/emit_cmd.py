@@ -32,7 +32,8 @@ _HELP = """Write the muP version of the model defined in MODEL_FILE, as plain Py
 --base is the same architecture at the width where you tune learning rate,
 weight decay and init; the emitted file works at every width and needs no
 muprewrite at run time. What changes (every other line keeps its bytes):
-  - a block after the imports: MUP_* constants, mup_init(), mup_param_groups();
+  - a block after the imports: MUP_* constants, mup_init(), mup_param_groups()
+    and mup_optimizer();
   - the model's __init__ ends with mup_init(self) (init scale, multipliers);
   - the output multiplier at every readout call and the attention scale on
     every scaled_dot_product_attention call (scale=) or q @ k^T product under
@@ -47,13 +48,16 @@ muprewrite at run time. What changes (every other line keeps its bytes):
 A use that cannot be edited with certainty (the readout returned or passed
 on, getattr(self, name), a softmax over something other than q @ k^T) is
 refused at FILE:LINE; muprewrite.apply(model, ...) is the runtime fallback.
-Train with torch.optim.AdamW(mup_param_groups(model, lr=..., weight_decay=...)).
+Train with mup_optimizer(model, lr=..., weight_decay=...): AdamW, or SGD under
+an SGD rule; under a Muon rule (--rule mup-muon) torch.optim.Muon on the hidden
+matrices and AdamW on the rest, mup_optimizer(model, lr=..., adam_lr=...). Or
+hand mup_param_groups(model, lr=..., weight_decay=...) to an optimizer of yours.
 
 A readout or attention defined in another file of your project (blocks.py next
 to the model file, a module of its package: `from .layers import Attention`) is
 edited there; those files get only their edits, the class defaults and head
 size constants they use, and a header naming MODEL_FILE, which keeps the MUP_*
-block, mup_init and mup_param_groups. One in an installed library is refused
+block, mup_init, mup_param_groups and mup_optimizer. One in an installed library is refused
 at FILE:LINE (fix: a local subclass, or muprewrite.apply at runtime).
 
 \b

@@ -54,7 +54,7 @@ def assemble(project: Project, edits: Mapping[Path, Edits], sites: Sites, *, roo
     names = {file: project.relative(file) for file in edits}
     used = {file: sorted({e.factor for e in fe.nodes.values() if e.kind in _ATTENTION})
             for file, fe in edits.items()}
-    changes = _main_changes(project, edits, sites, root, rescaled)
+    changes = _main_changes(project, edits, sites, root, rescaled, rule)
     out = []
     for file, fe in edits.items():
         parsed = project.parsed(file)
@@ -125,7 +125,7 @@ def _lines(project: Project, edits: Mapping[Path, Edits], kind: str) -> str:
 
 
 def _main_changes(project: Project, edits: Mapping[Path, Edits], sites: Sites, root: str,
-                  rescaled: int) -> list[str]:
+                  rescaled: int, rule: Rule) -> list[str]:
     out = [f"{root}.__init__ ends with mup_init(self) (init scale of {rescaled} parameters, "
            "forward multipliers)"]
     if sites.readouts:
@@ -138,7 +138,14 @@ def _main_changes(project: Project, edits: Mapping[Path, Edits], sites: Sites, r
         out.append("residual branch multiplier m_L^-alpha (mup_branch_multiplier) at the add(s) "
                    f"of line(s) {_lines(project, edits, 'branch')}")
     out += [u for fe in edits.values() for u in fe.unverified]
-    out.append("added MUP_* constants, mup_init and mup_param_groups(model, lr, weight_decay)")
+    if rule.optimizer == "muon":
+        out.append("added MUP_* constants, mup_init, mup_param_groups(model, lr, adam_lr, "
+                   "weight_decay) and mup_optimizer(model, lr, adam_lr, weight_decay) "
+                   "(torch.optim.Muon on the hidden matrices, AdamW on the rest)")
+    else:
+        optimizer = "SGD" if rule.optimizer == "sgd" else "AdamW"
+        out.append("added MUP_* constants, mup_init, mup_param_groups(model, lr, weight_decay) "
+                   f"and mup_optimizer(model, lr, weight_decay) ({optimizer})")
     others = [project.relative(file) for file in edits if file != project.main]
     if others:
         out.append(f"muP edits also in {', '.join(others)} (each headed by a muprewrite "

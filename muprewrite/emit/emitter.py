@@ -21,11 +21,19 @@ from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
-from ..rewrite.plan import make_plan, tied_multiplier
+from ..rewrite.plan import make_plan, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
-from .block import Entry, collapse, emitted_rule, render_block
+from .block import (
+    MUON_FLAG,
+    NO_DECAY_FLAG,
+    Entry,
+    Training,
+    collapse,
+    emitted_rule,
+    render_block,
+)
 from .branches import locate_branches
 from .complete import Edits, complete
 from .depth import DepthBlock
@@ -154,10 +162,16 @@ def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: s
     def block(d_head: Mapping[str, int], elsewhere: Sequence[tuple[str, int, str]]) -> str:
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
-                            uses_eps=rule.optimizer == "adam", imports=imports,
+                            training=_training(rule), imports=imports,
                             elsewhere=elsewhere, depth=depth)
 
     return block
+
+
+def _training(rule: Rule) -> Training:
+    return Training(rule.optimizer, rule.muon.adjust_lr_fn if rule.muon is not None else None,
+                    rule.weight_decay_coupling == "independent",
+                    rule.vector_weight_decay != "none")
 
 
 def _partners(model: torch.nn.Module, base: torch.nn.Module, depth: DepthBlock | None
@@ -196,22 +210,36 @@ def _check_base_differs(model: torch.nn.Module, base: torch.nn.Module, model_exp
 
 def _entry(info: ParamInfo, rule: Rule, depth: bool = False) -> Entry | None:
     """A parameter's line of MUP_PARAMS; ``depth``: with its m_L exponents and whether it
-    lies inside a residual branch (such a parameter always has one: its init is rescaled)."""
+    lies inside a residual branch (such a parameter always has one: its init is rescaled).
+
+    As ``rule_factors``: a matrix Muon steps takes the [muon] row's lr and weight decay (and no
+    eps) and the flag MUON_FLAG; a vector-like parameter under ``vector_weight_decay = "none"``
+    takes NO_DECAY_FLAG (weight decay 0) instead of weight decay exponents. A flag is an
+    exponent-free quantity (factor 1), so it is kept whatever the exponents."""
     if info.role == "unused":
         return None
     row = rule.scaling(info.role, info.kind)
     exps: dict[str, Exponents] = {q: getattr(row, q) for q in _QUANTITIES}
     if info.tied:  # its readout use scales as an output weight's
         exps["multiplier"] = tied_multiplier(rule, row)
+    flags: list[str] = []
+    if rule.muon is not None and rule.steps_with_muon(info.role, info.kind, len(info.shape)):
+        exps.update(lr=rule.muon.lr, weight_decay=rule.muon.weight_decay)
+        del exps["eps"]
+        flags.append(MUON_FLAG)
+    elif rule.vector_weight_decay == "none" and vector_like(info):
+        del exps["weight_decay"]
+        flags.append(NO_DECAY_FLAG)
     if not depth:
         kept: tuple[tuple, ...] = tuple(
             (q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
-            for q, e in exps.items() if e.m_in or e.m_out)
+            for q, e in exps.items() if e.m_in or e.m_out) + tuple((f, 0.0, 0.0) for f in flags)
         return Entry(info.fan_in, info.fan_out, kept) if kept else None
     inside = info.in_branch
     kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0,
                   float(e.m_depth if inside else 0.0) + 0.0)
                  for q, e in exps.items() if e.m_in or e.m_out or inside and e.m_depth)
+    kept += tuple((f, 0.0, 0.0, 0.0) for f in flags)
     return Entry(info.fan_in, info.fan_out, kept, inside) if kept or inside else None
 
 

@@ -11,12 +11,21 @@ the original model (the file the emitted one was written from) the same way, rew
 2. the parameters after seeding (the emitted init against ``apply``'s rescale);
 3. the forward output; on a divergence, the first module whose output differs is named with
    the emitted file's line of its ``forward``;
-4. ``steps`` AdamW steps on ``mup_param_groups`` against ``param_groups``.
+4. the optimizer: per parameter, the hyperparameters of ``mup_param_groups`` against
+   ``param_groups`` (lr, weight decay, eps, and under a Muon rule which optimizer steps it and
+   Muon's ``adjust_lr_fn``), then those of ``mup_optimizer`` against ``muprewrite.optimizer``
+   (every key torch fills in too: betas, momentum, ...), then ``steps`` steps of the two
+   (AdamW, SGD, or Muon on the hidden matrices and AdamW on the rest): the losses, and the
+   parameters after the last step.
 
-At the base width the expectation is the original model itself, unchanged. A check that
-sees a deleted readout multiplier, a deleted attention factor, or a branch of the forward left
-unscaled (when an input set runs it) fails here. What no input set runs is not checked: pass
-one ``inputs`` per path of the forward.
+At the base width the expectation is the original model itself, unchanged, trained as the
+rule trains it there: every width factor 1, with the roles the analysis measures at the first
+wider width (the ones the emitted file records; the base analysed alone takes its roles from
+one capture), which say which matrices Muon steps and which vector-like parameters get no
+weight decay. A check that sees a deleted readout
+multiplier, a deleted attention factor, a branch of the forward left unscaled (when an input
+set runs it), or an optimizer factor or flag changed fails here. What no input set runs is
+not checked: pass one ``inputs`` per path of the forward.
 """
 
 from __future__ import annotations
@@ -24,9 +33,10 @@ from __future__ import annotations
 import ast
 import contextlib
 import inspect
+import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -34,16 +44,24 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.report import Report
 from ..errors import MuprewriteError
 from ..files import read_source
 from ..input_sets import InputSets, input_sets
 from ..rewrite.branches import HOOK_ATTR
+from ..rules import Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
 
 _HEADER = re.compile(r"muP version of (?P<file>\S+) \(rule \"(?P<rule>[^\"]+)\"")
 RTOL = 1e-9
+# the values at base width both optimizers get (Muon's lr and weight decay, AdamW's under a
+# Muon rule: four distinct values, so that a swap shows)
+_VALUES = {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8}
+_ADAM_VALUES = {"adam_lr": 3e-3, "adam_weight_decay": 0.05}
+# bookkeeping keys of muprewrite's groups, not hyperparameters
+_BOOKKEEPING = {"params", "param_names", "lr_factor", "base_lr"}
 
 
 class CheckError(MuprewriteError):
@@ -106,11 +124,14 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
     emitted, user = load_module(path), load_module(source)
     base_text = base or _base_call(emitted, path)
     result = SourceCheck(path, source, rule or header["rule"])
+    loaded = load_rule(result.rule)
     say = progress or (lambda _m: None)
     with float64():
         for spec in [base_text, *models]:
             say(f"checking {spec}")
-            found = _check_width(result, emitted, user, spec, base_text, inputs, steps)
+            wider = next((m for m in models if m != base_text), None)
+            found = _check_width(result, emitted, user, spec, base_text, inputs, steps,
+                                 loaded, wider)
             if found is not None:
                 result.divergence = found
                 break
@@ -142,9 +163,9 @@ def float64() -> Iterator[None]:
 
 
 def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spec: str,
-                 base_text: str, inputs: Sequence[str], steps: int) -> Divergence | None:
+                 base_text: str, inputs: Sequence[str], steps: int, rule: Rule,
+                 wider: str | None) -> Divergence | None:
     from ..apply import apply
-    from ..optim import param_groups
 
     seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
     torch.manual_seed(seed)
@@ -165,14 +186,54 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
         for mode in ("train", "eval"):
             found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
     if found is None and steps:
-        groups = (param_groups(expected, lr=1e-2, weight_decay=0.1) if not at_base else
-                  [{"params": list(expected.parameters()), "lr": 1e-2, "weight_decay": 0.1}])
-        ours = emitted.mup_param_groups(model, lr=1e-2, weight_decay=0.1)
-        found = _training(spec, model, ours, expected, groups, sets[0], steps)
+        report: Report | None = None
+        if at_base:  # the expected model is the original: its report has the roles
+            made = _report_at_base(user, wider or base_text, base, inputs,
+                                   getattr(emitted, "mup_partners", None))
+            if isinstance(made, Divergence):
+                return made
+            report = made
+        found, optimizers = _optimizers(spec, emitted, model, expected, report, rule)
+        found = found or _training(spec, model, expected, optimizers, sets[0], steps,
+                                   _NAMES[rule.optimizer])
     if found is None:
-        result.compared.append(f"{spec}: parameters, {len(sets)} input set(s) x train/eval, "
-                               f"{steps} AdamW steps: equal")
+        trained = f", optimizer groups, {steps} {_NAMES[rule.optimizer]} steps" if steps else ""
+        result.compared.append(f"{spec}: parameters, {len(sets)} input set(s) x "
+                               f"train/eval{trained}: equal")
     return found
+
+
+_NAMES = {"adam": "AdamW", "sgd": "SGD", "muon": "Muon + AdamW"}
+
+
+def _report_at_base(user: ModuleType, wider: str, base: nn.Module, inputs: Sequence[str],
+                    pair: Callable[[nn.Module, nn.Module], dict[str, str]] | None
+                    ) -> Report | Divergence:
+    """The report the base width trains by: the roles the analysis measures at the ``wider``
+    width (the base alone shows nothing growing; its own roles come from one capture), each on the base's
+    parameter it pairs with, with every width (and depth) multiplier 1. A wider model of
+    another structure is the check's first divergence."""
+    from ..analyzer import analyze
+
+    torch.manual_seed(1)
+    model = build_model(user, wider, "--model", device="cpu")
+    structure = _structure(wider, base, model, pair)
+    if structure is not None:
+        return structure
+    report = analyze(model, InputSets(*_input_sets(model, inputs)), base=base)
+    shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
+    params = {}
+    for info in report:
+        name = report.base_name(info.name)
+        if name in shapes and name not in params:
+            params[name] = replace(info, name=name, shape=shapes[name],
+                                   m_in=_one(info.m_in), m_out=_one(info.m_out),
+                                   m_depth=_one(info.m_depth))
+    return replace(report, params=params, depth_base=report.depth or None, base_names={})
+
+
+def _one(m: float | None) -> float | None:
+    return None if m is None else 1.0
 
 
 def _structure(spec: str, base: nn.Module, model: nn.Module,
@@ -298,39 +359,83 @@ def _module_where(model: nn.Module, name: str, file: Path) -> str:
         path = path.rpartition(".")[0]
 
 
+def _optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.Module,
+                report: Report | None, rule: Rule
+                ) -> tuple[Divergence | None, tuple[torch.optim.Optimizer, ...]]:
+    """``mup_param_groups`` against ``param_groups``, then ``mup_optimizer`` against
+    ``muprewrite.optimizer``, parameter by parameter (``report``: at the base width, where
+    ``expected`` is the original model); the two optimizers, to step."""
+    from ..optim import param_groups
+    from ..optimizer import optimizer
+
+    values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
+    ours = emitted.mup_param_groups(model, **values)
+    theirs = param_groups(expected, report, rule=rule, **values)
+    found = _hyperparameters(spec, model, ours, expected, theirs, "mup_param_groups",
+                             "param_groups")
+    reference = optimizer(expected, report, rule=rule, **values)
+    make = getattr(emitted, "mup_optimizer", None)
+    if make is not None:
+        mine = make(model, **values)
+    else:  # a file emitted before mup_optimizer: the reference's optimizer on its groups
+        mine = type(reference)(ours)  # type: ignore[call-arg]
+    found = found or _hyperparameters(spec, model, mine.param_groups, expected,
+                                      reference.param_groups, "mup_optimizer",
+                                      "muprewrite.optimizer")
+    return found, (mine, reference)
+
+
 def _hyperparameters(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
-                     theirs: list[dict]) -> Divergence | None:
-    """Each parameter's lr, eps and weight decay in the two optimizers' groups: a factor that
-    moves the loss less than the tolerance in a few steps (eps at 1e-8) still shows here."""
-    def table(net: nn.Module, groups: list[dict]) -> dict[str, dict[str, float]]:
+                     theirs: list[dict], mine: str, reference: str) -> Divergence | None:
+    """Each parameter's hyperparameters in the two lists of groups (every key but the
+    bookkeeping: lr, eps, weight decay, the optimizer that steps it, and what torch fills in):
+    a factor that moves the loss less than the tolerance in a few steps (eps at 1e-8) still
+    shows here, and so does a key only one side sets (an eps on a Muon group changes Muon)."""
+    def table(net: nn.Module, groups: list[dict]) -> dict[str, dict[str, Any]]:
         names = {id(p): n for n, p in net.named_parameters()}
-        return {names[id(p)]: {k: float(g[k]) for k in ("lr", "eps", "weight_decay") if k in g}
+        return {names[id(p)]: {k: v for k, v in g.items() if k not in _BOOKKEEPING}
                 for g in groups for p in g["params"] if p.requires_grad}
-    mine, reference = table(model, ours), table(expected, theirs)
-    for name, values in reference.items():
-        got = mine.get(name)
+    got_all, expected_all = table(model, ours), table(expected, theirs)
+    for name, values in expected_all.items():
+        got = got_all.get(name)
         if got is None:
             return Divergence(spec, "optimizer group", name, "-", -1, float("inf"),
-                              "mup_param_groups leaves it out")
-        for key in values.keys() & got.keys():
-            a, b = got[key], values[key]
-            error = abs(a - b) / max(abs(b), 1e-30)
+                              f"{mine} leaves it out")
+        for key in sorted(values.keys() | got.keys(), key=lambda k: (k != "optimizer", k)):
+            if key not in got or key not in values:
+                where, value = (reference, values[key]) if key in values else (mine, got[key])
+                return Divergence(spec, "optimizer group", name, "-", -1, float("inf"),
+                                  f"{key} {_shown(value)} only in {where}")
+            error = _difference(got[key], values[key])
             if error > RTOL:
                 return Divergence(spec, "optimizer group", name, "-", -1, error,
-                                  f"{key} {a:.6g} in mup_param_groups, {b:.6g} in param_groups")
+                                  f"{key} {_shown(got[key])} in {mine}, "
+                                  f"{_shown(values[key])} in {reference}")
     return None
 
 
-def _training(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
-              theirs: list[dict], inputs: tuple[tuple, dict], steps: int) -> Divergence | None:
-    found = _hyperparameters(spec, model, ours, expected, theirs)
-    if found is not None:
-        return found
+def _difference(a: Any, b: Any) -> float:
+    """The relative difference of two numbers; 0 or inf for other values (equal or not)."""
+    def number(x: Any) -> bool:
+        return isinstance(x, (int, float)) and not isinstance(x, bool)
+    if number(a) and number(b):
+        return abs(a - b) / max(abs(b), 1e-30)
+    return 0.0 if type(a) is type(b) and a == b else math.inf
+
+
+def _shown(value: Any) -> str:
+    return f"{value:.6g}" if isinstance(value, float) else repr(value)
+
+
+def _training(spec: str, model: nn.Module, expected: nn.Module,
+              optimizers: tuple[torch.optim.Optimizer, ...], inputs: tuple[tuple, dict],
+              steps: int, name: str) -> Divergence | None:
+    """``steps`` steps of each optimizer on its model: the losses, then the parameters after
+    the last step (which no loss sees)."""
     args, kwargs = inputs
     losses = []
-    for net, groups in ((model, ours), (expected, theirs)):
+    for net, opt in zip((model, expected), optimizers):
         net.train()
-        opt = torch.optim.AdamW(groups)
         run = []
         torch.manual_seed(4)
         for _ in range(steps):
@@ -344,6 +449,13 @@ def _training(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module
     for step, (a, b) in enumerate(zip(*losses)):
         error = abs(a - b) / max(abs(b), 1e-30)
         if error > RTOL:
-            return Divergence(spec, "training", f"AdamW step {step + 1}", "train", 0, error,
-                              "mup_param_groups and param_groups give different updates")
+            return Divergence(spec, "training", f"{name} step {step + 1}", "train", 0, error,
+                              "mup_optimizer and muprewrite.optimizer give different updates")
+    theirs = dict(expected.named_parameters())
+    for param, value in model.named_parameters():
+        error = _rel(value, theirs[param]) if param in theirs else float("inf")
+        if error > RTOL:
+            return Divergence(spec, "training", param, "train", 0, error,
+                              f"differs after {steps} {name} steps of mup_optimizer and "
+                              "muprewrite.optimizer")
     return None
