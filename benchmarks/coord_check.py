@@ -3,6 +3,8 @@
 
     python benchmarks/coord_check.py                 # all models, figures in benchmarks/figures/
     python benchmarks/coord_check.py examples.gpt    # one
+    python benchmarks/coord_check.py --muon examples.gpt examples.dit
+                                                     # Muon: mup-muon beside sp-muon
 
 Prints, per model and rule, the module whose RMS varies most across widths (max/min) and
 the growth of the model output from width 64 to 1024.
@@ -24,6 +26,7 @@ sys.path.insert(0, str(HERE.parent / "tests"))
 
 WIDTHS = [64, 128, 256, 512, 1024]
 LR = 3e-3  # Adam, the same at every width; 3 seeds per width
+MUON_LR = 0.02  # --muon: Muon's lr on the hidden matrices (Adam keeps LR on the rest)
 
 
 def _example_gpt(width: int) -> nn.Module:
@@ -57,7 +60,7 @@ MODELS: dict[str, tuple[Callable[[int], nn.Module], Callable[[nn.Module], Any]]]
 }
 
 
-def main(names: list[str]) -> None:
+def main(names: list[str], muon: bool = False) -> None:
     from muprewrite.verify import coord_check
     from muprewrite.verify.plots import plot_coord_checks
 
@@ -69,19 +72,22 @@ def main(names: list[str]) -> None:
     for name in names:
         build, inputs = MODELS[name]
         checks = []
-        for rule in ("mup", "sp"):
+        for rule in ("mup-muon", "sp-muon") if muon else ("mup", "sp"):
             start = time.perf_counter()
-            check = coord_check(build, WIDTHS, inputs=inputs, rule=rule, lr=LR)
+            check = coord_check(build, WIDTHS, inputs=inputs, rule=rule,
+                                lr=MUON_LR if muon else LR, adam_lr=LR)
             checks.append(check)
             module, spread = check.worst(1)[0]
             print(f"| {name} | {rule} | {module or 'output'} | {spread:.2f} | "
                   f"{check.growth(''):.2f} | {check.slope(''):+.2f} | "
                   f"{len(check.flagged())} / {len(check.rms)} | "
                   f"{time.perf_counter() - start:.0f} s |", flush=True)
-        stem = f"coord_{name.split('.')[-1].lower()}"
+        stem = f"coord_{name.split('.')[-1].lower()}" + ("_muon" if muon else "")
+        steps = f"3 Muon (lr {MUON_LR:g}) + Adam" if muon else "3 Adam"
         plot_coord_checks(checks, out / f"{stem}.png",
-                          title=f"{name}: 3 Adam steps, lr {LR:g}, mean of 3 seeds")
+                          title=f"{name}: {steps} steps, lr {LR:g}, mean of 3 seeds")
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:] or list(MODELS))
+    args = [a for a in sys.argv[1:] if a != "--muon"]
+    main(args or list(MODELS), muon="--muon" in sys.argv[1:])

@@ -9,6 +9,7 @@ under mup (standard residuals).
     python examples/transfer_dit.py --depths 2,4,8,16 --steps 120 --log2-lrs=-10:-4
                                                    # depth at width 64, ~23 minutes: docs/
     python examples/transfer_dit.py --depths 2,4,8,16 --steps 120 --replot
+    python examples/transfer_dit.py --optimizer muon   # Muon: mup-muon beside sp-muon; docs/
 
 For each rule and width, the model (examples/dit.py, rewritten by muprewrite.apply with the
 width-32 model as base) is trained with AdamW at every learning rate of a factor-2 grid, and
@@ -20,6 +21,10 @@ Across depth (--depths, at --width): under completep the depth-2 model is the ba
 every residual branch of a depth-L model is scaled by 2/L; mup refuses a base of another
 depth, so under mup each depth is its own base (standard residuals, the LR reaches AdamW as
 is): the sweep shows where the optimum goes when depth grows without a depth rule.
+
+With --optimizer muon, the hidden matrices are stepped by torch.optim.Muon at the swept LR
+and everything else by AdamW at --adam-ratio times it, under mup-muon and, beside it, under
+sp-muon (Muon and AdamW at the same LRs at every width, no muP).
 """
 
 from __future__ import annotations
@@ -73,7 +78,8 @@ class AtWidth:
 class Trainer:
     """``trainer(model, lr)``: AdamW on muP param groups, returns the held-out loss."""
 
-    def __init__(self, steps: int, batch: int = 64) -> None:
+    def __init__(self, steps: int, batch: int = 64, adam_ratio: float | None = None) -> None:
+        self.adam_ratio = adam_ratio  # Muon: AdamW's lr over Muon's (None: AdamW only)
         self.x, self.y, self.val_x, self.val_y = digits()
         self.steps, self.batch = steps, batch
         betas = torch.linspace(1e-4, 0.02, T)
@@ -89,7 +95,16 @@ class Trainer:
         return F.mse_loss(model(xt, t, y), noise)
 
     def __call__(self, model: torch.nn.Module, lr: float) -> float:
-        opt = torch.optim.AdamW(muprewrite.param_groups(model, lr=lr, weight_decay=0.0))
+        return self.fit(model, self.make_optimizer(model, lr))
+
+    def make_optimizer(self, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+        if self.adam_ratio is None:
+            return torch.optim.AdamW(muprewrite.param_groups(model, lr=lr, weight_decay=0.0))
+        # Muon on the hidden matrices, AdamW on the rest
+        return muprewrite.optimizer(model, lr=lr, adam_lr=lr * self.adam_ratio)
+
+    def fit(self, model: torch.nn.Module, opt: torch.optim.Optimizer) -> float:
+        """Train ``steps`` steps (20 warm-up, then constant); the held-out loss."""
         sched = torch.optim.lr_scheduler.LambdaLR(  # short warm-up, then constant
             opt, lambda step: min(1.0, (step + 1) / 20))
         model.train()
@@ -108,7 +123,7 @@ class Trainer:
             return self.loss(model, self.val_x, self.val_y, self.val_t, self.val_noise).item()
 
 
-WIDTH_RULES, DEPTH_RULES = ("sp", "mup"), ("completep", "mup")
+WIDTH_RULES, DEPTH_RULES, MUON_RULES = ("sp", "mup"), ("completep", "mup"), ("sp-muon", "mup-muon")
 INPUTS = (torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long), torch.zeros(2, dtype=torch.long))
 
 
@@ -118,7 +133,11 @@ def main() -> None:
     parser.add_argument("--depths", help="sweep depth at --width instead, e.g. 2,4,8,16")
     parser.add_argument("--width", type=int, default=64, help="the width of a depth sweep")
     parser.add_argument("--log2-lrs", default="-12:-4", help="inclusive range of log2 LRs")
-    parser.add_argument("--steps", type=int, default=150, help="AdamW steps per run")
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per run")
+    parser.add_argument("--optimizer", choices=("adamw", "muon"), default="adamw",
+                        help="muon: Muon on hidden matrices (rules mup-muon, sp-muon)")
+    parser.add_argument("--adam-ratio", type=float, default=0.25,
+                        help="with --optimizer muon: AdamW's lr over Muon's")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--out", default="docs", help="folder for the PNG and JSON")
     parser.add_argument("--rules", help="run only these rules (comma-separated), e.g. to run "
@@ -127,8 +146,12 @@ def main() -> None:
                         help="redraw the figure from the JSON files in --out, no training")
     args = parser.parse_args()
     out = Path(args.out)
-    stem = "transfer_dit_depth" if args.depths else "transfer_dit"
-    rules = DEPTH_RULES if args.depths else WIDTH_RULES
+    muon = args.optimizer == "muon"
+    if muon and args.depths:
+        parser.error("--optimizer muon sweeps width; leave --depths out")
+    stem = "transfer_dit_depth" if args.depths else "transfer_dit_muon" if muon else "transfer_dit"
+    every = DEPTH_RULES if args.depths else MUON_RULES if muon else WIDTH_RULES
+    rules = every
     if args.rules and not args.replot:
         unknown = set(args.rules.split(",")) - set(rules)
         if unknown:
@@ -138,11 +161,11 @@ def main() -> None:
         sweeps = [Sweep.load_json(out / f"{stem}_{rule}.json") for rule in rules]
         for sweep in sweeps:
             print(sweep.summary())
-        print(f"wrote {_plot(sweeps, out / f'{stem}.png', args.width, args.steps)}")
+        print(f"wrote {_plot(sweeps, out / f'{stem}.png', args.width, args.steps, muon)}")
         return
     lo, hi = (int(v) for v in args.log2_lrs.split(":"))
     lrs = [2.0 ** k for k in range(lo, hi + 1)]
-    trainer = Trainer(args.steps)
+    trainer = Trainer(args.steps, adam_ratio=args.adam_ratio if muon else None)
     out.mkdir(parents=True, exist_ok=True)
     sweeps: list[Sweep] = []
     begin = time.perf_counter()
@@ -165,15 +188,15 @@ def main() -> None:
         print(f"\n{sweep.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
         sweep.save_json(out / f"{stem}_{rule}.json")
         sweeps.append(sweep)
-    if rules != (DEPTH_RULES if args.depths else WIDTH_RULES):
+    if rules != every:
         print(f"total {time.perf_counter() - begin:.0f} s; the figure needs every rule: run "
               "the others, then --replot")
         return
     print(f"total {time.perf_counter() - begin:.0f} s; wrote "
-          f"{_plot(sweeps, out / f'{stem}.png', args.width, args.steps)}")
+          f"{_plot(sweeps, out / f'{stem}.png', args.width, args.steps, muon)}")
 
 
-def _plot(sweeps: list[Sweep], path: Path, width: int, steps: int) -> Path:
+def _plot(sweeps: list[Sweep], path: Path, width: int, steps: int, muon: bool = False) -> Path:
     """The figure; a depth sweep's title names its width and steps (--replot: pass the ones
     the sweep ran with)."""
     first = sweeps[0]
@@ -182,8 +205,9 @@ def _plot(sweeps: list[Sweep], path: Path, width: int, steps: int) -> Path:
                  f"{width}, {steps} AdamW steps: held-out diffusion loss "
                  f"(mean of {first.seeds} seed(s))")
     else:
-        title = (f"DiT on sklearn digits, widths {first.sizes[0]}-{first.sizes[-1]}: held-out "
-                 f"diffusion loss (mean of {first.seeds} seed(s))")
+        title = (f"DiT on sklearn digits, widths {first.sizes[0]}-{first.sizes[-1]}"
+                 f"{', Muon (x-axis: Muon LR)' if muon else ''}: held-out diffusion loss "
+                 f"(mean of {first.seeds} seed(s))")
     return plot_sweeps(sweeps, path, title=title)
 
 

@@ -1,0 +1,164 @@
+"""Weight-decay transfer on real data: the digits DiT of examples/transfer_dit.py, trained with
+AdamW long enough for the weights to reach the steady state that weight decay sets, at
+widths 32 to 256, sweeping the weight decay tuned at base width under each preset rule.
+
+    python examples/weight_decay_dit.py                   # every preset, ~1 hour on 2 cores
+    python examples/weight_decay_dit.py --rules mup       # one preset (run each in its own
+                                                          # process, then --replot)
+    python examples/weight_decay_dit.py --replot          # redraw docs/ from the JSON
+
+Each preset maps the base weight decay to every group at every width:
+  mup              lr*wd constant (hidden wd x m; Tensor Programs V, the mup package)
+  mup-wd-sqrt      hidden wd x sqrt(m), vector-like parameters wd = 0 (Fan et al. 2025)
+  mup-wd-constant  wd as tuned at base, so the hidden lr*wd falls as 1/m (the baseline)
+(mup-wd-timescale has mup's table across width, and mup-wd-independent trains exactly as mup
+with wd = lr*wd_mup; tests/test_weight_decay_rules.py shows the second.)
+
+The learning rate is fixed at its base-width optimum (--lr). AdamW's weights settle after a
+few timescales 1/(lr*wd) steps: with --steps 300 and lr 2^-6, wd >= 1 gives >= 4.7 of them
+at base (the hidden lr falls with width, and so, under mup-wd-constant and mup-wd-sqrt, does
+lr*wd). For every run the script records each hidden matrix's top singular value, the
+paper's diagnostic: a preset that keeps sublayer gains invariant has them match across
+widths. The figure shows the loss against log2 wd per preset, and the hidden matrices' top
+singular value against width at the base-optimal wd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import muprewrite  # noqa: E402
+from examples.transfer_dit import INPUTS, Trainer, build  # noqa: E402
+from muprewrite.files import write_file  # noqa: E402
+from muprewrite.verify import Sweep, lr_sweep  # noqa: E402
+from muprewrite.verify.coordcheck import slope  # noqa: E402
+from muprewrite.verify.plots import sweeps_image  # noqa: E402
+
+PRESETS = ("mup", "mup-wd-sqrt", "mup-wd-constant")
+
+
+class DecayTrainer(Trainer):
+    """``trainer(model, wd)``: AdamW at a fixed lr and the swept weight decay; records the
+    geometric mean over hidden matrices of their top singular value after training."""
+
+    def __init__(self, steps: int, lr: float) -> None:
+        super().__init__(steps)
+        self.lr = lr
+        self.sigma: dict[tuple[int, float], list[float]] = {}
+        # the roles, from two widths (a model analysed against itself at base has none)
+        report = muprewrite.analyze(build(64), INPUTS, base=build(32))
+        self.hidden = {i.name for i in report if i.role == "hidden" and len(i.shape) == 2}
+
+    def __call__(self, model: torch.nn.Module, wd: float) -> float:  # type: ignore[override]
+        loss = self.fit(model, muprewrite.optimizer(model, lr=self.lr, weight_decay=wd))
+        logs = [math.log(float(torch.linalg.matrix_norm(p.detach().double(), ord=2)))
+                for n, p in model.named_parameters() if n in self.hidden]
+        width = model.x_embedder.proj.out_channels  # type: ignore[union-attr]
+        self.sigma.setdefault((width, wd), []).append(math.exp(sum(logs) / len(logs)))
+        return loss
+
+
+def _table(sweep: Sweep, sigma: list[list[float]]) -> dict[str, float | int | str]:
+    """Best wd per width, drift and spread, and the slope of the hidden matrices' top
+    singular value over width at the base-optimal wd."""
+    j = sweep.best_index(0)
+    at = [row[j] for row in sigma]
+    return {"rule": sweep.rule, "best_wd": "/".join(f"2^{math.log2(sweep.best_lr(i)):g}"
+                                                    for i in range(len(sweep.sizes))),
+            "drift": sweep.drift(), "spread": sweep.spread(),
+            "sigma_slope": slope(sweep.sizes, at),
+            "sigma_ratio": at[-1] / at[0]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--widths", default="32,64,128,256")
+    parser.add_argument("--log2-wds", default="-2:4", help="inclusive range of log2 wd")
+    parser.add_argument("--lr", type=float, default=2.0 ** -6, help="AdamW lr at base width")
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default="docs")
+    parser.add_argument("--rules", help=f"comma-separated subset of {', '.join(PRESETS)}")
+    parser.add_argument("--replot", action="store_true", help="redraw from the JSON files")
+    args = parser.parse_args()
+    out = Path(args.out)
+    rules = PRESETS if not args.rules else tuple(args.rules.split(","))
+    unknown = set(rules) - set(PRESETS)
+    if unknown:
+        parser.error(f"--rules: {', '.join(sorted(unknown))} not in {', '.join(PRESETS)}")
+    if not args.replot:
+        lo, hi = (int(v) for v in args.log2_wds.split(":"))
+        wds = [2.0 ** k for k in range(lo, hi + 1)]
+        widths = [int(w) for w in args.widths.split(",")]
+        out.mkdir(parents=True, exist_ok=True)
+        for rule in rules:
+            start = time.perf_counter()
+            trainer = DecayTrainer(args.steps, args.lr)
+
+            def progress(done: int, total: int, rule: str = rule) -> None:
+                print(f"\r{rule}: {done}/{total} runs", end="", file=sys.stderr, flush=True)
+
+            sweep = lr_sweep(build, widths, wds, train=trainer, inputs=INPUTS, rule=rule,
+                             seeds=args.seeds, metric="held-out diffusion loss",
+                             progress=progress, hyper="weight decay")
+            sigma = [[sum(trainer.sigma[(w, wd)]) / len(trainer.sigma[(w, wd)]) for wd in wds]
+                     for w in widths]
+            data = {"sweep": sweep.to_dict(), "sigma_hidden": sigma, "lr": args.lr,
+                    "steps": args.steps, **_table(sweep, sigma)}
+            write_file(out / f"weight_decay_dit_{rule}.json", json.dumps(data, indent=1).encode(),
+                       force=True)
+            print(f"\n{sweep.summary()}  [{time.perf_counter() - start:.0f} s]", flush=True)
+        if set(rules) != set(PRESETS):
+            print("the figure needs every preset: run the others, then --replot")
+            return
+    _report(out)
+
+
+def _report(out: Path) -> None:
+    loaded = [json.loads((out / f"weight_decay_dit_{r}.json").read_text()) for r in PRESETS]
+    sweeps = [Sweep.load_json_dict(d["sweep"]) for d in loaded]
+    print("| preset | best wd at width " + " / ".join(map(str, sweeps[0].sizes)) +
+          " | moves (spread) | hidden sigma_max slope at base-optimal wd | "
+          f"{sweeps[0].sizes[-1]} / {sweeps[0].sizes[0]} |")
+    print("| --- | --- | --- | --- | --- |")
+    for d in loaded:
+        print(f"| {d['rule']} | {d['best_wd']} | {d['drift']} ({d['spread']}) | "
+              f"{d['sigma_slope']:+.2f} | {d['sigma_ratio']:.2f} |")
+    title = (f"DiT on sklearn digits, AdamW lr {loaded[0]['lr']:.3g} for {loaded[0]['steps']} "
+             "steps: held-out diffusion loss against the base weight decay")
+    write_file(out / "weight_decay_dit.png", sweeps_image(sweeps, title), force=True)
+    write_file(out / "weight_decay_dit_sigma.png", _sigma_image(loaded, sweeps), force=True)
+    print(f"wrote {out / 'weight_decay_dit.png'} and {out / 'weight_decay_dit_sigma.png'}")
+
+
+def _sigma_image(loaded: list[dict], sweeps: list[Sweep]) -> bytes:
+    from muprewrite.verify.plots import _image, _pyplot
+
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for d, sweep in zip(loaded, sweeps):
+        j = sweep.best_index(0)
+        ax.plot(sweep.sizes, [row[j] for row in d["sigma_hidden"]], marker="o",
+                label=f"{d['rule']} (wd 2^{math.log2(sweep.lrs[j]):g}): slope "
+                      f"{d['sigma_slope']:+.2f}")
+    ax.set(xscale="log", yscale="log", xlabel="width",
+           ylabel="top singular value (hidden, geo. mean)",
+           title="the paper's diagnostic: matched across widths?")
+    ax.set_xticks(sweeps[0].sizes, [str(s) for s in sweeps[0].sizes])
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _image(fig, plt, "png")  # type: ignore[no-any-return]
+
+
+if __name__ == "__main__":
+    main()
