@@ -11,7 +11,7 @@ from .apply import apply, rescale_init
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
 from .input_sets import InputSets
 from .optim import param_groups, plan_of
-from .optimizer import MuonWithAdamW, optimizer
+from .optimizers import MuonWithAdamW, optimizer
 from .rules import Rule, load_rule
 
 __all__ = ["analyze", "apply", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",

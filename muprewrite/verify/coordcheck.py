@@ -45,7 +45,7 @@ from ..errors import MuprewriteError, first_few
 from ..files import write_file
 from ..input_sets import first_set
 from ..optim import param_groups, plan_of
-from ..optimizer import optimizer
+from ..optimizers import optimizer
 from ..rules import Rule, load_rule
 
 __all__ = ["CoordCheck", "coord_check", "coord_check_depth", "paired_names", "SLOPE_THRESHOLD", "OUTPUT",

@@ -366,7 +366,7 @@ def _optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.M
     ``muprewrite.optimizer``, parameter by parameter (``report``: at the base width, where
     ``expected`` is the original model); the two optimizers, to step."""
     from ..optim import param_groups
-    from ..optimizer import optimizer
+    from ..optimizers import optimizer
 
     values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
     ours = emitted.mup_param_groups(model, **values)

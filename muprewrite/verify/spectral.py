@@ -68,7 +68,7 @@ from ..errors import InputSpecError, MuprewriteError, UsageError, first_few
 from ..files import write_file
 from ..input_sets import first_set
 from ..optim import plan_of, unwrap
-from ..optimizer import optimizer
+from ..optimizers import optimizer
 from ..rules import Rule
 from .coordcheck import SLOPE_THRESHOLD, _first_tensor, rule_id, slope
 from .singular import as_matrix, top_singular

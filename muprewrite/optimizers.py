@@ -1,4 +1,5 @@
-"""One call for a working optimizer under a rule: ``muprewrite.optimizer(model, lr=...)``.
+"""One call for a working optimizer under a rule: ``muprewrite.optimizer(model, lr=...)`` (this
+module is ``muprewrite.optimizers``; the package exports the function).
 
 Adam rules get ``torch.optim.AdamW``, SGD rules ``torch.optim.SGD``, and Muon rules
 (``mup-muon``, ``mup-muon-rms``) a :class:`MuonWithAdamW`: ``torch.optim.Muon`` on the hidden
