@@ -21,6 +21,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 from emitted import float64, import_without_muprewrite
+from fitting import fit
 
 import muprewrite
 from muprewrite.cli.main import cli
@@ -89,16 +90,7 @@ def _losses(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int,
     gen = torch.Generator().manual_seed(2)
     idx = torch.randint(0, 64, (2, 8), generator=gen)
     target = torch.randn(2, 8, 64, generator=gen)
-    losses = []
-    for _ in range(steps):
-        loss = (model(idx) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(loss.item())
-    return losses
+    return fit(model, idx, target, opt, steps, scheduler)
 
 
 @pytest.mark.parametrize("rule", [_rule_param(r) for r in RULES])

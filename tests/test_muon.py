@@ -10,6 +10,7 @@ import math
 
 import pytest
 import torch
+from fitting import fit
 from mup_oracle import BASE_HEAD_DIM, OUT, Transformer
 from torch import nn
 
@@ -30,16 +31,7 @@ def _train(model: nn.Module, opt: torch.optim.Optimizer, steps: int = 20,
     (x,) = model.example_inputs()
     inputs = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     target = torch.randn(*x.shape[:-1], OUT, generator=gen, dtype=x.dtype)
-    losses = []
-    for _ in range(steps):
-        loss = (model(inputs) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        if scheduler is not None:
-            scheduler.step()
-        losses.append(loss.item())
-    return losses
+    return fit(model, inputs, target, opt, steps, scheduler)
 
 
 def _by_hand(width: int, adjust_lr_fn: str, muon_lr_exp: float) -> tuple[nn.Module, list]:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from fitting import fit
 from mup_oracle import BASE_HEAD_DIM, OUT, Transformer
 
 import muprewrite
@@ -51,15 +52,7 @@ def _train(model: torch.nn.Module, opt: torch.optim.Optimizer, steps: int = 20) 
     inputs = torch.randn(x.shape, generator=gen, dtype=x.dtype)
     target = torch.randn(*x.shape[:-1], OUT, generator=gen, dtype=x.dtype)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps)
-    losses = []
-    for _ in range(steps):
-        loss = (model(inputs) - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(loss.item())
-    return losses
+    return fit(model, inputs, target, opt, steps, sched)
 
 
 def test_independent_decay_trains_as_mup_with_the_converted_value() -> None:

@@ -326,16 +326,25 @@ def _one_run(model: nn.Module, names: dict[str, str], batch: Any, steps: int,
         records.append(record)
         if step == steps:
             break
-        if out is None:
-            raise TypeError(f"{type(model).__name__} returned no tensor to train on")
-        if target is None:
-            target = torch.randn(out.shape, generator=torch.Generator().manual_seed(0),
-                                 dtype=out.dtype)
-        loss = (out - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        target = objective_step(model, out, target, opt)
     return records
+
+
+def objective_step(model: nn.Module, out: torch.Tensor | None, target: torch.Tensor | None,
+                   opt: torch.optim.Optimizer) -> torch.Tensor:
+    """One step of the checks' objective on ``out`` (the model's first output tensor): mean
+    squared error to a fixed random target of its shape, drawn at the first step (``target``
+    None) and returned for the next."""
+    if out is None:
+        raise TypeError(f"{type(model).__name__} returned no tensor to train on")
+    if target is None:
+        target = torch.randn(out.shape, generator=torch.Generator().manual_seed(0),
+                             dtype=out.dtype)
+    loss = (out - target).square().mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+    return target
 
 
 def _recorder(name: str, record: dict[str, float]) -> Callable[..., None]:

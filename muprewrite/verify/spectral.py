@@ -70,7 +70,7 @@ from ..input_sets import first_set
 from ..optim import plan_of, unwrap
 from ..optimizers import optimizer
 from ..rules import Rule
-from .coordcheck import SLOPE_THRESHOLD, _first_tensor, rule_id, slope
+from .coordcheck import SLOPE_THRESHOLD, _first_tensor, objective_step, rule_id, slope
 from .singular import as_matrix, top_singular
 
 __all__ = ["Spectra", "MatrixSeries", "spectral_check", "ROLES", "EXPECT", "Quantity"]
@@ -382,16 +382,7 @@ def _one_run(model: nn.Module, opt: torch.optim.Optimizer, layout: dict[str, Par
     run = _Run(matrices, [[r(b) for r, b in zip(weights, before)]], [])
     target = None
     for _ in range(steps):
-        out = _first_tensor(model(*args, **kwargs))
-        if out is None:
-            raise TypeError(f"{type(model).__name__} returned no tensor to train on")
-        if target is None:
-            target = torch.randn(out.shape, generator=torch.Generator().manual_seed(0),
-                                 dtype=out.dtype)
-        loss = (out - target).square().mean()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
+        target = objective_step(model, _first_tensor(model(*args, **kwargs)), target, opt)
         after = [m.effective() for m in matrices]
         run.weight.append([r(a) for r, a in zip(weights, after)])
         run.update.append([r(a - b) for r, a, b in zip(updates, after, before)])
