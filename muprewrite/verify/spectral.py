@@ -198,9 +198,12 @@ class Spectra:
     def summary(self, per_matrix: bool = False) -> str:
         """A table: per role and quantity, the ratio at each width and its slope; with
         ``per_matrix``, a row for every matrix too."""
+        flagged = {(r, q) for r, q, _ in self.flagged()}
         rows: list[tuple[str, tuple[float, ...], float, str]] = [
             (f"{role} {quantity} ({len(self.of_role(role, quantity))})",
-             self.ratio(role, quantity), self.slope(role, quantity), EXPECT[role, quantity])
+             self.ratio(role, quantity), self.slope(role, quantity),
+             ("FLAGGED, expected " if (role, quantity) in flagged else "expected ")
+             + EXPECT[role, quantity])
             for role in self.roles for quantity in QUANTITIES]
         for name, series in self.matrices.items() if per_matrix else ():
             muon = series.muon
