@@ -19,8 +19,8 @@ few timescales 1/(lr*wd) steps: with --steps 300 and lr 2^-6, wd >= 1 gives >= 4
 at base (the hidden lr falls with width, and so, under mup-wd-constant and mup-wd-sqrt, does
 lr*wd). For every run the script records each hidden matrix's top singular value, the
 paper's diagnostic: a preset that keeps sublayer gains invariant has them match across
-widths. The figure shows the loss against log2 wd per preset, and the hidden matrices' top
-singular value against width at the base-optimal wd.
+widths. The figures show the loss against log2 wd per preset, and the hidden matrices' top
+singular value against width at every wd.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ import math
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -67,16 +68,18 @@ class DecayTrainer(Trainer):
         return loss
 
 
-def _table(sweep: Sweep, sigma: list[list[float]]) -> dict[str, float | int | str]:
+def _table(sweep: Sweep, sigma: list[list[float]]) -> dict[str, Any]:
     """Best wd per width, drift and spread, and the slope of the hidden matrices' top
-    singular value over width at the base-optimal wd."""
+    singular value over width at the base-optimal wd and at every wd."""
     j = sweep.best_index(0)
     at = [row[j] for row in sigma]
     return {"rule": sweep.rule, "best_wd": "/".join(f"2^{math.log2(sweep.best_lr(i)):g}"
                                                     for i in range(len(sweep.sizes))),
             "drift": sweep.drift(), "spread": sweep.spread(),
             "sigma_slope": slope(sweep.sizes, at),
-            "sigma_ratio": at[-1] / at[0]}
+            "sigma_ratio": at[-1] / at[0],
+            "sigma_slope_by_wd": {str(wd): slope(sweep.sizes, [row[k] for row in sigma])
+                                  for k, wd in enumerate(sweep.lrs)}}
 
 
 def main() -> None:
@@ -123,16 +126,22 @@ def main() -> None:
     _report(out)
 
 
+STEADY = ("1.0", "4.0")  # base wd with >= 4.7 timescales 1/(lr*wd) in 300 steps at lr 2^-6
+
+
 def _report(out: Path) -> None:
     loaded = [json.loads((out / f"weight_decay_dit_{r}.json").read_text()) for r in PRESETS]
     sweeps = [Sweep.load_json_dict(d["sweep"]) for d in loaded]
     print("| preset | best wd at width " + " / ".join(map(str, sweeps[0].sizes)) +
-          " | moves (spread) | hidden sigma_max slope at base-optimal wd | "
-          f"{sweeps[0].sizes[-1]} / {sweeps[0].sizes[0]} |")
+          " | moves (spread) | best loss, widths " + " / ".join(map(str, sweeps[0].sizes)) +
+          " | hidden sigma_max slope at wd " + ", ".join(STEADY) + " |")
     print("| --- | --- | --- | --- | --- |")
-    for d in loaded:
-        print(f"| {d['rule']} | {d['best_wd']} | {d['drift']} ({d['spread']}) | "
-              f"{d['sigma_slope']:+.2f} | {d['sigma_ratio']:.2f} |")
+    for d, sweep in zip(loaded, sweeps):
+        best = " / ".join(f"{min(row):.4f}" for row in sweep.loss)
+        steady = ", ".join(f"{d['sigma_slope_by_wd'][wd]:+.2f}" for wd in STEADY
+                           if wd in d["sigma_slope_by_wd"])
+        print(f"| {d['rule']} | {d['best_wd']} | {d['drift']} ({d['spread']}) | {best} | "
+              f"{steady} |")
     title = (f"DiT on sklearn digits, AdamW lr {loaded[0]['lr']:.3g} for {loaded[0]['steps']} "
              "steps: held-out diffusion loss against the base weight decay")
     write_file(out / "weight_decay_dit.png", sweeps_image(sweeps, title), force=True)
@@ -141,21 +150,29 @@ def _report(out: Path) -> None:
 
 
 def _sigma_image(loaded: list[dict], sweeps: list[Sweep]) -> bytes:
+    """One panel per preset: the hidden matrices' top singular value (geometric mean)
+    against width, one line per base weight decay; flat lines are matched gains."""
     from muprewrite.verify.plots import _image, _pyplot
 
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for d, sweep in zip(loaded, sweeps):
-        j = sweep.best_index(0)
-        ax.plot(sweep.sizes, [row[j] for row in d["sigma_hidden"]], marker="o",
-                label=f"{d['rule']} (wd 2^{math.log2(sweep.lrs[j]):g}): slope "
-                      f"{d['sigma_slope']:+.2f}")
-    ax.set(xscale="log", yscale="log", xlabel="width",
-           ylabel="top singular value (hidden, geo. mean)",
-           title="the paper's diagnostic: matched across widths?")
-    ax.set_xticks(sweeps[0].sizes, [str(s) for s in sweeps[0].sizes])
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    fig, axes = plt.subplots(1, len(loaded), figsize=(4.2 * len(loaded), 3.4), sharey=True,
+                             squeeze=False)
+    cmap = plt.get_cmap("plasma")
+    for ax, d, sweep in zip(axes[0], loaded, sweeps):
+        for k, wd in enumerate(sweep.lrs):
+            col = [row[k] for row in d["sigma_hidden"]]
+            if min(col) <= 0:
+                continue  # decayed to zero: no point on a log axis
+            ax.plot(sweep.sizes, col, marker="o", ms=3, color=cmap(k / len(sweep.lrs)),
+                    label=f"wd 2^{math.log2(wd):g}: {d['sigma_slope_by_wd'][str(wd)]:+.2f}")
+        ax.set(xscale="log", yscale="log", xlabel="width", title=d["rule"])
+        ax.set_xticks(sweep.sizes, [str(s) for s in sweep.sizes])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=6, ncol=2)
+    axes[0][0].set_ylabel("top singular value, hidden (geo. mean)")
+    fig.suptitle("the paper's diagnostic: flat lines = sublayer gains matched across widths "
+                 "(legend: slope)", fontsize=10)
     fig.tight_layout()
     return _image(fig, plt, "png")  # type: ignore[no-any-return]
 
