@@ -16,18 +16,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from .depth import DepthBlock, depth_constants, depth_functions
+from .optimizer_block import Training, flag_comments, optimizer_functions
 
-__all__ = ["Entry", "Training", "layer_pattern", "module_pattern", "collapse", "render_block",
+__all__ = ["Entry", "layer_pattern", "module_pattern", "collapse", "render_block",
            "render_header", "render_part_header", "render_constants", "emitted_rule", "part_of",
-           "MARKER", "MUON_FLAG", "NO_DECAY_FLAG"]
+           "MARKER"]
 
 MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
 _PART = "part of the muP version of "  # the header of another file of the project says this
 
 # flags in a parameter's exponents (factor 1, so mup_factors keeps them as they are): stepped
 # by torch.optim.Muon (a Muon rule's hidden matrix); no weight decay (vector_weight_decay "none")
-MUON_FLAG = "muon"
-NO_DECAY_FLAG = "no_weight_decay"
 
 _INDEX = re.compile(r"(^|\.)\d+(?=\.)")
 _MODULE_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
@@ -57,16 +56,6 @@ class Entry:
         exps = ", ".join(f'"{q}": ({", ".join(repr(x) for x in xs)})' for q, *xs in self.exponents)
         branch = "" if self.in_branch is None else f" {self.in_branch},"
         return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)},{branch} {{{exps}}})"
-
-
-@dataclass(frozen=True)
-class Training:
-    """How the rule trains: what ``mup_param_groups`` and ``mup_optimizer`` are emitted as."""
-
-    optimizer: str = "adam"  # the rule's family: "adam", "sgd" or "muon"
-    adjust_lr_fn: str | None = None  # a Muon rule's (its Muon groups carry it)
-    independent: bool = False  # weight_decay_coupling "independent": torch gets wd / lr
-    vector_decay: bool = True  # False: vector-like parameters (NO_DECAY_FLAG) get none
 
 
 def _tuple(axes: tuple[int, ...]) -> str:
@@ -177,7 +166,7 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
                 "changes"]
     else:
         out += depth_constants(depth)
-    out += _flag_comments(training)
+    out += flag_comments(training)
     out.append("MUP_PARAMS = {")
     out += [f'    "{name}": {entry.code()},' for name, entry in entries.items()]
     out.append("}")
@@ -194,20 +183,8 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     out.append("}")
     middle = _WIDTH.format() if depth is None else depth_functions()
     out.append("\n\n".join([_PREAMBLE.format(base_call=base_call), middle,
-                             *_optimizer_functions(training)]))
+                             *optimizer_functions(training)]))
     return "\n".join(line for line in out if line is not None)
-
-
-def _flag_comments(training: Training) -> list[str]:
-    """What the flags in ``MUP_PARAMS`` mean, for the rules that use them."""
-    out = []
-    if training.optimizer == "muon":
-        out += [f'# "{MUON_FLAG}": a hidden matrix, stepped by torch.optim.Muon (lr and weight_decay: '
-                "the rule's [muon]", "# row); AdamW steps the rest"]
-    if not training.vector_decay:
-        out.append(f'# "{NO_DECAY_FLAG}": weight decay 0 (vector-like: input and output weights, '
-                   "biases, norm gains)")
-    return out
 
 
 _PREAMBLE = '''_MUP_BUILDING_BASE = False
@@ -282,184 +259,4 @@ def mup_init(model: torch.nn.Module) -> None:
         for attribute, name in attributes.items():
             factor = model.mup_factors.get(name, {{}}).get("multiplier", 1.0)
             setattr(model.get_submodule(path), attribute, factor)
-'''
-
-
-def _optimizer_functions(training: Training) -> list[str]:
-    """``mup_param_groups`` and ``mup_optimizer``, and under a Muon rule the class that steps
-    Muon and AdamW as one optimizer. A rule that trains as ``mup`` does (AdamW or SGD, the
-    weight decay coupled to the lr and scaled on every parameter) gets the plain ``_GROUPS``."""
-    decay, decay_line = 'f.get("weight_decay", 1.0)', ""
-    if not training.vector_decay:
-        decay = "decay"
-        decay_line = f'        decay = 0.0 if "{NO_DECAY_FLAG}" in f else f.get("weight_decay", 1.0)\n'
-    helper = _INDEPENDENT if training.independent else ""
-    if training.optimizer == "muon":
-        call = "            _mup_independent_decay(group, name)\n" if training.independent else ""
-        groups = _MUON_GROUPS.format(flag=MUON_FLAG, decay=decay, decay_line=decay_line,
-                                     independent=call, adjust=_string(training.adjust_lr_fn))
-        return [helper + groups, _MUON_CLASS, _MUON_OPTIMIZER]
-    eps = ', "eps": eps * key[2]' if training.optimizer == "adam" else ""
-    key = f'{decay_line}        key = (f.get("lr", 1.0), {decay}, f.get("eps", 1.0))'
-    group = ('            groups[key] = {"params": [], "lr": lr * key[0], '
-             f'"weight_decay": weight_decay * key[1]{eps}}}')
-    if training.independent:
-        group += "\n            _mup_independent_decay(groups[key], name)"
-    return [helper + _GROUPS.format(key=key, group=group), _OPTIMIZER[training.optimizer]]
-
-
-def _string(value: str | None) -> str:
-    return "None" if value is None else f'"{value}"'
-
-
-_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
-                     eps: float = 1e-8) -> list[dict]:
-    """Optimizer groups from the values tuned at base width, e.g.
-    torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1))."""
-    while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
-        model = getattr(model, "_orig_mod", None) or model.module
-    groups: dict[tuple, dict] = {{}}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        f = model.mup_factors.get(name, {{}})
-{key}
-        if key not in groups:
-{group}
-        groups[key]["params"].append(param)
-    return list(groups.values())
-'''
-
-_INDEPENDENT = '''def _mup_independent_decay(group: dict, name: str) -> None:
-    """The rule's weight decay is the decay per step, independent of the lr: torch's optimizers
-    decay by lr * weight_decay, so they get weight_decay / lr (a schedule scales both)."""
-    if group["weight_decay"]:
-        if not group["lr"]:
-            raise ValueError(f"muP: {name}'s weight decay (independent of the lr) is handed to "
-                             "torch as weight_decay / lr, and its lr is 0; pass a positive lr")
-        group["weight_decay"] /= group["lr"]
-
-
-'''
-
-_OPTIMIZER = {
-    "adam": '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
-                  weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                  eps: float = 1e-8, **kwargs) -> torch.optim.Optimizer:
-    """torch.optim.AdamW over mup_param_groups, from the values tuned at base width, e.g.
-    mup_optimizer(model, lr=3e-4, weight_decay=0.1); kwargs go to AdamW (betas=, fused=).
-    adam_lr and adam_weight_decay are for Muon rules: this rule steps everything with AdamW."""
-    if adam_lr is not None or adam_weight_decay is not None:
-        raise ValueError(f'muP rule "{MUP_RULE}" steps every parameter with AdamW: pass its '
-                         "lr= and weight_decay=, not adam_lr= or adam_weight_decay=")
-    groups = mup_param_groups(model, lr, weight_decay, eps)
-    return torch.optim.AdamW(groups, lr=lr, eps=eps, **kwargs)
-''',
-    "sgd": '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
-                  weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                  eps: float = 1e-8, **kwargs) -> torch.optim.Optimizer:
-    """torch.optim.SGD over mup_param_groups, from the values tuned at base width, e.g.
-    mup_optimizer(model, lr=0.1, momentum=0.9); kwargs go to SGD. eps (Adam's), adam_lr and
-    adam_weight_decay (Muon rules') do not apply: this rule steps everything with SGD."""
-    if adam_lr is not None or adam_weight_decay is not None:
-        raise ValueError(f'muP rule "{MUP_RULE}" steps every parameter with SGD: pass its '
-                         "lr= and weight_decay=, not adam_lr= or adam_weight_decay=")
-    return torch.optim.SGD(mup_param_groups(model, lr, weight_decay), lr=lr, **kwargs)
-''',
-}
-
-_MUON_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
-                     weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                     eps: float = 1e-8) -> list[dict]:
-    """Optimizer groups from the values tuned at base width: torch.optim.Muon's for the hidden
-    matrices (lr, weight_decay), torch.optim.AdamW's for the rest (adam_lr, adam_weight_decay,
-    default weight_decay, and eps); group["optimizer"] says which. mup_optimizer(model,
-    lr=0.02, adam_lr=3e-3) builds the pair."""
-    if adam_lr is None:
-        raise ValueError(f'muP rule "{{MUP_RULE}}" steps the hidden matrices with Muon (lr=) and '
-                         "the rest with AdamW, whose learning rate adam_lr= is missing")
-    if adam_weight_decay is None:
-        adam_weight_decay = weight_decay
-    while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
-        model = getattr(model, "_orig_mod", None) or model.module
-    groups: dict[tuple, dict] = {{}}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
-        f = model.mup_factors.get(name, {{}})
-        muon = "{flag}" in f  # a hidden matrix
-{decay_line}        key = (muon, f.get("lr", 1.0), {decay}, f.get("eps", 1.0))
-        if key not in groups:
-            if muon:
-                group = {{"params": [], "lr": lr * key[1], "weight_decay": weight_decay * key[2],
-                         "optimizer": "muon", "adjust_lr_fn": {adjust}}}
-            else:
-                group = {{"params": [], "lr": adam_lr * key[1],
-                         "weight_decay": adam_weight_decay * key[2], "optimizer": "adamw",
-                         "eps": eps * key[3]}}
-{independent}            groups[key] = group
-        groups[key]["params"].append(param)
-    return list(groups.values())
-'''
-
-_MUON_CLASS = '''class MupMuonWithAdamW(torch.optim.Optimizer):
-    """torch.optim.Muon and torch.optim.AdamW as one optimizer: param_groups are the two's
-    groups (the very dicts they step with) and state is shared, so LR schedulers, zero_grad,
-    state_dict and load_state_dict work as on any torch optimizer."""
-
-    def __init__(self, *parts: torch.optim.Optimizer | None) -> None:
-        self._parts = [part for part in parts if part is not None]
-        groups = [group for part in self._parts for group in part.param_groups]
-        super().__init__(groups, {})
-        self.param_groups = groups
-        self._link()
-
-    def _link(self) -> None:
-        """Point each part at this optimizer's group dicts and state."""
-        start = 0
-        for part in self._parts:
-            count = len(part.param_groups)
-            part.param_groups, part.state = self.param_groups[start:start + count], self.state
-            start += count
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        super().load_state_dict(state_dict)  # new group dicts and state: link them again
-        self._link()
-
-    def __getstate__(self) -> dict:  # copy.deepcopy, pickle: the parts too
-        return {**super().__getstate__(), "_parts": self._parts}
-
-    def __setstate__(self, state: dict) -> None:
-        super().__setstate__(state)
-        self._link()
-
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for part in self._parts:
-            part.step()
-        return loss
-'''
-
-_MUON_OPTIMIZER = '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
-                  weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                  eps: float = 1e-8, momentum: float = 0.95, nesterov: bool = True,
-                  **kwargs) -> torch.optim.Optimizer:
-    """torch.optim.Muon on the hidden matrices (lr, weight_decay, momentum, nesterov) and
-    torch.optim.AdamW on the rest (adam_lr, adam_weight_decay, eps; kwargs: betas=, ...), as
-    one optimizer, from the values tuned at base width, e.g. mup_optimizer(model, lr=0.02,
-    adam_lr=3e-3, weight_decay=0.01)."""
-    if not hasattr(torch.optim, "Muon"):
-        raise RuntimeError(f'muP rule "{MUP_RULE}" steps the hidden matrices with '
-                           f"torch.optim.Muon, which torch {torch.__version__} lacks: it needs "
-                           "PyTorch >= 2.9")
-    groups = mup_param_groups(model, lr, adam_lr, weight_decay, adam_weight_decay, eps)
-    muon = [g for g in groups if g["optimizer"] == "muon"]
-    adamw = [g for g in groups if g["optimizer"] == "adamw"]
-    return MupMuonWithAdamW(
-        torch.optim.Muon(muon, lr=lr, momentum=momentum, nesterov=nesterov) if muon else None,
-        torch.optim.AdamW(adamw, lr=adam_lr, eps=eps, **kwargs) if adamw else None)
 '''

@@ -25,19 +25,12 @@ from ..rewrite.plan import make_plan, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
-from .block import (
-    MUON_FLAG,
-    NO_DECAY_FLAG,
-    Entry,
-    Training,
-    collapse,
-    emitted_rule,
-    render_block,
-)
+from .block import Entry, collapse, emitted_rule, render_block
 from .branches import locate_branches
 from .complete import Edits, complete
 from .depth import DepthBlock
 from .depth_plan import base_entries, depth_block, partners_of
+from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
 from .project import Project
 from .sites import EmitError, Sites, locate
 
