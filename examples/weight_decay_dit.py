@@ -55,14 +55,14 @@ class DecayTrainer(Trainer):
         super().__init__(steps)
         self.lr = lr
         self.sigma: dict[tuple[int, float], list[float]] = {}
-        # the roles, from two widths (a model analysed against itself at base has none)
-        report = muprewrite.analyze(build(64), INPUTS, base=build(32))
-        self.hidden = {i.name for i in report if i.role == "hidden" and len(i.shape) == 2}
 
     def __call__(self, model: torch.nn.Module, wd: float) -> float:  # type: ignore[override]
         loss = self.fit(model, muprewrite.optimizer(model, lr=self.lr, weight_decay=wd))
+        plan = muprewrite.plan_of(model)
+        assert plan is not None
         logs = [math.log(float(torch.linalg.matrix_norm(p.detach().double(), ord=2)))
-                for n, p in model.named_parameters() if n in self.hidden]
+                for n, p in model.named_parameters()
+                if p.ndim == 2 and plan.report[n].role == "hidden"]
         width = model.x_embedder.proj.out_channels  # type: ignore[union-attr]
         self.sigma.setdefault((width, wd), []).append(math.exp(sum(logs) / len(logs)))
         return loss

@@ -378,11 +378,7 @@ def _muon(table: Any, optimizer: str, path: Path) -> MuonRow | None:
                     'default, also adjust_lr_fn=None) or "match_rms_adamw"')
     rows = {}
     for quantity in ("lr", "weight_decay"):
-        key = f"muon.{quantity}"
-        exps = _table(path, key, table.get(quantity, {}), "{m_in = number}")
-        _known(path, f"{key}.", exps, "an axis", _AXES)
-        rows[quantity] = Exponents(*(_exponent(path, f"{key}.{axis}", exps.get(axis, 0))
-                                     for axis in _AXES))
+        rows[quantity] = _exponents(path, f"muon.{quantity}", table.get(quantity, {}))
     return MuonRow(table["adjust_lr_fn"], rows["lr"], rows["weight_decay"])
 
 
@@ -410,12 +406,16 @@ def _rows(table: Any, names: tuple[str, ...], prefix: str, path: Path) -> dict[s
         _known(path, f"{prefix}.{name}.", row, "a quantity", QUANTITIES)
         for quantity, exps in row.items():
             key = f"{prefix}.{name}.{quantity}"
-            exps = _table(path, key, exps, "{m_in = number, m_out = number}")
-            _known(path, f"{key}.", exps, "an axis", _AXES)
-            values[quantity] = Exponents(*(_exponent(path, f"{key}.{axis}", exps.get(axis, 0))
-                                           for axis in _AXES))
+            values[quantity] = _exponents(path, key, exps)
         rows[name] = Scaling(**values)
     return rows
+
+
+def _exponents(path: Path, key: str, table: Any) -> Exponents:
+    """``{ m_in = x, m_out = y, m_depth = z }`` at ``key``; a missing axis is 0."""
+    table = _table(path, key, table, "{m_in = number, m_out = number}")
+    _known(path, f"{key}.", table, "an axis", _AXES)
+    return Exponents(*(_exponent(path, f"{key}.{axis}", table.get(axis, 0)) for axis in _AXES))
 
 
 def _exponent(path: Path, key: str, value: Any) -> float:

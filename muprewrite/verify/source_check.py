@@ -18,11 +18,11 @@ the original model (the file the emitted one was written from) the same way, rew
    (AdamW, SGD, or Muon on the hidden matrices and AdamW on the rest): the losses, and the
    parameters after the last step.
 
-At the base width the expectation is the original model itself, unchanged, trained as the
-rule trains it there: every width factor 1, with the roles the analysis measures at the first
-wider width (the ones the emitted file records; the base analysed alone takes its roles from
-one capture), which say which matrices Muon steps and which vector-like parameters get no
-weight decay. A check that sees a deleted readout
+At the base width the expectation is the original model through ``apply`` against itself:
+unchanged (every width factor is 1), trained as the rule trains it there, with the roles of
+the single capture, which say which matrices Muon steps and which vector-like parameters get
+no weight decay; a role that differs from the one the emitted file recorded shows as another
+optimizer or weight decay. A check that sees a deleted readout
 multiplier, a deleted attention factor, a branch of the forward left unscaled (when an input
 set runs it), or an optimizer factor or flag changed fails here. What no input set runs is
 not checked: pass one ``inputs`` per path of the forward.
@@ -36,7 +36,7 @@ import inspect
 import math
 import re
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -44,7 +44,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..analysis.report import Report
 from ..errors import MuprewriteError
 from ..files import read_source
 from ..input_sets import InputSets, input_sets
@@ -129,9 +128,7 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
     with float64():
         for spec in [base_text, *models]:
             say(f"checking {spec}")
-            wider = next((m for m in models if m != base_text), None)
-            found = _check_width(result, emitted, user, spec, base_text, inputs, steps,
-                                 loaded, wider)
+            found = _check_width(result, emitted, user, spec, base_text, inputs, steps, loaded)
             if found is not None:
                 result.divergence = found
                 break
@@ -163,22 +160,22 @@ def float64() -> Iterator[None]:
 
 
 def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spec: str,
-                 base_text: str, inputs: Sequence[str], steps: int, rule: Rule,
-                 wider: str | None) -> Divergence | None:
+                 base_text: str, inputs: Sequence[str], steps: int, rule: Rule
+                 ) -> Divergence | None:
     from ..apply import apply
 
     seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
     torch.manual_seed(seed)
     base = build_model(user, base_text, "the emitted base", device="cpu")
-    at_base = spec == base_text
     torch.manual_seed(1)
     expected = build_model(user, spec, "--model", device="cpu")
     structure = _structure(spec, base, expected, getattr(emitted, "mup_partners", None))
     if structure is not None:
         return structure
     sets = _input_sets(expected, inputs)
-    if not at_base:  # every input set captured, as the emitter should have
-        expected = apply(expected, InputSets(*sets), base=base, rule=result.rule)
+    # every input set captured, as the emitter should have; at the base width apply changes
+    # nothing (every factor is 1) and gives the roles the rule's optimizer needs
+    expected = apply(expected, InputSets(*sets), base=base, rule=result.rule)
     torch.manual_seed(1)
     model = build_model(emitted, spec, "--model", device="cpu")
     found = _parameters(spec, model, expected)
@@ -186,14 +183,7 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
         for mode in ("train", "eval"):
             found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
     if found is None and steps:
-        report: Report | None = None
-        if at_base:  # the expected model is the original: its report has the roles
-            made = _report_at_base(user, wider or base_text, base, inputs,
-                                   getattr(emitted, "mup_partners", None))
-            if isinstance(made, Divergence):
-                return made
-            report = made
-        found, optimizers = _optimizers(spec, emitted, model, expected, report, rule)
+        found, optimizers = _optimizers(spec, emitted, model, expected, rule)
         found = found or _training(spec, model, expected, optimizers, sets[0], steps,
                                    _NAMES[rule.optimizer])
     if found is None:
@@ -204,36 +194,6 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
 
 
 _NAMES = {"adam": "AdamW", "sgd": "SGD", "muon": "Muon + AdamW"}
-
-
-def _report_at_base(user: ModuleType, wider: str, base: nn.Module, inputs: Sequence[str],
-                    pair: Callable[[nn.Module, nn.Module], dict[str, str]] | None
-                    ) -> Report | Divergence:
-    """The report the base width trains by: the roles the analysis measures at the ``wider``
-    width (the base alone shows nothing growing; its own roles come from one capture), each on the base's
-    parameter it pairs with, with every width (and depth) multiplier 1. A wider model of
-    another structure is the check's first divergence."""
-    from ..analyzer import analyze
-
-    torch.manual_seed(1)
-    model = build_model(user, wider, "--model", device="cpu")
-    structure = _structure(wider, base, model, pair)
-    if structure is not None:
-        return structure
-    report = analyze(model, InputSets(*_input_sets(model, inputs)), base=base)
-    shapes = {n: tuple(p.shape) for n, p in base.named_parameters()}
-    params = {}
-    for info in report:
-        name = report.base_name(info.name)
-        if name in shapes and name not in params:
-            params[name] = replace(info, name=name, shape=shapes[name],
-                                   m_in=_one(info.m_in), m_out=_one(info.m_out),
-                                   m_depth=_one(info.m_depth))
-    return replace(report, params=params, depth_base=report.depth or None, base_names={})
-
-
-def _one(m: float | None) -> float | None:
-    return None if m is None else 1.0
 
 
 def _structure(spec: str, base: nn.Module, model: nn.Module,
@@ -360,20 +320,18 @@ def _module_where(model: nn.Module, name: str, file: Path) -> str:
 
 
 def _optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.Module,
-                report: Report | None, rule: Rule
-                ) -> tuple[Divergence | None, tuple[torch.optim.Optimizer, ...]]:
+                rule: Rule) -> tuple[Divergence | None, tuple[torch.optim.Optimizer, ...]]:
     """``mup_param_groups`` against ``param_groups``, then ``mup_optimizer`` against
-    ``muprewrite.optimizer``, parameter by parameter (``report``: at the base width, where
-    ``expected`` is the original model); the two optimizers, to step."""
+    ``muprewrite.optimizer``, parameter by parameter; the two optimizers, to step."""
     from ..optim import param_groups
     from ..optimizers import optimizer
 
     values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
     ours = emitted.mup_param_groups(model, **values)
-    theirs = param_groups(expected, report, rule=rule, **values)
+    theirs = param_groups(expected, rule=rule, **values)
     found = _hyperparameters(spec, model, ours, expected, theirs, "mup_param_groups",
                              "param_groups")
-    reference = optimizer(expected, report, rule=rule, **values)
+    reference = optimizer(expected, rule=rule, **values)
     make = getattr(emitted, "mup_optimizer", None)
     if make is not None:
         mine = make(model, **values)
