@@ -6,7 +6,7 @@ fix it; the CLI prints ``str(error)`` as its one-line (or few-line) message.
 
 from __future__ import annotations
 
-__all__ = ["first_few", "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
+__all__ = ["first_few", "printable", "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 
 
 class MuprewriteError(Exception):
@@ -22,7 +22,7 @@ class MuprewriteError(Exception):
         """The error as a single line (for CLI messages about arguments)."""
         parts = [self.message] + ([f"at {self.where}"] if self.where else []) + (
             [f"fix: {self.fix}"] if self.fix else [])
-        return "; ".join(parts)
+        return printable("; ".join(parts))
 
     def _render(self) -> str:
         text = self.message
@@ -54,3 +54,9 @@ def first_few(items: list[str], n: int = 3) -> str:
     """``"a; b; c (and 4 more)"``: the start of a list of problems, for one-line errors."""
     more = f" (and {len(items) - n} more)" if len(items) > n else ""
     return "; ".join(items[:n]) + more
+
+
+def printable(text: str) -> str:
+    """``text`` on one line: a name from the user's model (a ``ModuleDict`` key) may hold line
+    breaks or terminal control characters; they are shown escaped, as in a Python literal."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -135,6 +135,34 @@ class Branchy(Net):
         return super().forward(x)
 '''
 
+# ModuleDict keys are the user's strings: quotes, line breaks, backslashes and terminal escapes
+# must reach the emitted source as data, never as code
+KEYS = ('a": ((0,), (0,), {}), "x": getattr(__import__("os"), "system")("touch pwned") or 1, "y',
+        'b\nimport os; getattr(os, "system")("touch pwned")\n#',
+        "c\\d",
+        "e'\x1b[2J\u202e")
+INJECT = NET + f"""
+
+KEYS = {KEYS!r}
+
+
+class Keyed(nn.Module):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.hidden = nn.ModuleDict({{k: nn.Linear(width, width) for k in KEYS}})
+        self.out = nn.Linear(width, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.relu(self.inp(x))
+        for key in self.hidden:
+            h = torch.relu(self.hidden[key](h))
+        return self.out(h)
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(2, 8, device=self.inp.weight.device),)
+"""
+
 NAN_RULE = """id = "nan"
 title = "t"
 status = "experimental"
@@ -263,6 +291,9 @@ CASES = [
          r"the base must differ in width"),
     Case("base-other-depth", ("model.py", *M, "--base", "Net(width=32, depth=1)"),
          r"base is not Net at another width.*hidden\.1\.weight"),
+    # --- names that reach emitted code --------------------------------------------------
+    Case("injected-keys", ("model.py", "--model", "Keyed(width=64)", "--base", "Keyed(width=32)",
+                           "-o", "out.py"), model=INJECT, changes=frozenset({"out.py"})),
     # --- files -------------------------------------------------------------------------
     Case("symlink-in-place", ("src/link.py", *M, "--base", "Net(width=32)", "--in-place"),
          files={"src/real.py": NET}, links={"src/link.py": "real.py"},
@@ -408,6 +439,29 @@ def test_signal_while_writing_leaves_nothing(tmp_path: Path, signame: str, code:
     assert proc.returncode == code, proc.stderr
     assert "Traceback" not in proc.stderr and "Aborted!" not in proc.stderr
     assert _snapshot(tmp_path) == before  # model.py untouched, no temporary file
+
+
+_IMPORT_EMITTED = """
+import json, out
+print(json.dumps(out.Keyed(64).mup_factors))
+"""
+
+
+def test_injected_keys_stay_data(outcomes: dict[str, Outcome],
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Importing the emitted file runs none of the keys, and each key keeps its factors."""
+    assert outcomes["injected-keys"].code == 0
+    folder = next(tmp_path_factory.getbasetemp().glob("hostile*/injected-keys"))
+    proc = subprocess.run([sys.executable, "-c", _IMPORT_EMITTED], cwd=folder,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert not list(folder.glob("pwned*")) and (folder / "sentinel.txt").exists()
+    factors = json.loads(proc.stdout.splitlines()[-1])
+    for key in KEYS:  # width 64 from a base of 32: m = 2
+        hidden = factors[f"hidden.{key}.weight"]
+        assert hidden["init"] == pytest.approx(2 ** -0.5) and hidden["lr"] == pytest.approx(0.5)
+    assert factors["out.weight"]["multiplier"] == pytest.approx(0.5)
+    assert "\x1b" not in outcomes["injected-keys"].stderr  # names are shown escaped
 
 
 def test_routing_and_spectral_norm_roles(outcomes: dict[str, Outcome]) -> None:

@@ -10,7 +10,7 @@ import click
 
 from ..emit.emitter import Emission, EmittedFile
 from ..emit.outputs import Output, is_folder, outputs, tree_target
-from ..errors import MuprewriteError
+from ..errors import MuprewriteError, printable
 from ..files import (
     check_distinct,
     check_folder,
@@ -198,7 +198,7 @@ def _check_all(planned: list[Output], emission: Emission, rule: str, *, force: b
 
 def _report(emission: Emission, planned: list[Output]) -> None:
     for change in emission.changes:
-        click.echo(f"  - {change}", err=True)
+        click.echo(f"  - {printable(change)}", err=True)
     for o in planned:
         if o.file is not None:
             click.echo(f"wrote {o.target}", err=True)

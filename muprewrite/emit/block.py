@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .depth import DepthBlock, depth_constants, depth_functions
+from .literals import comment_text, identifier, string, string_set
 from .optimizer_block import Training, flag_comments, optimizer_functions
 
 __all__ = ["Entry", "layer_pattern", "module_pattern", "collapse", "render_block",
@@ -53,13 +54,21 @@ class Entry:
     in_branch: bool | None = None  # inside a residual branch (None: a width-only rule)
 
     def code(self) -> str:
-        exps = ", ".join(f'"{q}": ({", ".join(repr(x) for x in xs)})' for q, *xs in self.exponents)
+        exps = ", ".join(f'{string(q)}: ({", ".join(_number(x) for x in xs)})'
+                         for q, *xs in self.exponents)
         branch = "" if self.in_branch is None else f" {self.in_branch},"
         return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)},{branch} {{{exps}}})"
 
 
 def _tuple(axes: tuple[int, ...]) -> str:
-    return "(" + ", ".join(map(str, axes)) + ("," if len(axes) == 1 else "") + ")"
+    return "(" + ", ".join(_number(a) for a in axes) + ("," if len(axes) == 1 else "") + ")"
+
+
+def _number(x: object) -> str:
+    """An axis, exponent or flag as code: only bools, ints and finite floats are written."""
+    if isinstance(x, bool | int) or (isinstance(x, float) and x == x and abs(x) != float("inf")):
+        return repr(x)
+    raise ValueError(f"internal: {x!r} is not a number the emitter may write")
 
 
 def collapse(values: Mapping[str, Entry | None]) -> dict[str, Entry]:
@@ -95,7 +104,7 @@ def render_header(file: str, rule: str, title: str, changes: Sequence[str],
 
 
 def _wrap(text: str) -> list[str]:
-    lines = textwrap.wrap(f"{MARKER} {text}", 90, break_long_words=False,
+    lines = textwrap.wrap(f"{MARKER} {comment_text(text)}", 90, break_long_words=False,
                           break_on_hyphens=False)
     return [lines[0]] + [f"# {line}" for line in lines[1:]]
 
@@ -133,9 +142,10 @@ def render_constants(rule: str, main: str, d_head: Mapping[str, int]) -> str:
     file would be circular: the main file imports this one)."""
     if not d_head:
         return ""
-    title = f'# ---- muP (written by muprewrite, rule "{rule}"; the rest is in {main}) '
+    title = (f'# ---- muP (written by muprewrite, rule "{comment_text(rule)}"; the rest is in '
+             f"{comment_text(main)}) ")
     out = ["", title + "-" * max(4, 90 - len(title)), ""]
-    out += [f"{name} = {size}  # head size at base width; the logits scale as 1/d_head from "
+    out += [f"{identifier(name)} = {_number(size)}  # head size at base width; the logits scale as 1/d_head from "
             "there" for name, size in d_head.items()]
     return "\n".join(out)
 
@@ -151,14 +161,15 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     ``depth``: under a depth rule, the residual blocks and branch hosts (``MUP_PARAMS`` is
     then keyed by the base's parameters, each with its m_L exponent)."""
     out = [*imports, "" if imports else None, "",
-           f'# ---- muP (written by muprewrite, rule "{rule}") ' + "-" * 40, "",
-           f'MUP_RULE = "{rule}"',
-           f"MUP_BASE_SEED = {seed}  # seed of the base init draw the init scale is matched to"]
+           f'# ---- muP (written by muprewrite, rule "{comment_text(rule)}") ' + "-" * 40, "",
+           f"MUP_RULE = {string(rule)}",
+           f"MUP_BASE_SEED = {_number(seed)}  # seed of the base init draw the init scale is matched to"]
     for name, size in d_head.items():
-        out.append(f"{name} = {size}  # head size at base width; the logits scale as 1/d_head "
+        out.append(f"{identifier(name)} = {_number(size)}  # head size at base width; the logits scale as 1/d_head "
                    "from there")
     for name, size, file in elsewhere:
-        out.append(f"# {name} = {size} (head size at base width) is defined in {file}, with "
+        out.append(f"# {identifier(name)} = {_number(size)} (head size at base width) is defined in "
+                   f"{comment_text(file)}, with "
                    "its attention")
     if depth is None:
         out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents "
@@ -168,18 +179,18 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
         out += depth_constants(depth)
     out += flag_comments(training)
     out.append("MUP_PARAMS = {")
-    out += [f'    "{name}": {entry.code()},' for name, entry in entries.items()]
+    out += [f"    {string(name)}: {entry.code()}," for name, entry in entries.items()]
     out.append("}")
     if unused:
-        out.append("MUP_UNUSED = {" + ", ".join(f'"{n}"' for n in unused) + "}  # never used "
+        out.append("MUP_UNUSED = " + string_set(unused) + "  # never used "
                    "by forward: left as they are")
     else:
         out.append("MUP_UNUSED: set[str] = set()  # parameters forward never uses")
     out += ["# forward multipliers: module -> {attribute: parameter whose multiplier it holds}",
             "MUP_MULTIPLIERS = {"]
     for module, attrs in multipliers.items():
-        inner = ", ".join(f'"{a}": "{p}"' for a, p in attrs.items())
-        out.append(f'    "{module}": {{{inner}}},')
+        inner = ", ".join(f"{string(identifier(a))}: {string(p)}" for a, p in attrs.items())
+        out.append(f"    {string(module)}: {{{inner}}},")
     out.append("}")
     middle = _WIDTH.format() if depth is None else depth_functions()
     out.append("\n\n".join([_PREAMBLE.format(base_call=base_call), middle,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
+from .literals import strings_tuple
 from .runtime import SOURCES
 
 __all__ = ["BRANCH_ATTRIBUTE", "DepthBlock", "depth_constants", "depth_functions"]
@@ -34,19 +35,15 @@ class DepthBlock:
     hosts: tuple[str, ...]  # module patterns of the modules holding a residual add
 
 
-def _strings(values: tuple[str, ...]) -> str:
-    return "(" + ", ".join(f'"{v}"' for v in values) + ("," if len(values) == 1 else "") + ")"
-
-
 def depth_constants(depth: DepthBlock) -> list[str]:
     """The depth constants and the comment that opens ``MUP_PARAMS``."""
     return [
-        f"MUP_DEPTH_ALPHA = {depth.alpha!r}  # each residual branch is added as x + m_L ** "
+        f"MUP_DEPTH_ALPHA = {float(depth.alpha)!r}  # each residual branch is added as x + m_L ** "
         "-MUP_DEPTH_ALPHA * f(x)",
         "# the residual blocks (layer index: *): m_L = the model's blocks / the base's",
-        f"MUP_BLOCKS = {_strings(depth.blocks)}",
+        f"MUP_BLOCKS = {strings_tuple(depth.blocks)}",
         f"# the modules whose forward adds residual branches (their {BRANCH_ATTRIBUTE})",
-        f"MUP_BRANCH_HOSTS = {_strings(depth.hosts)}",
+        f"MUP_BRANCH_HOSTS = {strings_tuple(depth.hosts)}",
         "# per parameter of the base (layer index: *): fan-in axes, fan-out axes, whether it lies",
         "# inside a residual branch, and the exponents of m_in, m_out (size / base size of those",
         "# axes) and m_L of each factor the rule changes; a model parameter takes its base",

@@ -16,6 +16,7 @@ the kind of module that owns it.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ __all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "
            "locate", "split_source", "place"]
 
 Scope = tuple[tuple[Path, str], ...]  # (resolved file, top-level class name)
+
+
+_ATTRIBUTE_CHARS = re.compile(r"[^A-Za-z0-9_]")
 
 
 class EmitError(MuprewriteError):
@@ -107,7 +111,7 @@ def locate(model: nn.Module, project: Project, plan: Plan,
             callee = ""
             param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
         leaf = callee.rpartition(".")[2] if callee else param_attr.replace(".", "_")
-        attribute = f"mup_{leaf}_multiplier"
+        attribute = f"mup_{_ATTRIBUTE_CHARS.sub('_', leaf)}_multiplier"  # a key may hold anything
         scale_input = not isinstance(model.get_submodule(use.module),
                                      (nn.Embedding, nn.EmbeddingBag))
         tied = plan.report[name].tied
