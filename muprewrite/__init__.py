@@ -9,11 +9,12 @@ from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, R
 from .analyzer import analyze
 from .apply import apply, rescale_init
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
+from .hparams import Card, HParams, load_card
 from .input_sets import InputSets
 from .optim import param_groups, plan_of
 from .optimizers import MuonWithAdamW, optimizer
 from .rules import Rule, load_rule
 
-__all__ = ["analyze", "apply", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
+__all__ = ["analyze", "apply", "HParams", "Card", "load_card", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 __version__ = "0.1.0"

@@ -25,6 +25,7 @@ from .analysis.report import Report
 from .analyzer import analyze_with_capture
 from .capture import aliases
 from .errors import MuprewriteError, UsageError
+from .hparams import HParamsLike, as_hparams
 from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
 from .rewrite.external import refuse_external_calls
@@ -36,7 +37,7 @@ __all__ = ["apply", "rescale_init"]
 
 def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
           rule: str | Rule = "mup", init: bool = True, compile: bool = False,
-          heads: HeadsConvention = "grow",
+          heads: HeadsConvention = "grow", hparams: HParamsLike = None,
           progress: Callable[[str], None] | None = None) -> nn.Module:
     """Rewrite ``model`` in place into the parametrization ``rule`` and return it.
 
@@ -62,6 +63,12 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
     they project, no optimizer group; ``plan_of(model).diagnostics`` lists what a trained
     one would have got. Freeze and unfreeze before ``apply``, as it will be in training.
 
+    ``hparams``: the base hyperparameters tuned on the proxy (output, input and attention
+    multipliers, hidden init scale, per-class learning rates, branch multiplier; see
+    :mod:`muprewrite.hparams`): a ``muprewrite.HParams``, a mapping of their names to
+    values, or the path of a card written by ``muprewrite tune -o card.toml``. Default: all
+    1, the rule alone. They are width-invariant: pass the same values at every width.
+
     ``state_dict`` keys do not change. Applying twice raises. ``compile=True`` returns
     ``torch.compile(model)``.
     """
@@ -78,12 +85,13 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
                               fix="apply to a freshly built model; plan_of(model) shows the "
                                   "plan in effect")
     rule = rule if isinstance(rule, Rule) else load_rule(rule)
+    tuned = as_hparams(hparams, rule.id)
     wrapper, model = model, unwrap(model)  # torch.compile / DDP: rewrite the model inside
     report, cap = analyze_with_capture(model, example_inputs, base=unwrap(base), heads=heads,
                                        progress=progress)
     if progress:
         progress(f"planning rule {rule.id!r}")
-    plan = make_plan(report, cap.graph, rule, aliases(model))
+    plan = make_plan(report, cap.graph, rule, aliases(model), tuned)
     refuse_external_calls(model, plan)
     _warn_unused(report, base)
     if init:

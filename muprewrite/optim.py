@@ -29,6 +29,7 @@ from torch import nn
 
 from .analysis.report import Report
 from .errors import MuprewriteError, UsageError, first_few
+from .hparams import HParamsLike, as_hparams
 from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
@@ -58,7 +59,8 @@ def plan_of(model: nn.Module) -> Plan | None:
 def param_groups(model: nn.Module, report: Report | None = None, *,
                  rule: str | Rule | None = None, lr: float, weight_decay: float = 0.0,
                  eps: float = 1e-8, adam_lr: float | None = None,
-                 adam_weight_decay: float | None = None) -> list[dict[str, Any]]:
+                 adam_weight_decay: float | None = None,
+                 hparams: HParamsLike = None) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into groups scaled per the muP rule.
 
     Build the groups after wrapping or sharding (DDP, FSDP2's ``fully_shard``,
@@ -81,6 +83,11 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     Under a rule with ``weight_decay_coupling = "independent"``, ``weight_decay`` is the
     per-step decay, and each group's torch ``weight_decay`` is that over its ``lr`` (torch's
     AdamW decays by lr * weight_decay), so a schedule still scales the decay with the lr.
+
+    ``hparams`` (base hyperparameters, see :mod:`muprewrite.hparams`): for a model from
+    ``apply``, they are the ones given to ``apply`` (passing others is refused); with a
+    ``report``, their learning-rate multipliers go into the groups (the forward multipliers
+    need ``apply``).
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"param_groups needs the model (an nn.Module), got "
@@ -100,6 +107,11 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
             raise MuprewriteError(f"the model was rewritten with rule {plan.rule!r}, not "
                                   f"{asked!r}",
                                   fix="leave rule= out, or apply the other rule to a fresh model")
+        if hparams is not None and as_hparams(hparams, plan.rule) != plan.hparams:
+            raise MuprewriteError(f"the model was rewritten with base hyperparameters "
+                                  f"{plan.hparams}, not {as_hparams(hparams, plan.rule)}",
+                                  fix="leave hparams out of param_groups (apply put them in "
+                                      "effect), or apply the others to a fresh model")
         factors, report = plan.params, plan.report
         family, adjust, coupling = (plan.optimizer, plan.muon_adjust_lr_fn,
                                     plan.weight_decay_coupling)
@@ -118,7 +130,7 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                                   "capture does not measure", fix="analyze(model, inputs, "
                                   "base=<the model at base width>) and pass that report")
         loaded = load_rule(rule or "mup") if not isinstance(rule, Rule) else rule
-        factors = param_factors(report, loaded)
+        factors = param_factors(report, loaded, as_hparams(hparams, loaded.id))
         family, coupling = loaded.optimizer, loaded.weight_decay_coupling
         adjust = loaded.muon.adjust_lr_fn if loaded.muon is not None else None
     _check_report(model, report)

@@ -43,12 +43,23 @@ def check_depth_rule(report: Report, rule: Rule) -> None:
                             "or build the base with the model's number of blocks")
 
 
-def branch_edits(report: Report, rule: Rule) -> tuple[BranchEdit, ...]:
-    """One edit per branch module; none at the base's depth or under a width-only rule."""
+def branch_edits(report: Report, rule: Rule, multiplier: float = 1.0
+                 ) -> tuple[BranchEdit, ...]:
+    """One edit per branch module; none at the base's depth or under a width-only rule.
+    ``multiplier``: the branch multiplier base hyperparameter (needs a depth rule)."""
     ratio = report.depth_ratio
-    if not rule.has_depth or ratio == 1.0 or report.residuals is None:
+    if multiplier != 1.0 and not rule.has_depth:
+        raise RuleError(f"branch_multiplier is a base hyperparameter of depth rules; rule "
+                        f"{rule.id!r} does not scale residual branches",
+                        fix="use rule='completep' (or 'depth-mup'), or leave branch_multiplier "
+                            "at 1")
+    if multiplier != 1.0 and (report.residuals is None or not report.residuals.branches):
+        raise MuprewriteError("branch_multiplier is set, but the analysis found no residual "
+                              "branch to put it on", fix="leave branch_multiplier at 1 for a "
+                              "model without residual blocks")
+    if not rule.has_depth or (ratio == 1.0 and multiplier == 1.0) or report.residuals is None:
         return ()
-    factor = rule.branch_multiplier(ratio)
+    factor = multiplier * (rule.branch_multiplier(ratio) if ratio != 1.0 else 1.0)
     edits: dict[str, BranchEdit] = {}
     for branch in report.residuals.branches:
         if not branch.module:

@@ -50,7 +50,8 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     if factor is not None and args:
         return original.forward(self, args[0] * factor, *args[1:], **kwargs)
     edit: HostEdit = getattr(self, HOST_ATTR)
-    uses = [(self.get_parameter(u.param), u.factor, u.skip_gather) for u in edit.uses]
+    uses = [(self.get_parameter(u.param), u.factor, u.gather if u.skip_gather else u.factor)
+            for u in edit.uses]
     ledger = None
     if edit.logits is not None and not attention_owned():
         ledger = Ledger(edit.logits, f"{edit.module or 'the root module'} ({original.__name__})")

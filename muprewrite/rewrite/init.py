@@ -40,7 +40,11 @@ def init_targets(model: nn.Module, base: nn.Module, plan: Plan) -> dict[str, flo
             continue
         reference = base_params.get(plan.report.base_name(name))
         deeper = info.in_branch and plan.report.depth_ratio != 1.0  # a depth-dependent init
-        if reference is None or (tuple(reference.shape) == tuple(param.shape) and not deeper):
+        if reference is None:
+            continue
+        if tuple(reference.shape) == tuple(param.shape) and not deeper:
+            if plan[name].init != 1.0:  # hidden_init at base width: the user's own draw scaled
+                targets[name] = plan[name].init * _rms(reference if param.is_meta else param)
             continue
         if reference.is_meta:
             raise MuprewriteError(

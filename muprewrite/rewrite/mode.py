@@ -34,10 +34,11 @@ _HAS_BIAS = {"linear": (2, 0), "conv1d": (2, 0), "conv2d": (2, 0), "conv3d": (2,
 
 
 class RewriteMode(TorchFunctionMode):
-    """``uses``: (parameter, factor, skip_gather); ``ledger``: the host's attention edit
-    for this call, None where the host has none (or an enclosing host's mode does it)."""
+    """``uses``: (parameter, factor, factor at embedding lookups); ``ledger``: the host's
+    attention edit for this call, None where the host has none (or an enclosing host's mode
+    does it)."""
 
-    def __init__(self, uses: Sequence[tuple[torch.Tensor, float, bool]],
+    def __init__(self, uses: Sequence[tuple[torch.Tensor, float, float]],
                  ledger: Ledger | None) -> None:
         super().__init__()
         self.uses = uses
@@ -66,8 +67,11 @@ class RewriteMode(TorchFunctionMode):
     def _call(self, func: Callable[..., Any], name: str, args: Sequence[Any],
               kwargs: dict[str, Any]) -> Any:
         if self.uses and name in _LINEAR_IN_WEIGHT:
-            for param, factor, skip_gather in self.uses:
-                if _holds(args, param) and not (skip_gather and name in _GATHER):
+            for param, factor, gather in self.uses:
+                if _holds(args, param):
+                    factor = gather if name in _GATHER else factor
+                    if factor == 1.0:  # a tied weight's lookups with no input multiplier
+                        continue
                     return _scaled_use(func, name, factor, args, kwargs)
         return func(*args, **kwargs)
 

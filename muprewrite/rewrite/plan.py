@@ -13,7 +13,7 @@ factor by head size, for every attention call on any path of its forward (table.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -23,6 +23,7 @@ from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPat
 from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
+from ..hparams import DEFAULT_HPARAMS, HParams, hparam_class
 from ..rules import Exponents, Rule, RuleError, Scaling
 from .branches import BranchEdit, branch_edits, check_depth_rule
 from .frozen import frozen_diagnostics, frozen_projections
@@ -54,6 +55,7 @@ class ParamPlan:
     weight_decay: float
     multiplier: float  # at the uses listed in the hosts; 1 = no forward change
     muon: bool = False  # stepped by Muon (a Muon rule's hidden 2-D weight), else the Adam row
+    gather: float = 1.0  # a tied weight's embedding lookups (its input multiplier)
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ class UseEdit:
     param: str  # path relative to the host module
     name: str  # canonical name, for messages
     factor: float
-    skip_gather: bool  # a tied weight keeps its embedding lookups unscaled
+    skip_gather: bool  # a tied weight: its embedding lookups take ``gather``, not ``factor``
+    gather: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,7 @@ class Plan:
     branches: tuple[BranchEdit, ...] = ()  # residual branch multipliers (depth rules)
     muon_adjust_lr_fn: str | None = None  # a Muon rule's adjust_lr_fn (None: not a Muon rule)
     weight_decay_coupling: str = "coupled"  # per-step decay lr*wd, or wd ("independent")
+    hparams: HParams = DEFAULT_HPARAMS  # the base hyperparameters folded into the factors
 
     def __getitem__(self, name: str) -> ParamPlan:
         return self.params[name]
@@ -123,7 +127,8 @@ def tied_multiplier(rule: Rule, row: Scaling) -> Exponents:
                      out.init.m_in + out.multiplier.m_in - (row.init.m_out + row.multiplier.m_out))
 
 
-def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
+def param_factors(report: Report, rule: Rule, hparams: HParams = DEFAULT_HPARAMS
+                  ) -> dict[str, ParamPlan]:
     """Per-parameter factors of ``rule``; needs a report made with ``base``.
 
     A tied embedding/readout weight takes its embedding row (init, lr, eps, weight decay)
@@ -132,10 +137,30 @@ def param_factors(report: Report, rule: Rule) -> dict[str, ParamPlan]:
     Unused and frozen parameters (``requires_grad=False`` when analysed) take no factor at
     all: a frozen parameter keeps the function it computes (no init change, no forward
     multiplier, tied or not), and the optimizer never sees it.
+    ``hparams``: the base hyperparameters, multiplied into the rule's factors (see
+    :mod:`muprewrite.hparams`); frozen and unused parameters take none of them either.
     """
     check_depth_rule(report, rule)  # a base of another depth needs a depth rule
     return {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
-            else rule_factors(info, rule) for info in report}
+            else with_hparams(rule_factors(info, rule), info, hparams) for info in report}
+
+
+def with_hparams(plan: ParamPlan, info: ParamInfo, hparams: HParams) -> ParamPlan:
+    """``plan`` with the base hyperparameters of ``info``'s class multiplied in."""
+    if hparams.is_default():
+        return plan
+    cls = hparam_class(info.role, info.kind)
+    multiplier, gather = plan.multiplier, plan.gather
+    if info.tied:  # the readout uses take the output multiplier, the lookups the input one
+        multiplier *= hparams.output_multiplier
+        gather *= hparams.input_multiplier
+    elif info.kind in ("weight", "embedding") and info.role == "output":
+        multiplier *= hparams.output_multiplier
+    elif info.kind in ("weight", "embedding") and info.role == "input":
+        multiplier *= hparams.input_multiplier
+    init = plan.init * (hparams.hidden_init if info.role == "hidden" else 1.0)
+    return replace(plan, init=init, lr=plan.lr * hparams.lr(cls), multiplier=multiplier,
+                   gather=gather)
 
 
 def _identity(name: str) -> ParamPlan:
@@ -174,47 +199,65 @@ def vector_like(info: ParamInfo) -> bool:
 
 
 def make_plan(report: Report, graph: fx.Graph, rule: Rule,
-              aliases: Mapping[str, tuple[str, ...]]) -> Plan:
-    """``aliases``: canonical parameter name -> every name it has in the module tree."""
-    params = param_factors(report, rule)
+              aliases: Mapping[str, tuple[str, ...]], hparams: HParams = DEFAULT_HPARAMS) -> Plan:
+    """``aliases``: canonical parameter name -> every name it has in the module tree;
+    ``hparams``: the base hyperparameters (default: all 1, the rule alone)."""
+    params = param_factors(report, rule, hparams)
     uses: dict[str, list[UseEdit]] = {}
-    for name, use in multiplied_uses(report, params):
-        host, rel = _host_of(use.module, aliases.get(name, (name,)))
-        edits = uses.setdefault(host, [])
-        edit = UseEdit(rel, name, params[name].multiplier, skip_gather=report[name].tied)
-        if edit not in edits:
-            edits.append(edit)
+    for host, edit in _use_edits(report, params, aliases):
+        uses.setdefault(host, []).append(edit)
     diags = frozen_diagnostics(report, {i.name: rule_factors(i, rule) for i in report
                                         if not i.trainable and i.role != "unused"})
-    attention = _attention_edits(report, graph, rule, diags)
+    attention = _attention_edits(report, graph, rule, diags, hparams.attention_multiplier)
     tables = logit_tables(report, graph, {h: [e.site for e in a] for h, a in attention.items()},
                           {e.site: e.factor for a in attention.values() for e in a})
     hosts = [HostEdit(h, tuple(uses.get(h, ())), tuple(attention.get(h, ())), tables.get(h))
              for h in dict.fromkeys([*uses, *attention])]
     return Plan(rule.id, report, MappingProxyType(params), tuple(hosts), tuple(diags),
-                rule.optimizer, branch_edits(report, rule),
+                rule.optimizer, branch_edits(report, rule, hparams.branch_multiplier),
                 rule.muon.adjust_lr_fn if rule.muon is not None else None,
-                rule.weight_decay_coupling)
+                rule.weight_decay_coupling, hparams)
 
 
-def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Diagnostic]
-                     ) -> dict[str, list[AttentionEdit]]:
-    """Host -> the logit edits of the sites whose d_head grows (frozen ones: a diagnostic)."""
+def _use_edits(report: Report, params: Mapping[str, ParamPlan],
+               aliases: Mapping[str, tuple[str, ...]]) -> Iterator[tuple[str, UseEdit]]:
+    """(host, edit) per parameter per host. A tied weight's edit in a host scales only the
+    kinds of use that host makes itself (readout, lookup): an enclosing host's mode also
+    sees the calls of the hosts below it, and must leave their uses alone."""
+    kinds: dict[tuple[str, str, str], set[bool]] = {}
+    for name, use in multiplied_uses(report, params):
+        host, rel = _host_of(use.module, aliases.get(name, (name,)))
+        kinds.setdefault((host, rel, name), set()).add(use.slot == "embedding")
+    for (host, rel, name), lookups in kinds.items():
+        plan = params[name]
+        if not report[name].tied:
+            yield host, UseEdit(rel, name, plan.multiplier, skip_gather=False)
+            continue
+        yield host, UseEdit(rel, name, plan.multiplier if False in lookups else 1.0,
+                            skip_gather=True, gather=plan.gather if True in lookups else 1.0)
+
+
+def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Diagnostic],
+                     multiplier: float = 1.0) -> dict[str, list[AttentionEdit]]:
+    """Host -> the logit edits of the sites whose d_head grows (frozen ones: a diagnostic);
+    with an attention ``multiplier`` (a base hyperparameter) every site takes it."""
     nodes = {n.name: n for n in graph.nodes}
     sites = {s.node: s for s in report.attention}
     hosts: dict[str, list[AttentionEdit]] = {}
     for pattern in find_attention(graph):
         site = sites[pattern.node]
-        if rule.attention == "unchanged" or not site.d_head_grows:
+        grows = rule.attention != "unchanged" and site.d_head_grows
+        if not grows and multiplier == 1.0:
             continue
         frozen = frozen_projections(nodes, report, pattern)
         if frozen:
             diags.append(_frozen_attention(site.source or site.node, frozen))
             continue
-        if site.d_head_base is None:
+        if grows and site.d_head_base is None:
             raise RuleError(f"attention at {site.source or site.node}: d_head grows but its "
                             "base size is unknown", fix="analyze with base=<model at base width>")
-        factor = rule.attention_scale(site.d_head, site.d_head_base, True)
+        factor = multiplier * (rule.attention_scale(site.d_head, site.d_head_base, True)
+                               if grows and site.d_head_base is not None else 1.0)
         family, target = _logit_call(pattern)
         host, key = _innermost(nodes[target])
         ordinal = _ordinal(graph, nodes[target], family, key)
@@ -234,13 +277,13 @@ def _frozen_attention(where: str, frozen: list[str]) -> Diagnostic:
 def multiplied_uses(report: Report, params: Mapping[str, ParamPlan]
                     ) -> Iterator[tuple[str, Use]]:
     """(parameter, use) for every use that takes a forward multiplier: all uses of a
-    parameter whose multiplier is not 1, except a tied weight's embedding lookups."""
+    parameter whose multiplier is not 1, except a tied weight's embedding lookups, which
+    take its ``gather`` factor (the input multiplier) where that is not 1."""
     for name, plan in params.items():
-        if plan.multiplier == 1.0:
-            continue
         info = report[name]
         for use in info.uses:
-            if not (info.tied and use.slot == "embedding"):
+            lookup = info.tied and use.slot == "embedding"
+            if (plan.gather if lookup else plan.multiplier) != 1.0:
                 yield name, use
 
 
