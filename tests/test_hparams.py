@@ -226,3 +226,36 @@ def test_branch_multiplier_needs_a_depth_rule() -> None:
     with pytest.raises(MuprewriteError, match="depth rules"):
         muprewrite.apply(model, model.example_inputs(), base=TinyGPT(BASE),
                          hparams=HParams(branch_multiplier=0.5))
+
+
+@pytest.mark.parametrize("depth", [2, 8], ids=["base-depth", "4x-depth"])
+def test_branch_multiplier_equals_by_hand(depth: int) -> None:
+    """Under completep (alpha 1) every residual branch is x branch_multiplier x m_L^-1, at the
+    base's depth too; the by-hand reference trains to the same losses (float64, 1e-10)."""
+    from test_depth_rules import (
+        BASE_DEPTH,
+        BASE_WIDTH,
+        EPS,
+        LR,
+        WD,
+        Net,
+        _by_hand_groups,
+        _data,
+        _losses,
+    )
+
+    torch.manual_seed(0)
+    base = Net(BASE_WIDTH, BASE_DEPTH)
+    torch.manual_seed(1)
+    model = Net(2 * BASE_WIDTH, depth)
+    hp = HParams(branch_multiplier=0.7)
+    muprewrite.apply(model, _data()[0], base=base, rule="completep", hparams=hp)
+    reference = Net(2 * BASE_WIDTH, depth)
+    reference.load_state_dict(model.state_dict())
+    reference.readout = 1 / 2
+    m_l = depth / BASE_DEPTH
+    for block in reference.blocks:
+        block.branch = 0.7 * m_l ** -1.0
+    ours = _losses(model, muprewrite.param_groups(model, lr=LR, weight_decay=WD, eps=EPS))
+    theirs = _losses(reference, _by_hand_groups(reference, 2, m_l, 1.0))
+    torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=1e-10, atol=0)
