@@ -42,8 +42,9 @@ from typing import Any, TypeAlias
 
 from .errors import MuprewriteError, UsageError
 
-__all__ = ["HParams", "DEFAULT_HPARAMS", "HParamsLike", "Card", "load_card", "as_hparams", "hparam_class",
-           "HPARAM_NAMES", "MAX_CARD_BYTES"]
+__all__ = ["HParams", "DEFAULT_HPARAMS", "HParamsLike", "Card", "load_card", "as_hparams",
+           "from_option", "hparam_class",
+           "HPARAM_NAMES", "HPARAM_HELP", "MAX_CARD_BYTES"]
 
 MAX_CARD_BYTES = 64 * 1024
 
@@ -93,6 +94,18 @@ class HParams:
 
 
 HPARAM_NAMES = tuple(f.name for f in fields(HParams))
+# what each one multiplies (for `rules show`, `analyze --hparams` and the tuner's help)
+HPARAM_HELP = {
+    "output_multiplier": "forward multiplier of output weights (and a tied embedding's readout)",
+    "input_multiplier": "forward multiplier of input weights and embeddings (tied: lookups)",
+    "attention_multiplier": "attention logits, at every attention site",
+    "hidden_init": "init standard deviation of hidden weights",
+    "lr_input": "learning rate of input weights and embeddings (and fixed-size weights)",
+    "lr_hidden": "learning rate of hidden weights",
+    "lr_output": "learning rate of output weights",
+    "lr_vector": "learning rate of biases, norm gains and tables",
+    "branch_multiplier": "each residual branch, with m_L^-alpha (depth rules only)",
+}
 DEFAULT_HPARAMS = HParams()
 
 
@@ -254,3 +267,28 @@ def as_hparams(value: HParamsLike, rule: str | None = None) -> HParams:
 
 def with_changes(hparams: HParams, **changes: float) -> HParams:
     return replace(hparams, **changes)
+
+
+def from_option(text: str) -> HParams:
+    """The CLI's ``--hparams``: a card's path, or ``name=value`` pairs separated by commas
+    (numbers parsed with ``float``, never evaluated).
+
+    >>> from_option("output_multiplier=2, lr_hidden=0.5").changed()
+    {'output_multiplier': 2.0, 'lr_hidden': 0.5}
+    """
+    if text.endswith(".toml") or "=" not in text:
+        return load_card(text).hparams
+    values: dict[str, float] = {}
+    for part in text.split(","):
+        name, eq, value = part.partition("=")
+        name = name.strip()
+        if not eq or name not in HPARAM_NAMES:
+            raise UsageError(f"--hparams: {part.strip()!r} is not name=value with a base "
+                             "hyperparameter's name", fix=f"use {', '.join(HPARAM_NAMES)}, "
+                             "e.g. --hparams output_multiplier=2,lr_hidden=0.5, or a card.toml")
+        try:
+            values[name] = float(value)
+        except ValueError:
+            raise UsageError(f"--hparams: {value.strip()!r} is not a number",
+                             fix=f"--hparams {name}=2.0") from None
+    return HParams(**values)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 
 import pytest
 import torch
@@ -259,3 +260,25 @@ def test_branch_multiplier_equals_by_hand(depth: int) -> None:
     ours = _losses(model, muprewrite.param_groups(model, lr=LR, weight_decay=WD, eps=EPS))
     theirs = _losses(reference, _by_hand_groups(reference, 2, m_l, 1.0))
     torch.testing.assert_close(torch.tensor(ours), torch.tensor(theirs), rtol=1e-10, atol=0)
+
+
+def test_cli_shows_hparams_and_their_reach(tmp_path) -> None:
+    from click.testing import CliRunner
+
+    from muprewrite.cli.main import cli
+
+    card = tmp_path / "card.toml"
+    card.write_text(Card(HParams(output_multiplier=2.5, lr_vector=3.0), lr=1e-3,
+                         rule="mup").to_toml())
+    shown = CliRunner().invoke(cli, ["rules", "show", "mup", "--hparams", str(card)])
+    assert shown.exit_code == 0, shown.output
+    assert re.search(r"output_multiplier\s+2\.5\s", shown.output)
+    gpt = ["analyze", "examples/gpt.py", "--model",
+           "GPT(n_embd=64, n_head=2, n_layer=1, vocab_size=17, block_size=8)", "--base",
+           "GPT(n_embd=32, n_head=2, n_layer=1, vocab_size=17, block_size=8)"]
+    out = CliRunner().invoke(cli, [*gpt, "--hparams", "output_multiplier=2,hidden_init=0.5"])
+    assert out.exit_code == 0, out.output
+    assert "output_multiplier: 1 parameter(s): transformer.wte.weight" in out.output
+    assert re.search(r"hidden_init: 4 parameter\(s\)", out.output)
+    bad = CliRunner().invoke(cli, [*gpt, "--hparams", "output_mult=2"])
+    assert bad.exit_code == 1 and "is not name=value" in bad.output

@@ -94,20 +94,33 @@ def cli() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @click.option("--all", "show_all", is_flag=True,
               help="List every parameter (default: merge rows that differ only in a layer index).")
+@click.option("--hparams", "hparams_text", metavar="CARD|NAME=VALUE,...",
+              help="Base hyperparameters (a card from `muprewrite tune -o card.toml`, or "
+                   "e.g. output_multiplier=2,lr_hidden=0.5): list them and the parameters "
+                   "each one reaches in this model.")
 def analyze_cmd(model_file: str, model_expr: str, base_expr: str | None, inputs_expr: tuple[str, ...],
-                heads: str, device: str, as_json: bool, show_all: bool) -> None:
+                heads: str, device: str, as_json: bool, show_all: bool,
+                hparams_text: str | None) -> None:
+    from ..analysis.hparams_view import render_hparams_reach
     from ..analyzer import analyze
+    from ..hparams import from_option
 
     try:
         module = load_module(model_file)
         model = build_model(module, model_expr, "--model", device=device)
         base = build_model(module, base_expr, "--base", device=device) if base_expr else None
         inputs = inputs_for(model, inputs_expr, device=device)
+        hparams = from_option(hparams_text) if hparams_text else None
         report = analyze(model, inputs, base=base, heads=heads,  # type: ignore[arg-type]
                          progress=_stage_printer())
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
-    click.echo(report.to_json() if as_json else report.table(collapse=not show_all))
+    if as_json:
+        click.echo(report.to_json())
+        return
+    click.echo(report.table(collapse=not show_all))
+    if hparams is not None:
+        click.echo("\n" + render_hparams_reach(report, hparams, hparams_text or ""))
 
 
 from .check_cmd import check_cmd  # noqa: E402 - the group is defined above

@@ -7,6 +7,9 @@ import textwrap
 import click
 
 from .. import rules
+from ..analysis.hparams_view import render_hparams_table
+from ..errors import MuprewriteError
+from ..hparams import DEFAULT_HPARAMS, HParams, from_option
 from ..rules import QUANTITIES, ROLES, Rule, RuleError, available_rules, load_rule
 
 __all__ = ["rules_group"]
@@ -63,16 +66,21 @@ def list_cmd() -> None:
 
 @rules_group.command("show")
 @click.argument("name")
-def show_cmd(name: str) -> None:
-    """Explain a rule (a name, or a path to a .toml file): what, when, exponents, references."""
+@click.option("--hparams", "hparams_text", metavar="CARD|NAME=VALUE,...",
+              help="Show these base hyperparameters (a card, or e.g. output_multiplier=2) "
+                   "beside the rule's exponents.")
+def show_cmd(name: str, hparams_text: str | None) -> None:
+    """Explain a rule (a name, or a path to a .toml file): what, when, exponents, the base
+    hyperparameters tuned on the proxy, references."""
     try:
         rule = load_rule(name)
-    except RuleError as exc:
+        hparams = from_option(hparams_text) if hparams_text else HParams()
+    except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
-    click.echo(render_rule(rule))
+    click.echo(render_rule(rule, hparams))
 
 
-def render_rule(rule: Rule) -> str:
+def render_rule(rule: Rule, hparams: HParams = DEFAULT_HPARAMS) -> str:
     vectors = "; none on vector-like parameters" if rule.vector_weight_decay == "none" else ""
     lines = [f"{rule.id}: {rule.title}", f"status: {rule.status}; optimizer: {rule.optimizer}; "
              f"weight decay: {rule.weight_decay_convention} ({rule.weight_decay_coupling}"
@@ -103,5 +111,8 @@ def render_rule(rule: Rule) -> str:
     if rule.muon is not None:
         lines += [f"  Muon rows are for torch.optim.Muon with adjust_lr_fn="
                   f"{rule.muon.adjust_lr_fn!r}; every other parameter is stepped by AdamW."]
+    lines += ["", render_hparams_table(hparams, "Base hyperparameters (tuned on the proxy, "
+                                       "constant across width; each multiplies the factors "
+                                       "above; 1 = the rule alone):")]
     lines += ["", "References:"] + [f"  - {ref}" for ref in rule.doc["references"]]
     return "\n".join(lines)
