@@ -70,3 +70,16 @@ def linear_proxy() -> nn.Module:
 
 def linear_target() -> nn.Module:
     return linear_net(2 ** 20)
+
+
+def train_together(run: TrialRun) -> float:
+    """``train``, after every worker of BARRIER_DIR (BARRIER_WORKERS of them) has started a
+    trial: proof that the workers ran side by side."""
+    folder = Path(os.environ["BARRIER_DIR"])
+    (folder / str(os.getpid())).touch()
+    deadline = time.monotonic() + 60
+    while len(list(folder.iterdir())) < int(os.environ["BARRIER_WORKERS"]):
+        if time.monotonic() > deadline:
+            raise TimeoutError("the other workers never started")
+        time.sleep(0.05)
+    return train(run)

@@ -15,8 +15,9 @@ from .ledger import Ledger, TrialCost, flops_per_step
 from .result import TuneResult
 from .space import Point, Range, Space
 from .study import tune
+from .transfer import TransferCheck, TransferPoint, verify_transfer
 from .trial import Outcome, TrialRun, run_train
 
 __all__ = ["tune", "TuneResult", "TrialRun", "Space", "Range", "Point", "Ledger", "TrialCost",
            "flops_per_step", "Outcome", "run_train", "TuneError", "TrialTimeout",
-           "TrialDiverged"]
+           "TrialDiverged", "verify_transfer", "TransferCheck", "TransferPoint"]
