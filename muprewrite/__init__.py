@@ -18,3 +18,7 @@ from .rules import Rule, load_rule
 __all__ = ["analyze", "apply", "HParams", "Card", "load_card", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 __version__ = "0.1.0"
+
+from .tuning import tune  # noqa: E402 - the proxy sweep; Optuna is imported only when it runs
+
+__all__ += ["tune"]
