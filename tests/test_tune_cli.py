@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -79,6 +80,17 @@ def test_tune_writes_the_card_and_figure_and_resumes(project: Path) -> None:
     code, out = run("-o", "card.toml", "--plot", "fig.png", trials="4")  # same study: resumes
     assert code == 0, out
     assert load_card(project / "card.toml").extra["proxy"]["finished"] == 4
+
+    result = CliRunner().invoke(cli, ["transfer", "card.toml", "net.py", "--target",
+                                      "Net(width=64)", "--train", "train.py:train_trial",
+                                      "--steps", "3", "--target-steps", "300", "--vary", "lr"])
+    assert result.exit_code == 0, result.output
+    assert "transfer check at the target width: regret" in result.output
+    check = json.loads((project / "transfer.json").read_text())
+    assert [p["label"] for p in check["points"]] == ["transferred", "lr x0.5", "lr x2"]
+    assert check["cost"] == pytest.approx(3 * 3 / 300)
+    assert check["regret"] == check["points"][0]["value"] - min(
+        p["value"] for p in check["points"])
 
 
 def test_tune_never_writes_over_its_inputs(project: Path) -> None:

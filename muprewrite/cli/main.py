@@ -128,6 +128,7 @@ from .coord_cmd import coord_check_cmd  # noqa: E402
 from .emit_cmd import emit_cmd  # noqa: E402
 from .rules_cmd import rules_group  # noqa: E402
 from .spectra_cmd import spectra_cmd  # noqa: E402
+from .transfer_cmd import transfer_cmd  # noqa: E402
 from .tune_cmd import tune_cmd  # noqa: E402
 
 cli.add_command(rules_group)
@@ -136,6 +137,7 @@ cli.add_command(coord_check_cmd)
 cli.add_command(emit_cmd)
 cli.add_command(spectra_cmd)
 cli.add_command(tune_cmd)
+cli.add_command(transfer_cmd)
 
 
 def _stage_printer() -> Callable[[str], None] | None:

@@ -11,7 +11,7 @@ import click
 
 from ..errors import MuprewriteError
 
-__all__ = ["tune_cmd"]
+__all__ = ["tune_cmd", "imported_files"]
 
 _HELP = """Tune the learning rate and muP's base multipliers once, on a small proxy of
 MODEL_FILE's model, with Optuna; write the best setting as a card for the wide model.
@@ -173,9 +173,9 @@ def tune_cmd(model_file: str, template: str, width: int | None, base_spec: str |
         outputs = _Outputs(Path(out), Path(plot) if plot else None, storage, study_name)
         outputs.check([model_file, train.path], force)
         module_of(model_file)  # import the files now: fail here, not in every trial
-        imported = _imported_files(model_file)
+        imported = imported_files(model_file)
         train.resolve()
-        outputs.check(imported + _imported_files(train.path), force)
+        outputs.check(imported + imported_files(train.path), force)
         proxy = SpecBuilder(model_file, proxy_spec or template)
         base = SpecBuilder(model_file, base_text, "--base") if base_text else None
         target = SpecBuilder(model_file, target_text, "--target", "meta") if target_text else None
@@ -262,7 +262,7 @@ class _Outputs:
                         study_name=self.study_name, storage=self.storage)
 
 
-def _imported_files(path: str) -> list[str]:
+def imported_files(path: str) -> list[str]:
     """The files of ``path``'s project that are imported now (after loading it)."""
     from ..spec.project import is_project_file, project_root
 
