@@ -52,9 +52,15 @@ def string_set(values: Iterable[str]) -> str:
 def comment_text(value: object) -> str:
     """``value`` as text that stays inside one ``#`` comment: line breaks and every other
     character that is not printable (bidirectional overrides included) are escaped as in a
-    Python literal."""
+    Python literal; so is a backslash that ends the text or comes before a space, where a
+    line may end (libcst reads a comment's last backslash as a line continuation, joining the
+    next line to the comment), as ``\\x5c``."""
     text = str(value)
-    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+    out = [c if c.isprintable() else repr(c)[1:-1] for c in text]
+    for i, c in enumerate(text):
+        if c == "\\" and (i + 1 == len(text) or text[i + 1].isspace()):
+            out[i] = "\\x5c"
+    return "".join(out)
 
 
 def identifier(value: str) -> str:
