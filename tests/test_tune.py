@@ -189,3 +189,25 @@ def test_ledger_on_a_sweep_is_the_hand_count_ratio() -> None:
     assert result.ledger.target_flops_per_step == target
     assert result.ledger.cost == pytest.approx(3 * 5 * proxy / (target * 1000))
     assert not math.isnan(result.card.extra["ledger"]["cost_percent"])
+
+
+def test_ctrl_c_stops_the_sweep_but_sys_exit_fails_one_trial() -> None:
+    def interrupted(run):
+        if run.number == 1:
+            raise KeyboardInterrupt
+        return h.train(run)
+
+    storage = optuna_memory()
+    with pytest.raises(KeyboardInterrupt):
+        _tune(train=interrupted, storage=storage)
+    study = optuna.load_study(study_name="muprewrite-tune", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE", "FAIL"]
+
+    def exits(run):
+        if run.number == 0:
+            sys.exit(3)
+        return h.train(run)
+
+    result = _tune(train=exits, n_trials=2)
+    assert result.study.trials[0].user_attrs["error"] == "called sys.exit(3)"
+    assert [t.state.name for t in result.study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]

@@ -22,6 +22,7 @@ def _sweep(width: int = h.WIDTH):
                 pruner="none", storage=optuna_memory(), progress=False)
 
 
+@pytest.mark.slow
 def test_transfer_check_trains_the_card_and_its_neighbours_at_the_target() -> None:
     card = _sweep().card
     check = verify_transfer(card, h.wide_mlp, h.train, base=h.mlp, inputs=h.X, steps=4,

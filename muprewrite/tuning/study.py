@@ -77,6 +77,10 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
     Optuna storage object (one worker); running again on it resumes the study, and
     ``optuna-dashboard`` opens it. ``enqueue``: settings tried first (a new study only).
     The sweep stops early after ``max_failures`` failed trials (default ``n_trials``).
+
+    With ``workers`` > 1 the trials run in spawned processes: ``proxy``, ``base`` and
+    ``train`` must be importable (defined at the top level of a module), and a script that
+    calls ``tune`` must do so under ``if __name__ == "__main__":``.
     """
     optuna = require_optuna()
     from .worker import WorkerConfig
@@ -88,6 +92,10 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
     space = Space.of(space, lr) if space is not None else Space.default(
         lr, attention=bool(report.attention), depth=rule_obj.has_depth)
     target_flops = _target_flops(target, target_inputs if target_inputs is not None else inputs)
+    unknown = sorted({k for point in enqueue for k in point} - set(space.names))
+    if unknown:
+        raise UsageError(f"enqueue= names {', '.join(unknown)}, which the space does not tune",
+                         fix=f"use only {', '.join(space.names)}")
     config = TrialConfig(proxy=proxy, train=train, inputs=inputs, space=space, steps=steps,
                          rule=rule, base=base, seed=seed, weight_decay=weight_decay,
                          timeout=timeout, device=device)

@@ -121,7 +121,8 @@ class Outcome:
 
 def run_train(train: TrainFn, run: TrialRun, timeout: float | None = None) -> Outcome:
     """Call ``train(run)`` within ``timeout`` seconds and say how it ended (never raises
-    for the train function's faults; KeyboardInterrupt goes through)."""
+    for the train function's faults, ``sys.exit()`` included; KeyboardInterrupt and other
+    BaseExceptions go through)."""
     check_time_limit(timeout)
     import_optuna_pruned = _pruned_type()
     try:
@@ -130,9 +131,8 @@ def run_train(train: TrainFn, run: TrialRun, timeout: float | None = None) -> Ou
     except TrialTimeout as exc:
         at = f" (last report at step {run.steps_run})" if run.losses else " (nothing reported)"
         return Outcome("failed", None, run.steps_run, f"timed out: {exc}{at}", None)
-    except (KeyboardInterrupt, GeneratorExit):
-        raise
-    except BaseException as exc:  # noqa: BLE001 - the user's code may raise anything
+    except (Exception, SystemExit) as exc:  # the user's code may raise anything; Ctrl-C
+        # and other BaseExceptions (a SIGTERM turned into one) stop the sweep instead
         if import_optuna_pruned is not None and isinstance(exc, import_optuna_pruned):
             return Outcome("pruned", None, run.steps_run, None, None)
         text = f"{type(exc).__name__}: {_first_line(exc)}"
