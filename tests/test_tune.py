@@ -211,3 +211,12 @@ def test_ctrl_c_stops_the_sweep_but_sys_exit_fails_one_trial() -> None:
     result = _tune(train=exits, n_trials=2)
     assert result.study.trials[0].user_attrs["error"] == "called sys.exit(3)"
     assert [t.state.name for t in result.study.trials] == ["FAIL", "COMPLETE", "COMPLETE"]
+
+
+@pytest.mark.slow
+def test_a_database_url_is_a_storage_too(tmp_path) -> None:
+    url = f"sqlite:///{tmp_path / 'tune.db'}"
+    result = _tune(storage=url, n_trials=2)
+    study = optuna.load_study(study_name="muprewrite-tune", storage=url)  # as the dashboard does
+    assert [t.value for t in study.trials] == [t.value for t in result.study.trials]
+    assert result.card.extra["proxy"]["storage"] == url

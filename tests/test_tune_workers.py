@@ -81,5 +81,6 @@ def test_a_killed_worker_loses_no_finished_trial(tmp_path) -> None:
     assert len(retry) == 1 and retry[0].state.name == "COMPLETE"
     assert retry[0].params == trials[2].params
     assert retry[0].user_attrs["seed"] == trials[2].user_attrs["seed"]
+    assert "error" not in retry[0].user_attrs  # the dead attempt's error stays with it
     assert sum(t.state.name == "COMPLETE" for t in trials) == 5
     assert len(trials) == 6

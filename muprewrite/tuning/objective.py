@@ -63,8 +63,8 @@ def build_run(config: TrialConfig, point: Point, *, seed: int, number: int,
 
     build = proxy or config.proxy
     seed_everything(seed)
-    model = _built(build, "the proxy")
-    reference = _built(base or config.base or build, "the base")
+    model = built(build, "the proxy")
+    reference = built(base or config.base or build, "the base")
     model = apply(model, config.inputs, base=reference, rule=config.rule, hparams=point.hparams)
     inputs = config.inputs
     if torch.device(config.device).type != "cpu":
@@ -104,7 +104,7 @@ def objective(trial: Any, config: TrialConfig) -> float:
     return outcome.value
 
 
-def _built(build: Callable[[], nn.Module], what: str) -> nn.Module:
+def built(build: Callable[[], nn.Module], what: str) -> nn.Module:
     try:
         model = build()
     except MuprewriteError:

@@ -189,10 +189,10 @@ def _probe(proxy: Callable[[], nn.Module], base: Callable[[], nn.Module] | None,
     """Build and rewrite the proxy once: the inputs, the Report and the FLOPs per step."""
     from ..apply import apply
     from ..optim import plan_of
-    from .objective import _built
+    from .objective import built
 
     seed_everything(seed)
-    model = _built(proxy, "the proxy")
+    model = built(proxy, "the proxy")
     if inputs is None:
         example = getattr(model, "example_inputs", None)
         if not callable(example):
@@ -200,7 +200,7 @@ def _probe(proxy: Callable[[], nn.Module], base: Callable[[], nn.Module] | None,
                              fix="pass inputs=(example batch)")
         inputs = example()
     flops = flops_per_step(model, inputs)
-    model = apply(_built(proxy, "the proxy"), inputs, base=_built(base or proxy, "the base"),
+    model = apply(built(proxy, "the proxy"), inputs, base=built(base or proxy, "the base"),
                   rule=rule)
     plan = plan_of(model)
     assert plan is not None
@@ -210,10 +210,10 @@ def _probe(proxy: Callable[[], nn.Module], base: Callable[[], nn.Module] | None,
 def _target_flops(target: Callable[[], nn.Module] | None, inputs: Any) -> int | None:
     if target is None:
         return None
-    from .objective import _built
+    from .objective import built
 
     with torch.device("meta"):
-        model = _built(target, "the target")
+        model = built(target, "the target")
     return flops_per_step(model, to_device(inputs, "meta"))
 
 

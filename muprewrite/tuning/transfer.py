@@ -131,9 +131,9 @@ def verify_transfer(card: Card, target: Callable[[], nn.Module], train: TrainFn,
         tuned = (card.extra.get("proxy") or {}).get("tuned")
         names = list(tuned) if isinstance(tuned, list) else ["lr", *card.hparams.changed()]
     if inputs is None:
-        from .objective import _built
+        from .objective import built
 
-        example = getattr(_built(target, "the target"), "example_inputs", None)
+        example = getattr(built(target, "the target"), "example_inputs", None)
         if not callable(example):
             raise TuneError("the target has no example_inputs() method", fix="pass inputs=")
         inputs = example()
