@@ -110,6 +110,7 @@ def test_too_many_failures_stop_the_sweep_with_the_errors() -> None:
         _tune(train=broken, n_trials=5, max_failures=2)
 
 
+@pytest.mark.slow
 def test_the_pruner_stops_a_trial_that_reports_bad_losses() -> None:
     points = [dict(GOOD, lr=lr) for lr in (0.01, 0.02, 0.03, 0.04)] + [dict(GOOD, lr=0.9)]
     states = {}

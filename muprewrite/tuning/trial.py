@@ -124,7 +124,7 @@ def run_train(train: TrainFn, run: TrialRun, timeout: float | None = None) -> Ou
     for the train function's faults, ``sys.exit()`` included; KeyboardInterrupt and other
     BaseExceptions go through)."""
     check_time_limit(timeout)
-    import_optuna_pruned = _pruned_type()
+    pruned_type = _pruned_type()
     try:
         with time_limit(timeout):
             result = train(run)
@@ -133,7 +133,7 @@ def run_train(train: TrainFn, run: TrialRun, timeout: float | None = None) -> Ou
         return Outcome("failed", None, run.steps_run, f"timed out: {exc}{at}", None)
     except (Exception, SystemExit) as exc:  # the user's code may raise anything; Ctrl-C
         # and other BaseExceptions (a SIGTERM turned into one) stop the sweep instead
-        if import_optuna_pruned is not None and isinstance(exc, import_optuna_pruned):
+        if pruned_type is not None and isinstance(exc, pruned_type):
             return Outcome("pruned", None, run.steps_run, None, None)
         text = f"{type(exc).__name__}: {_first_line(exc)}"
         if isinstance(exc, TrialDiverged):
