@@ -48,13 +48,15 @@ class EmittedFile:
 
 
 def assemble(project: Project, edits: Mapping[Path, Edits], sites: Sites, *, root: str,
-             rule: Rule, base_call: str, block: BlockFor, rescaled: int
-             ) -> tuple[tuple[EmittedFile, ...], tuple[str, ...]]:
-    """Every changed file (the main one first) and the main file's list of changes."""
+             rule: Rule, base_call: str, block: BlockFor, rescaled: int,
+             tuned: str | None = None) -> tuple[tuple[EmittedFile, ...], tuple[str, ...]]:
+    """Every changed file (the main one first) and the main file's list of changes.
+    ``tuned``: the line of changes that says which base hyperparameters the file holds."""
     names = {file: project.relative(file) for file in edits}
-    used = {file: sorted({e.factor for e in fe.nodes.values() if e.kind in _ATTENTION})
-            for file, fe in edits.items()}
-    changes = _main_changes(project, edits, sites, root, rescaled, rule)
+    used = {file: sorted({e.factor for e in fe.nodes.values() if e.kind in _ATTENTION
+                          and e.factor}) for file, fe in edits.items()}
+    _refuse_constants_elsewhere(project, edits)
+    changes = _main_changes(project, edits, sites, root, rescaled, rule, tuned)
     out = []
     for file, fe in edits.items():
         parsed = project.parsed(file)
@@ -80,6 +82,20 @@ def _elsewhere(used: Mapping[Path, list[str]], d_head: Mapping[str, int],
     here = set(used.get(main, ()))
     return [(name, d_head[name], names[file]) for file, consts in used.items()
             if file != main for name in consts if name not in here]
+
+
+def _refuse_constants_elsewhere(project: Project, edits: Mapping[Path, Edits]) -> None:
+    """An edit in another file may not take a base hyperparameter's constant: it lives in the
+    main file, which that file cannot import (the main file imports it)."""
+    for file, fe in edits.items():
+        taken = [e for e in fe.nodes.values() if e.multiplier] if file != project.main else []
+        if taken:
+            raise EmitError(f"the attention at {taken[0].where} would take "
+                            f"{taken[0].multiplier}, a constant of {project.main.name}, which "
+                            f"{file.name} cannot import ({project.main.name} imports it)",
+                            where=taken[0].where,
+                            fix=f"define that attention's class in {project.main.name}, or "
+                                "use muprewrite.apply(model, ..., hparams=...) at runtime")
 
 
 def _refuse_emitted(parsed: Parsed) -> None:
@@ -125,12 +141,13 @@ def _lines(project: Project, edits: Mapping[Path, Edits], kind: str) -> str:
 
 
 def _main_changes(project: Project, edits: Mapping[Path, Edits], sites: Sites, root: str,
-                  rescaled: int, rule: Rule) -> list[str]:
+                  rescaled: int, rule: Rule, tuned: str | None = None) -> list[str]:
     out = [f"{root}.__init__ ends with mup_init(self) (init scale of {rescaled} parameters, "
            "forward multipliers)"]
     if sites.readouts:
         where = sorted({f"{s.host_class}.{s.callee or s.param_attr}" for s in sites.readouts})
-        out.append(f"output multiplier at {', '.join(where)} (line(s) "
+        what = "forward multiplier (output and input weights)" if tuned else "output multiplier"
+        out.append(f"{what} at {', '.join(where)} (line(s) "
                    f"{_lines(project, edits, 'readout')})")
     if any(fe.lines.get("attention") for fe in edits.values()):
         out.append(f"attention logit scale at line(s) {_lines(project, edits, 'attention')}")
@@ -138,6 +155,8 @@ def _main_changes(project: Project, edits: Mapping[Path, Edits], sites: Sites, r
         out.append("residual branch multiplier m_L^-alpha (mup_branch_multiplier) at the add(s) "
                    f"of line(s) {_lines(project, edits, 'branch')}")
     out += [u for fe in edits.values() for u in fe.unverified]
+    if tuned:
+        out.append(tuned)
     if rule.optimizer == "muon":
         out.append("added MUP_* constants, mup_init, mup_param_groups(model, lr, adam_lr, "
                    "weight_decay) and mup_optimizer(model, lr, adam_lr, weight_decay) "

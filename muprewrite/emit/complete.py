@@ -61,7 +61,8 @@ def complete(project: Project, sites: Sites) -> dict[Path, Edits]:
             extra = src.top_function(asite.line) if file == asite.file else None
             functions = attention_functions(src, classes, [extra] if extra else [])
             merge.add(src, scan_attention(src, functions, dict(asite.children)), asite.constant,
-                      asite if file == asite.file else None, functions, classes)
+                      asite if file == asite.file else None, functions, classes,
+                      asite.multiplier)
     for bsite in sites.branches:
         for file, classes in by_file(bsite.scope).items():
             src = project.parsed(file).src
@@ -77,18 +78,20 @@ def complete(project: Project, sites: Sites) -> dict[Path, Edits]:
 
 class _Merge:
     def __init__(self) -> None:
-        # node -> (what the scan found, its factor, the file holding it)
-        self.found: dict[cst.CSTNode, tuple[Found, str, SourceFile]] = {}
+        # node -> (what the scan found, its factor, the file holding it, a constant it takes)
+        self.found: dict[cst.CSTNode, tuple[Found, str, SourceFile, str]] = {}
         self.verified: set[cst.CSTNode] = set()
         self.refusals: dict[cst.CSTNode, tuple[Refusal, SourceFile]] = {}
         self.unmatched: list[tuple[Site, SourceFile]] = []
 
     def add(self, src: SourceFile, scan: Scan, factor: str, site: Site | None,
-            functions: Sequence[cst.FunctionDef], scope: Sequence[str]) -> None:
-        """``site``: the captured site when ``src`` holds its line (None: pattern only)."""
+            functions: Sequence[cst.FunctionDef], scope: Sequence[str],
+            multiplier: str = "") -> None:
+        """``site``: the captured site when ``src`` holds its line (None: pattern only);
+        ``multiplier``: a base hyperparameter's constant the edits take too."""
         for found in scan.found:
-            seen = self.found.setdefault(found.node, (found, factor, src))
-            if seen[1] != factor:
+            seen = self.found.setdefault(found.node, (found, factor, src, multiplier))
+            if seen[1] != factor or seen[3] != multiplier:
                 raise EmitError(f"one call takes two muP factors ({seen[1]}, {factor}); the "
                                 "emitter cannot place both", where=src.where(found.node),
                                 fix=FIX)
@@ -120,10 +123,10 @@ class _Merge:
 
     def edits(self) -> dict[Path, Edits]:
         files: dict[Path, _FileEdits] = {}
-        for node, (found, factor, src) in self.found.items():
+        for node, (found, factor, src, multiplier) in self.found.items():
             key = src.path.resolve()
             files.setdefault(key, _FileEdits(src)).add(node, found, factor,
-                                                       node in self.verified)
+                                                       node in self.verified, multiplier)
         return {key: f.edits() for key, f in files.items()}
 
 
@@ -137,10 +140,11 @@ class _FileEdits:
         self.lines: dict[str, list[int]] = {"readout": [], "attention": [], "branch": []}
         self.unverified: list[str] = []
 
-    def add(self, node: cst.CSTNode, found: Found, factor: str, verified: bool) -> None:
+    def add(self, node: cst.CSTNode, found: Found, factor: str, verified: bool,
+            multiplier: str = "") -> None:
         line = self.src.line(node)
         self.nodes[node] = NodeEdit(found.kind, factor, self.src.where(line), found.scale_input,
-                                    found.query, found.operand)
+                                    found.query, found.operand, multiplier)
         attention = found.kind in ("sdpa", "logits")
         self.lines["attention" if attention else found.kind if found.kind == "branch"
                    else "readout"].append(line)
@@ -176,10 +180,16 @@ def _line_key(text: str) -> int:
 def _unmatched(src: SourceFile, site: Site, why: str) -> EmitError:
     where = src.where(site.line)
     if isinstance(site, AttentionScaleSite):
+        needs = ""
+        if site.multiplier and not site.constant:
+            needs = (f" (its d_head does not grow, but with base hyperparameters every "
+                     f"attention's logits take {site.multiplier})")
+        elif site.multiplier:
+            needs = f" (with base hyperparameters its logits also take {site.multiplier})"
         return EmitError(f"line {site.line}: the attention there is not a "
                          "scaled_dot_product_attention call or a softmax over q.k^T written in "
                          "this file (a library module computes it), so its scale cannot be set "
-                         "here", where=where,
+                         f"here{needs}", where=where,
                          fix="call F.scaled_dot_product_attention in your own module, or use "
                              "muprewrite.apply(model, ...) at runtime")
     how = f"self.{site.callee}(x)" if site.callee else f"F.linear(x, self.{site.param_attr})"

@@ -44,7 +44,8 @@ def depth_block(model: nn.Module, base: nn.Module, report: Report, rule: Rule,
             raise EmitError(f"the {what} has {counted} residual blocks, but {found} modules "
                             f"named like {', '.join(blocks)}, so the emitted file could not "
                             "measure m_L from the module names", fix=_FIX)
-    inside = [path for path in sites.multipliers if module_pattern(path) != path]
+    inside = [path for path in [*sites.multipliers, *sites.lookups]
+              if module_pattern(path) != path]
     if inside:
         raise EmitError(f"the forward multiplier held by {inside[0]} sits in a repeated block; "
                         "the emitted file names it by its path, which a model of another depth "

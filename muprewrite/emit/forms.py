@@ -10,6 +10,10 @@ Each form equals what ``muprewrite.apply`` does at run time:
   q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``
   (a name, attribute or call that may hold None, SDPA's default, gets both, by ``s is None``);
 - an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``;
+- with base hyperparameters every attention factor also takes ``MUP_ATTENTION_MULTIPLIER``
+  (``scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / q.shape[-1]``), and where
+  d_head does not grow the attention takes only that (``scale=MUP_ATTENTION_MULTIPLIER /
+  q.shape[-1] ** 0.5``, the logits times ``MUP_ATTENTION_MULTIPLIER``);
 - a residual add ``x + f(x)`` (``x += f(x)``, ``f(x) + x``) -> ``x + self.mup_branch_multiplier
   * f(x)``, the branch operand parenthesised where ``*`` would bind tighter.
 """
@@ -41,6 +45,7 @@ class NodeEdit:
     scale_input: bool = True
     query: str = ""
     operand: int = 1  # kind "branch": the operand of the + that is the branch
+    multiplier: str = ""  # kinds "sdpa", "logits": a constant the logits take too ("": none)
 
 
 def _factor_first(factor: cst.BaseExpression, value: cst.BaseExpression) -> cst.BinaryOperation:
@@ -86,8 +91,7 @@ def apply_edit(node: cst.BaseExpression, edit: NodeEdit) -> cst.BaseExpression:
         assert isinstance(node, cst.Call)
         return _scale_attention(node, edit)
     if edit.kind == "logits":
-        return times(node, cst.parse_expression(f"({edit.factor} / {edit.query}.shape[-1]) "
-                                                "** 0.5"))
+        return times(node, cst.parse_expression(_logit_factor(edit)))
     factor = cst.parse_expression(f"self.{edit.factor}")
     if edit.kind == "matmul":
         return times(node, factor)
@@ -109,20 +113,34 @@ def apply_edit(node: cst.BaseExpression, edit: NodeEdit) -> cst.BaseExpression:
     return node.with_changes(args=args)
 
 
-def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
+def _logit_factor(edit: NodeEdit) -> str:
+    """The factor on the logits (or on a given ``scale``)."""
+    parts = [edit.multiplier] if edit.multiplier else []
+    if edit.factor:  # d_head grows
+        parts.append(f"({edit.factor} / {edit.query}.shape[-1]) ** 0.5")
+    return " * ".join(parts)
+
+
+def _default_scale(edit: NodeEdit) -> str:
+    """The scale of an SDPA call that gives none (SDPA's default is 1 / sqrt(d_head))."""
     d = f"{edit.query}.shape[-1]"
+    if not edit.factor:
+        return f"{edit.multiplier} / {d} ** 0.5"
+    return f"{edit.multiplier + ' * ' if edit.multiplier else ''}{edit.factor} ** 0.5 / {d}"
+
+
+def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
     args = list(call.args)
     for i, arg in enumerate(args):
         if arg.keyword and arg.keyword.value == "scale":
-            factor = cst.parse_expression(f"({edit.factor} / {d}) ** 0.5")
-            scaled = times(arg.value, factor)
+            scaled = times(arg.value, cst.parse_expression(_logit_factor(edit)))
             if not isinstance(arg.value, _NEVER_NONE):  # scale=self.scale may hold None
                 scaled = cst.IfExp(  # type: ignore[assignment]  # an expression all the same
                     test=cst.Comparison(arg.value, [cst.ComparisonTarget(cst.Is(), cst.Name("None"))]),
-                    body=cst.parse_expression(f"{edit.factor} ** 0.5 / {d}"), orelse=scaled)
+                    body=cst.parse_expression(_default_scale(edit)), orelse=scaled)
             args[i] = arg.with_changes(value=scaled)
             return call.with_changes(args=args)
-    new = cst.Arg(cst.parse_expression(f"{edit.factor} ** 0.5 / {d}"),
+    new = cst.Arg(cst.parse_expression(_default_scale(edit)),
                   keyword=cst.Name("scale"),
                   equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
     if args and isinstance(args[-1].comma, cst.Comma):  # a trailing comma: one arg a line

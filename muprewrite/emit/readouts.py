@@ -8,9 +8,11 @@ scan visits every method of the classes of the host's MRO written in one file (a
 - ``self.<module>(x)``: edited (its input times the multiplier; a lookup's output);
 - ``F.linear(x, self.<weight>)`` and the other linear functionals, ``x @ self.<weight>.t()``:
   edited (the input, or the product);
+- ``self.mlp(x)`` where the readout is ``self.mlp[0]`` of an nn.Sequential: its input scaled;
 - reading a shape or dtype, an in-place init (``nn.init.zeros_(self.head.weight)``), an
   assignment to it, ``isinstance``/``hasattr``, a comparison, a tied weight's embedding
-  lookup: left alone;
+  lookup: left alone (a tied weight's lookups take their own site when the file has base
+  hyperparameters: its input multiplier; that site leaves the readouts alone);
 - anything else (the module returned, passed on or aliased, ``getattr(self, name)``, the weight
   in an expression this scan does not know to be linear): refused, with the line.
 """
@@ -57,16 +59,21 @@ def scan_readout(src: SourceFile, site: ReadoutSite, classes: Sequence[str]) -> 
             if name in calls:
                 _module_use(src, node, name, calls[name], scan)
             elif name in weights:
-                _weight_use(src, node, name, site.tied, scan)
+                _weight_use(src, node, name, site.tied, scan, site.lookup)
             elif name in holders - set(calls):
-                _holder_use(src, node, name, scan)
+                _holder_use(src, node, name, name in site.fronts, scan)
     return scan
 
 
-def _holder_use(src: SourceFile, node: cst.CSTNode, name: str, scan: Scan) -> None:
-    """``self.head(x)`` where the readout is ``self.head[1]``: its forward is not here."""
+def _holder_use(src: SourceFile, node: cst.CSTNode, name: str, front: bool, scan: Scan
+                ) -> None:
+    """``self.head(x)`` where the readout is ``self.head[1]``: its forward is not here; where
+    it is ``self.head[0]`` of an nn.Sequential (``front``), scaling the input scales its."""
     parent = src.parents[node]
-    if isinstance(parent, cst.Call) and parent.func is node:
+    if isinstance(parent, cst.Call) and parent.func is node and front:
+        scan.found.append(Found(parent, "call", f"call self.{name}(...), whose first layer is "
+                                "the readout"))
+    elif isinstance(parent, cst.Call) and parent.func is node:
         scan.refusals.append(Refusal(parent, f"self.{name} holds the readout and is called "
                                      "as a whole, so the readout's input cannot be scaled here",
                                      fix="call the readout module itself in this class, or "
@@ -116,18 +123,25 @@ def _unwrap(src: SourceFile, node: cst.CSTNode) -> tuple[cst.CSTNode, bool]:
             return cur, wrapped
 
 
-def _weight_use(src: SourceFile, node: cst.CSTNode, name: str, tied: bool, scan: Scan) -> None:
+def _weight_use(src: SourceFile, node: cst.CSTNode, name: str, tied: bool, scan: Scan,
+                lookup: bool = False) -> None:
+    """``lookup``: the site of a tied weight's embedding lookups, which leaves its readouts
+    (every other linear use) to the readout's site; a tied weight's readout site leaves the
+    lookups."""
     cur, wrapped = _unwrap(src, node)
     parent = src.parents[cur]
     if isinstance(parent, cst.BinaryOperation) and isinstance(parent.operator,
                                                                cst.MatrixMultiply):
-        scan.found.append(Found(parent, "matmul", f"product with self.{name}"))
+        if not lookup:
+            scan.found.append(Found(parent, "matmul", f"product with self.{name}"))
         return
     if isinstance(parent, cst.Arg) and parent.value is cur:
         call = src.parents[parent]
         assert isinstance(call, cst.Call)
         fn = callee_name(call.func)
-        if _in_place(fn) or fn in _INSPECT or (fn == "embedding" and tied and not wrapped):
+        gather = fn == "embedding" and not wrapped
+        if _in_place(fn) or fn in _INSPECT or (gather and tied and not lookup) or (
+                lookup and fn in _LINEAR and fn != "embedding"):
             return
         if fn in _LINEAR and not wrapped:
             scan.found.append(Found(call, "functional", f"{fn}(..., self.{name})"))

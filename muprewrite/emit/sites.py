@@ -17,13 +17,14 @@ the kind of module that owns it.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
+from ..analysis.uses import Use
 from ..errors import MuprewriteError
 from ..rewrite.plan import Plan, multiplied_uses
 
@@ -60,6 +61,8 @@ class ReadoutSite:
     weights: tuple[str, ...] = ()  # every chain after ``self.`` to the parameter
     owners: tuple[tuple[str, str], ...] = ()  # (chain to the module owning it, call kind)
     tied: bool = False  # a tied embedding/readout weight: its lookups stay unscaled
+    lookup: bool = False  # a tied weight's lookups (its input multiplier): its readouts stay
+    fronts: tuple[str, ...] = ()  # nn.Sequential chains whose first layer is the readout
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ class AttentionScaleSite:
     file: Path = Path()  # the resolved file holding ``line``
     scope: Scope = ()  # classes of the attention module's MRO written in the project
     children: tuple[tuple[str, str], ...] = ()  # (``self.<name>``, "softmax" | "mha")
+    multiplier: str = ""  # the constant of a base hyperparameter the logits take too
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,7 @@ class Sites:
     multipliers: Mapping[str, Mapping[str, str]]  # host path -> {attribute: parameter}
     d_head: Mapping[str, int]  # constant name -> base head size
     branches: tuple[BranchSite, ...] = ()  # residual adds (depth rules), see branches.py
+    lookups: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # tied lookups
 
 
 def split_source(source: str) -> tuple[str, int]:
@@ -98,11 +103,18 @@ def by_file(scope: Scope) -> dict[Path, tuple[str, ...]]:
 
 
 def locate(model: nn.Module, project: Project, plan: Plan,
-           aliases: Mapping[str, tuple[str, ...]], logits: Mapping[str, str]) -> Sites:
-    """``logits``: explicit-softmax site -> source of its q.k^T product."""
+           aliases: Mapping[str, tuple[str, ...]], logits: Mapping[str, str], *,
+           uses: Iterable[tuple[str, Use]] | None = None,
+           growing: Collection[str] | None = None, attention_multiplier: str = "") -> Sites:
+    """``logits``: explicit-softmax site -> source of its q.k^T product. ``uses``: the uses
+    that take a forward multiplier (default: those whose factor in ``plan`` is not 1);
+    ``growing``: the attention sites whose d_head grows (default: every site ``plan`` edits);
+    ``attention_multiplier``: a constant every attention edit multiplies in too."""
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
-    for name, use in multiplied_uses(plan.report, plan.params):
+    lookups: dict[str, dict[str, str]] = {}
+    taken: dict[tuple[str, str], tuple[str, bool]] = {}
+    for name, use in multiplied_uses(plan.report, plan.params) if uses is None else uses:
         file, line = place(use.source, project, f"the forward multiplier of {name!r}")
         host, cls = _host(model, project, use.module, file, line, use.source, name)
         callee = use.module[len(host) + 1:] if host else use.module
@@ -111,22 +123,27 @@ def locate(model: nn.Module, project: Project, plan: Plan,
             callee = ""
             param_attr = _relative(aliases.get(name, (name,)), host, name, use.source)
         leaf = callee.rpartition(".")[2] if callee else param_attr.replace(".", "_")
-        attribute = f"mup_{_ATTRIBUTE_CHARS.sub('_', leaf)}_multiplier"  # a key may hold anything
+        if leaf.isdigit():  # self.mlp[0]: a layer of a Sequential
+            leaf = callee.replace(".", "_")
+        tied = plan.report[name].tied
+        lookup = tied and use.slot == "embedding"
+        attribute = (f"mup_{_ATTRIBUTE_CHARS.sub('_', leaf)}_"  # a key may hold anything
+                     f"{'input_' if lookup else ''}multiplier")
         scale_input = not isinstance(model.get_submodule(use.module),
                                      (nn.Embedding, nn.EmbeddingBag))
-        tied = plan.report[name].tied
         weights = _under(aliases.get(name, (name,)), host)
+        owners = _owners(model, host, weights, tied, lookup)
         site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input, file,
-                           _scope(model.get_submodule(host), project), weights,
-                           _owners(model, host, weights, tied), tied)
-        readouts.setdefault((file, line, cls, callee, param_attr), site)
-        taken = multipliers.setdefault(host, {})
-        if taken.get(attribute, name) != name:
+                           _scope(model.get_submodule(host), project), weights, owners, tied,
+                           lookup, _fronts(model, host, owners, callee if scale_input else ""))
+        readouts.setdefault((file, line, cls, callee, param_attr, lookup), site)
+        if taken.setdefault((host, attribute), (name, lookup)) != (name, lookup):
             raise EmitError(f"two parameters with multipliers are both read out through "
                             f"'{leaf}' in {host or 'the root module'}", where=use.source)
-        taken[attribute] = name
-    attention, d_head = _attention_sites(model, project, plan, logits)
-    return Sites(tuple(readouts.values()), attention, multipliers, d_head)
+        (lookups if lookup else multipliers).setdefault(host, {})[attribute] = name
+    attention, d_head = _attention_sites(model, project, plan, logits, growing,
+                                         attention_multiplier)
+    return Sites(tuple(readouts.values()), attention, multipliers, d_head, lookups=lookups)
 
 
 def _scope(module: nn.Module, project: Project) -> Scope:
@@ -152,11 +169,12 @@ def _under(names: tuple[str, ...], host: str) -> tuple[str, ...]:
                  if not host or n.startswith(host + "."))
 
 
-def _owners(model: nn.Module, host: str, weights: tuple[str, ...], tied: bool
-            ) -> tuple[tuple[str, str], ...]:
+def _owners(model: nn.Module, host: str, weights: tuple[str, ...], tied: bool,
+            lookup: bool = False) -> tuple[tuple[str, str], ...]:
     """(chain to the module holding the parameter, what a call of it needs): "input" (a
-    linear map: scale its input), "output" (a lookup), "skip" (a tied weight's lookup) or
-    "refuse" (a module whose forward this class does not show)."""
+    linear map: scale its input), "output" (a lookup), "skip" (a tied weight's lookup, or
+    for its ``lookup`` site its readout) or "refuse" (a module whose forward this class does
+    not show)."""
     out = []
     for weight in weights:
         owner = weight.rpartition(".")[0]
@@ -164,22 +182,42 @@ def _owners(model: nn.Module, host: str, weights: tuple[str, ...], tied: bool
             continue
         module = model.get_submodule(f"{host}.{owner}" if host else owner)
         if isinstance(module, (nn.Embedding, nn.EmbeddingBag)):
-            kind = "skip" if tied else "output"
+            kind = "skip" if tied and not lookup else "output"
         elif isinstance(module, (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)):
-            kind = "input"
+            kind = "skip" if lookup else "input"
         else:
             kind = "refuse"
         out.append((owner, kind))
     return tuple(out)
 
 
+def _fronts(model: nn.Module, host: str, owners: tuple[tuple[str, str], ...], callee: str
+            ) -> tuple[str, ...]:
+    """The chains of nn.Sequential modules whose first layer is a linear map holding the
+    parameter (``self.mlp`` for ``self.mlp[0]``): scaling their input scales its."""
+    out: list[str] = []
+    for chain in [o for o, kind in owners if kind == "input"] + ([callee] if callee else []):
+        while "." in chain:
+            parent, _, child = chain.rpartition(".")
+            module = model.get_submodule(f"{host}.{parent}" if host else parent)
+            if (not isinstance(module, nn.Sequential) or type(module).forward is not
+                    nn.Sequential.forward or next(iter(module._modules), None) != child):
+                break  # not a plain Sequential starting with it
+            out.append(parent)
+            chain = parent
+    return tuple(dict.fromkeys(out))
+
+
 _Key = tuple[Path, int, str]  # (file, line, kind)
 
 
-def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Mapping[str, str]
+def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Mapping[str, str],
+                     growing: Collection[str] | None, multiplier: str
                      ) -> tuple[tuple[AttentionScaleSite, ...], dict[str, int]]:
+    """The sites to edit; each line's base head size constant (none where d_head is fixed:
+    such a site takes only ``multiplier``)."""
     hosts = {edit.site: host.module for host in plan.hosts for edit in host.attention}
-    bases: dict[_Key, set[int]] = {}
+    bases: dict[_Key, set[int | None]] = {}
     scopes: dict[_Key, dict[tuple[Path, str], None]] = {}
     children: dict[_Key, dict[tuple[str, str], None]] = {}
     for site in plan.report.attention:
@@ -195,26 +233,31 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
             raise EmitError("explicit softmax attention with no q.k^T product found",
                             where=site.source or site.node,
                             fix="use muprewrite.apply(model, ...) at runtime")
-        assert site.d_head_base is not None  # make_plan checked it
+        grows = growing is None or site.node in growing
+        assert site.d_head_base is not None or not grows  # make_plan checked it
         key = (file, line, kind)
-        bases.setdefault(key, set()).add(site.d_head_base)
+        bases.setdefault(key, set()).add(site.d_head_base if grows else None)
         module = model.get_submodule(hosts[site.node])
         scopes.setdefault(key, {}).update(dict.fromkeys(_scope(module, project)))
         children.setdefault(key, {}).update(dict.fromkeys(_attention_children(module)))
     for (file, line, _kind), sizes in bases.items():
         if len(sizes) > 1:
-            raise EmitError(f"the attention at line {line} runs with base head sizes "
-                            f"{sorted(sizes)} in different modules; one constant cannot serve "
-                            "both", where=f"{file}:{line}",
+            known = sorted(size for size in sizes if size is not None)
+            what = ("its head size growing in one module and fixed in another" if None in sizes
+                    else f"base head sizes {known} in different modules")
+            raise EmitError(f"the attention at line {line} runs with {what}; one constant cannot "
+                            "serve both", where=f"{file}:{line}",
                             fix="use muprewrite.apply(model, ...) at runtime for this model")
-    distinct = sorted({next(iter(s)) for s in bases.values()})
+    distinct = sorted({size for s in bases.values() for size in s if size is not None})
     names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
              for size in distinct}
-    sites = tuple(AttentionScaleSite(line, names[next(iter(s))], kind, file,
-                                     tuple(scopes[file, line, kind]),
-                                     tuple(children[file, line, kind]))
-                  for (file, line, kind), s in sorted(bases.items()))
-    return sites, {names[size]: size for size in distinct}
+    sites = []
+    for (file, line, kind), s in sorted(bases.items()):
+        size = next(iter(s))  # None: d_head fixed, no head size constant
+        sites.append(AttentionScaleSite(line, "" if size is None else names[size], kind, file,
+                                        tuple(scopes[file, line, kind]),
+                                        tuple(children[file, line, kind]), multiplier))
+    return tuple(sites), {names[size]: size for size in distinct}
 
 
 def place(source: str, project: Project, what: str) -> tuple[Path, int]:
