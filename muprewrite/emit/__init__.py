@@ -5,6 +5,7 @@
 the classes concerned, so that paths no capture ran are edited too, or refused at their
 line), ``complete.py`` (the two merged into node edits), ``forms.py`` (the text of each edit),
 ``transform.py`` (the libcst rewrite), ``block.py`` (the added constants and functions),
+``tuned.py`` (the base hyperparameters in them, when emission is given a card),
 ``project.py`` (the user's files, parsed once each), ``assemble.py`` (the new text of each
 changed file), ``outputs.py`` (where each file goes: one file, a mirrored tree, in place),
 ``emitter.py`` (the whole job).

@@ -13,11 +13,13 @@ import re
 import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from .depth import DepthBlock, depth_constants, depth_functions
 from .literals import comment_text, identifier, string, string_set
+from .literals import number as _number
 from .optimizer_block import Training, flag_comments, optimizer_functions
+from .tuned import TunedBlock, patch
 
 __all__ = ["Entry", "layer_pattern", "module_pattern", "collapse", "render_block",
            "render_header", "render_part_header", "render_constants", "emitted_rule", "part_of",
@@ -29,6 +31,7 @@ _PART = "part of the muP version of "  # the header of another file of the proje
 # flags in a parameter's exponents (factor 1, so mup_factors keeps them as they are): stepped
 # by torch.optim.Muon (a Muon rule's hidden matrix); no weight decay (vector_weight_decay "none")
 
+_V = TypeVar("_V")
 _INDEX = re.compile(r"(^|\.)\d+(?=\.)")
 _MODULE_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
 
@@ -64,14 +67,7 @@ def _tuple(axes: tuple[int, ...]) -> str:
     return "(" + ", ".join(_number(a) for a in axes) + ("," if len(axes) == 1 else "") + ")"
 
 
-def _number(x: object) -> str:
-    """An axis, exponent or flag as code: only bools, ints and finite floats are written."""
-    if isinstance(x, bool | int) or (isinstance(x, float) and x == x and abs(x) != float("inf")):
-        return repr(x)
-    raise ValueError(f"internal: {x!r} is not a number the emitter may write")
-
-
-def collapse(values: Mapping[str, Entry | None]) -> dict[str, Entry]:
+def collapse(values: Mapping[str, _V | None]) -> dict[str, _V]:
     """Merge names that differ only in layer indices when every such name has the same value.
 
     ``values`` holds every parameter (None: no entry), so that a pattern never covers a
@@ -80,7 +76,7 @@ def collapse(values: Mapping[str, Entry | None]) -> dict[str, Entry]:
     groups: dict[str, list[str]] = {}
     for name in values:
         groups.setdefault(layer_pattern(name), []).append(name)
-    out: dict[str, Entry] = {}
+    out: dict[str, _V] = {}
     for pattern, names in groups.items():
         first = values[names[0]]
         if len(names) > 1 and all(values[n] == first for n in names):
@@ -154,12 +150,13 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
                  unused: Sequence[str], multipliers: Mapping[str, Mapping[str, str]],
                  d_head: Mapping[str, int], training: Training, imports: Sequence[str],
                  elsewhere: Sequence[tuple[str, int, str]] = (),
-                 depth: DepthBlock | None = None) -> str:
+                 depth: DepthBlock | None = None, tuned: TunedBlock | None = None) -> str:
     """The module-level code added after the file's imports. ``training``: the optimizer
     the rule is for (``mup_param_groups``, ``mup_optimizer``); ``elsewhere``: (constant,
     size, file) of the head size constants that only other files use (defined there);
     ``depth``: under a depth rule, the residual blocks and branch hosts (``MUP_PARAMS`` is
-    then keyed by the base's parameters, each with its m_L exponent)."""
+    then keyed by the base's parameters, each with its m_L exponent); ``tuned``: the base
+    hyperparameters, when the file is emitted with them (see ``tuned.py``)."""
     out = [*imports, "" if imports else None, "",
            f'# ---- muP (written by muprewrite, rule "{comment_text(rule)}") ' + "-" * 40, "",
            f"MUP_RULE = {string(rule)}",
@@ -171,6 +168,8 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
         out.append(f"# {identifier(name)} = {_number(size)} (head size at base width) is defined in "
                    f"{comment_text(file)}, with "
                    "its attention")
+    if tuned is not None:
+        out += ["", *tuned.constants(), ""]
     if depth is None:
         out += ["# per parameter (layer index: *): fan-in axes, fan-out axes, and the exponents "
                 "of", "# m_in, m_out (size / base size of those axes) of each factor the rule "
@@ -193,8 +192,12 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
         out.append(f"    {string(module)}: {{{inner}}},")
     out.append("}")
     middle = _WIDTH.format() if depth is None else depth_functions()
-    out.append("\n\n".join([_PREAMBLE.format(base_call=base_call), middle,
-                             *optimizer_functions(training)]))
+    parts = [_PREAMBLE.format(base_call=base_call)]
+    if tuned is not None:
+        out += tuned.tables()
+        parts.append(tuned.functions())
+        middle = patch(middle, tuned, depth is not None)
+    out.append("\n\n".join([*parts, middle, *optimizer_functions(training)]))
     return "\n".join(line for line in out if line is not None)
 
 

@@ -2,7 +2,9 @@
 
 Analysis runs on the meta device (no memory, no RNG drawn); the emitted file carries the
 base constructor call and a seed, and matches its init to that base at run time, as
-``muprewrite.apply`` does with the base it is handed.
+``muprewrite.apply`` does with the base it is handed. Given base hyperparameters (a card),
+the block also holds them as constants and applies them as ``apply(..., hparams=...)`` does
+(``tuned.py``); without, the file is that of the rule alone, byte for byte.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from ..analysis.report import ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
+from ..hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..rewrite.plan import make_plan, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
@@ -33,6 +36,7 @@ from .depth_plan import base_entries, depth_block, partners_of
 from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
 from .project import Project
 from .sites import EmitError, Sites, locate
+from .tuned import TunedBlock, card_name, classes_of, locate_tuned
 
 __all__ = ["Emission", "EmittedFile", "emit", "is_emitted", "emitted_rule"]
 
@@ -65,10 +69,17 @@ def is_emitted(text: str) -> bool:
 
 def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule = "mup",
          inputs_expr: str | Sequence[str] | None = None, seed: int = 0, heads: HeadsConvention = "grow",
-         device: str = "meta", progress: Callable[[str], None] | None = None) -> Emission:
+         device: str = "meta", hparams: HParamsLike = None,
+         progress: Callable[[str], None] | None = None) -> Emission:
     """The text of ``path`` rewritten into ``rule`` for the model ``model_expr``, with every
     other file of the user's project that needs an edit (a readout or an attention defined
     there).
+
+    ``hparams``: base hyperparameters tuned on the proxy (a ``muprewrite.HParams``, a mapping,
+    or a card's path), as ``muprewrite.apply(..., hparams=...)`` takes them: the block then
+    writes all nine as MUP_* constants and applies them as ``apply`` does, with a forward
+    multiplier at every input and output weight's use and a factor at every attention (so
+    that each constant can be edited). None (default): no constants, the rule alone.
 
     Each file is decoded as Python decodes it (BOM, PEP 263 coding comment) with its line
     endings kept; the result is in the same encoding and endings. Raises EmitError (or
@@ -77,6 +88,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     path = Path(path)
     project = _open(path, seed)
     rule = load_rule(rule) if isinstance(rule, str) else rule
+    tuned = None if hparams is None else as_hparams(hparams, rule.id)
     before = dict(sys.modules)
     user = load_module(path)
     model = build_model(user, model_expr, "--model", device=device)
@@ -86,24 +98,32 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     inputs = inputs_for(model, inputs_expr, device=device)
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
     names = aliases(model)
-    plan = make_plan(report, cap.graph, rule, names)
+    plan = make_plan(report, cap.graph, rule, names, tuned or DEFAULT_HPARAMS)
     if progress:
         progress("locating the edits in the source")
     nodes = {n.name: n for n in cap.graph.nodes}
     logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
               if p.kind == "softmax" and p.logits is not None}
-    sites = locate(model, project, plan, names, logits)
+    sites = (locate(model, project, plan, names, logits) if tuned is None else
+             locate_tuned(model, project, plan, cap.graph, rule, names, logits))
     deep = rule.has_depth and report.residuals is not None and bool(report.residuals.branches)
     if deep:  # the residual adds take m_L^-alpha, at any depth the file is built at
         sites = replace(sites, branches=locate_branches(model, project, report, cap.graph))
     edits = _main_first(project.main, complete(project, sites))  # every path of the hosts
     base_call = _call_text(base_expr)
     depth = depth_block(model, base, report, rule, project, edits, sites) if deep else None
+    partners = _partners(model, base, depth)
+    tuned_block = None if tuned is None else TunedBlock(
+        tuned, rule.id, collapse(classes_of(report, partners)), sites.lookups,
+        bool(sites.attention), depth is not None, card_name(hparams))
     block = _block_for(report, rule, sites, seed, base_call, project.parsed(path).wrapper.module,
-                       depth, _partners(model, base, depth))
+                       depth, partners, tuned_block)
     rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
     files, changes = assemble(project, edits, sites, root=type(model).__name__, rule=rule,
-                              base_call=base_call, block=block, rescaled=rescaled)
+                              base_call=base_call, block=block, rescaled=rescaled,
+                              tuned=None if tuned is None else (
+                                  f"base hyperparameters ({tuned}) as MUP_* constants, applied "
+                                  "as muprewrite.apply(..., hparams=...) does"))
     first = files[0]
     unused = report.uncaptured({n: tuple(p.shape) for n, p in base.named_parameters()})
     if unused:  # no factor for them: the forward may use them on a path no capture ran
@@ -139,8 +159,8 @@ def _check_root(project: Project, user: ModuleType, model: torch.nn.Module, path
 
 
 def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: str,
-               module: cst.Module, depth: DepthBlock | None, partners: Mapping[str, str]
-               ) -> BlockFor:
+               module: cst.Module, depth: DepthBlock | None, partners: Mapping[str, str],
+               tuned: TunedBlock | None = None) -> BlockFor:
     """The main file's block, given the head size constants it defines and those defined
     elsewhere. Under a depth rule (``depth``) the entries are keyed by the base's parameters
     (``partners``: model parameter -> base parameter)."""
@@ -156,7 +176,7 @@ def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: s
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
                             training=_training(rule), imports=imports,
-                            elsewhere=elsewhere, depth=depth)
+                            elsewhere=elsewhere, depth=depth, tuned=tuned)
 
     return block
 

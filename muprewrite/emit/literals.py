@@ -16,7 +16,7 @@ import libcst as cst
 
 from .sites import EmitError
 
-__all__ = ["string", "strings_tuple", "string_set", "comment_text", "identifier"]
+__all__ = ["string", "strings_tuple", "string_set", "comment_text", "identifier", "number"]
 
 _MODULE = cst.Module([])
 
@@ -70,3 +70,12 @@ def identifier(value: str) -> str:
         raise EmitError(f"internal: {value!r} is not an identifier the emitter may write",
                         fix="please report it with the model file")
     return value
+
+
+def number(x: object) -> str:
+    """An axis, exponent, flag or constant as code: only bools, ints and finite floats are
+    written (``repr``), anything else is an internal error, never code."""
+    if isinstance(x, bool | int) or (isinstance(x, float) and x == x and abs(x) != float("inf")):
+        return repr(x)
+    raise EmitError(f"internal: {x!r} is not a number the emitter may write",
+                    fix="please report it with the model file")
