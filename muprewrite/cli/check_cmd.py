@@ -35,6 +35,11 @@ or flag (Muon, no weight decay), or a base of another structure fails the check,
 the emitted file's line, the mode and the size of the error. Paths that no input set
 runs are not checked. `muprewrite FILE --check` is the quick, text-only check of the
 header (it runs nothing).
+
+\b
+Base hyperparameters: apply gets the values of EMITTED_FILE's MUP_* constants (a file
+emitted without --hparams has none: all 1), so a retuned file is checked as retuned.
+--hparams CARD first checks that the constants hold the card's values.
 """
 
 
@@ -51,16 +56,21 @@ header (it runs nothing).
                    "emitted base call lacks; the same widths as that call.")
 @click.option("--rule", default=None,
               help="The rule, when a custom rule file was used: path/to/rule.toml.")
+@click.option("--hparams", "hparams", type=click.Path(dir_okay=False), metavar="CARD",
+              help="The card the file was emitted with: its MUP_* constants must hold its "
+                   "values.")
 @click.option("--steps", type=click.IntRange(0, 100), default=5, show_default=True,
               help="Optimizer steps compared (mup_optimizer against muprewrite.optimizer).")
 def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...],
-              original: str | None, base: str | None, rule: str | None, steps: int) -> None:
+              original: str | None, base: str | None, rule: str | None, hparams: str | None,
+              steps: int) -> None:
     from ..verify.source_check import check_emitted
     from .main import _stage_printer
 
     try:
         result = check_emitted(emitted_file, models, inputs=inputs, original=original,
-                               rule=rule, steps=steps, base=base, progress=_stage_printer())
+                               rule=rule, steps=steps, base=base, hparams=hparams,
+                               progress=_stage_printer())
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     for line in result.compared:

@@ -19,13 +19,18 @@ the original model (the file the emitted one was written from) the same way, rew
    parameters after the last step.
 
 At the base width the expectation is the original model through ``apply`` against itself:
-unchanged (every width factor is 1), trained as the rule trains it there, with the roles of
+unchanged (every width factor is 1, and the base hyperparameters as ``apply`` puts them there),
+trained as the rule trains it there, with the roles of
 the single capture, which say which matrices Muon steps and which vector-like parameters get
 no weight decay; a role that differs from the one the emitted file recorded shows as another
 optimizer or weight decay. A check that sees a deleted readout
 multiplier, a deleted attention factor, a branch of the forward left unscaled (when an input
 set runs it), or an optimizer factor or flag changed fails here. What no input set runs is
 not checked: pass one ``inputs`` per path of the forward.
+
+Base hyperparameters: ``apply`` gets the values of the file's own ``MUP_*`` constants (none:
+all 1), so that a retuned file is checked as retuned; given the card (``hparams``), those
+values must first be the card's.
 """
 
 from __future__ import annotations
@@ -46,10 +51,12 @@ from torch import nn
 
 from ..errors import MuprewriteError
 from ..files import read_source
+from ..hparams import HParams, HParamsLike, as_hparams
 from ..input_sets import InputSets, input_sets
 from ..rewrite.branches import HOOK_ATTR
 from ..rules import Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
+from .file_hparams import constant_lines, differences, file_hparams
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
 
@@ -95,6 +102,7 @@ class SourceCheck:
     rule: str
     compared: list[str] = field(default_factory=list)  # one line per passed comparison
     divergence: Divergence | None = None
+    hparams: HParams | None = None  # the file's base hyperparameters (None: it has none)
 
     @property
     def passed(self) -> bool:
@@ -103,12 +111,14 @@ class SourceCheck:
 
 def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[str] = (),
                   original: str | Path | None = None, rule: str | None = None, steps: int = 5,
-                  base: str | None = None,
+                  base: str | None = None, hparams: HParamsLike = None,
                   progress: Callable[[str], None] | None = None) -> SourceCheck:
     """Check the emitted file ``path`` at its base width and at each spec in ``models``.
 
     ``base``: the base ``apply`` gets, when the models are built with options (flags) that
     the emitted file's base call lacks; default that call. Same widths, same parameters.
+    ``hparams``: the card (or HParams) the file was emitted with: its ``MUP_*`` constants
+    must hold those values (default: whatever they hold is what ``apply`` gets).
     """
     path = Path(path)
     text = read_source(path).text
@@ -122,8 +132,12 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
                          fix="pass --original path/to/the/original.py")
     emitted, user = load_module(path), load_module(source)
     base_text = base or _base_call(emitted, path)
-    result = SourceCheck(path, source, rule or header["rule"])
+    result = SourceCheck(path, source, rule or header["rule"], hparams=file_hparams(emitted, path))
     loaded = load_rule(result.rule)
+    if hparams is not None:
+        result.divergence = _against_card(result, text, as_hparams(hparams, loaded.id))
+        if result.divergence is not None:
+            return result
     say = progress or (lambda _m: None)
     with float64():
         for spec in [base_text, *models]:
@@ -133,6 +147,21 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
                 result.divergence = found
                 break
     return result
+
+
+def _against_card(result: SourceCheck, text: str, card: HParams) -> Divergence | None:
+    """The first of the file's base hyperparameters that is not the card's."""
+    found = differences(result.hparams or HParams(), card)
+    if not found:
+        kept = "the card's" if result.hparams is not None else "none (all 1, as the card)"
+        result.compared.append(f"base hyperparameters: {kept}")
+        return None
+    constant, ours, theirs = found[0]
+    line = constant_lines(text).get(constant)
+    where = f"{result.file}:{line}: {constant}" if line else f"{result.file}: {constant}"
+    held = f"{ours!r} in the file" if result.hparams is not None else "absent from the file (1)"
+    return Divergence("the card", "base hyperparameter", where, "-", -1,
+                      abs(ours - theirs) / theirs, f"{held}, {theirs!r} in the card")
 
 
 def _base_call(emitted: ModuleType, path: Path) -> str:
@@ -174,8 +203,10 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
         return structure
     sets = _input_sets(expected, inputs)
     # every input set captured, as the emitter should have; at the base width apply changes
-    # nothing (every factor is 1) and gives the roles the rule's optimizer needs
-    expected = apply(expected, InputSets(*sets), base=base, rule=result.rule)
+    # nothing but what the base hyperparameters change (every width factor is 1) and gives the
+    # roles the rule's optimizer needs
+    expected = apply(expected, InputSets(*sets), base=base, rule=result.rule,
+                     hparams=result.hparams)
     torch.manual_seed(1)
     model = build_model(emitted, spec, "--model", device="cpu")
     found = _parameters(spec, model, expected)
