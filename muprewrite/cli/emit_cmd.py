@@ -44,7 +44,14 @@ muprewrite at run time. What changes (every other line keeps its bytes):
     fewer blocks): every residual add becomes x + self.mup_branch_multiplier
     * f(x), set to m_L^-alpha by mup_init, m_L = blocks / base blocks counted
     at run time, so the file also works at every depth;
-  - a header comment naming the rule.
+  - a header comment naming the rule;
+  - with --hparams CARD (base hyperparameters tuned on the proxy, e.g. by
+    `muprewrite tune -o card.toml`): all nine as MUP_* constants in the block
+    (MUP_OUTPUT_MULTIPLIER = 2.5, ...; edit them to retune), each parameter's
+    class (MUP_CLASSES), a forward multiplier at every input and output
+    weight's use (a tied embedding's lookups too) and MUP_ATTENTION_MULTIPLIER
+    at every attention, applied as muprewrite.apply(..., hparams=CARD) does.
+    Without --hparams the file has no such constants (as if each were 1).
 A use that cannot be edited with certainty (the readout returned or passed
 on, getattr(self, name), a softmax over something other than q @ k^T) is
 refused at FILE:LINE; muprewrite.apply(model, ...) is the runtime fallback.
@@ -90,6 +97,9 @@ written through, an existing file keeps its mode, a read-only one needs
                    "without targets, a flag): every set is captured.")
 @click.option("--heads", type=click.Choice(["grow", "fixed"]), default="grow", show_default=True,
               hidden=True)
+@click.option("--hparams", "hparams", type=click.Path(dir_okay=False), metavar="CARD",
+              help="A card of base hyperparameters tuned on the proxy (card.toml), written "
+                   "into the file as MUP_* constants.")
 @click.option("--seed", type=click.IntRange(0, 2**63 - 1), default=0, show_default=True,
               help="Seed of the base model's init draw that the emitted init matches.")
 @click.option("--device", type=click.Choice(["meta", "cpu"]), default="meta", show_default=True,
@@ -102,8 +112,9 @@ written through, an existing file keeps its mode, a read-only one needs
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
-             inputs_expr: tuple[str, ...], heads: str, seed: int, device: str, output: str | None,
-             show_diff: bool, in_place: bool, force: bool, check: bool) -> None:
+             inputs_expr: tuple[str, ...], heads: str, hparams: str | None, seed: int,
+             device: str, output: str | None, show_diff: bool, in_place: bool, force: bool,
+             check: bool) -> None:
     from ..emit import emit
     from .main import _stage_printer
 
@@ -119,10 +130,11 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
         raise click.UsageError("--in-place writes the model's files themselves; leave -o out")
     where = _Where(path, output, in_place)
     if not show_diff:
-        _check_target(where, rule, force=force)
+        _check_target(where, rule, hparams, force=force)
     try:
         emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
-                        seed=seed, heads=heads, device=device, progress=_stage_printer())  # type: ignore[arg-type]
+                        seed=seed, heads=heads, device=device, hparams=hparams,  # type: ignore[arg-type]
+                        progress=_stage_printer())
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     if show_diff:
@@ -132,7 +144,7 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
     try:
         planned = outputs(emission, target=where.target, folder=where.folder,
                           what=f"-o {where.target}" if output else f"the default {where.target}")
-        _check_all(planned, emission, rule, force=force, in_place=in_place)
+        _check_all(planned, emission, rule, hparams, force=force, in_place=in_place)
         write_files([(o.target, o.data) for o in planned], force=force,
                     make_folders=where.folder is not None)
     except MuprewriteError as exc:
@@ -159,7 +171,13 @@ class _Where:
         return self.target if same and self.target is not None else file.path
 
 
-def _check_target(where: _Where, rule: str, *, force: bool) -> None:
+def _inputs(rule: str, hparams: str | None) -> list[tuple[str, str | Path]]:
+    """The files besides the model's that emission reads: a rule file, a card."""
+    out: list[tuple[str, str | Path]] = [("--rule", Path(rule))] if rule.endswith(".toml") else []
+    return out + ([("--hparams", Path(hparams))] if hparams else [])
+
+
+def _check_target(where: _Where, rule: str, hparams: str | None, *, force: bool) -> None:
     """Refuse, before any analysis, an output that is an input or cannot be written."""
     path, main = where.path, where.main
     in_place = where.target is None and where.folder is None
@@ -167,9 +185,7 @@ def _check_target(where: _Where, rule: str, *, force: bool) -> None:
         what = "the output" if where.folder is None else f"{main} (in -o {where.folder})"
         raise click.UsageError(f"{what} is MODEL_FILE itself: pass --in-place to overwrite "
                                "it, or another -o")
-    inputs = [] if in_place else [("MODEL_FILE", path)]
-    if rule.endswith(".toml"):
-        inputs.append(("--rule", Path(rule)))
+    inputs = ([] if in_place else [("MODEL_FILE", path)]) + _inputs(rule, hparams)
     try:
         if where.folder is not None:
             check_folder(where.folder)
@@ -180,16 +196,15 @@ def _check_target(where: _Where, rule: str, *, force: bool) -> None:
         raise click.ClickException(exc.one_line()) from None
 
 
-def _check_all(planned: list[Output], emission: Emission, rule: str, *, force: bool,
-               in_place: bool) -> None:
+def _check_all(planned: list[Output], emission: Emission, rule: str, hparams: str | None, *,
+               force: bool, in_place: bool) -> None:
     """Every output, now that they are known: none is an input, each can be written."""
     inputs: list[tuple[str, str | Path]] = []
     if not in_place:
         inputs = [("MODEL_FILE" if i == 0 else "project file", f.path)
                   for i, f in enumerate(emission.files)]
         inputs += [("project file", p) for p in emission.imports]
-    if rule.endswith(".toml"):
-        inputs.append(("--rule", Path(rule)))
+    inputs += _inputs(rule, hparams)
     check_distinct([("-o", o.target) for o in planned], inputs)
     for o in planned:
         if o.target.parent.is_dir():
