@@ -23,6 +23,7 @@ from .analysis.attention import (
     heads_marks,
     refuse_unplanned_attention,
 )
+from .analysis.base_axes import check_base_axes
 from .analysis.classify import ParamFacts, classify_params
 from .analysis.depth import (
     base_mismatch,
@@ -108,6 +109,8 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         base_cap = _capture_base(base, sets)
         pairing = pair_with_base(model, cap, base_cap, renamed)
         sizes, aligned = base_sizes(cap, base_cap, pairing)
+        if aligned:  # else the two programs differ: refused below
+            check_base_axes(model, axes, dims, sizes)
         diags = [d for d in diags if d.code == "no-rule"]
         if all(dims.sizes[axis] == size for axis, size in sizes.items() if axis in dims.classes):
             # the base has the model's width (the proxy itself, or a base of another depth):

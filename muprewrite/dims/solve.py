@@ -28,7 +28,7 @@ import networkx as nx
 
 from .axes import Axis, AxisGraph, Compose, Strength
 
-__all__ = ["Mark", "Note", "Dims", "solve"]
+__all__ = ["Mark", "Note", "Dims", "solve", "bounded"]
 
 FINITE, WIDTH = False, True
 
@@ -253,3 +253,20 @@ def solve(graph: AxisGraph, marks: Iterable[Mark] = ()) -> Dims:
     s.ambiguous()
     s.isolated()
     return s.result()
+
+
+def bounded(graph: AxisGraph, dims: Dims) -> dict[Axis, tuple[Strength, str]]:
+    """The axes that ``dims`` takes as finite because the data bounds them, with the
+    strongest such evidence and its reason: a model input, an embedding table's rows, a
+    kernel extent (``Strength.STRONG``), or a model output (``Strength.OUTPUT``; skipped where
+    ``dims`` found the output to be width: a backbone). The heads convention, weak constants
+    and the lack of evidence do not count: a base's measurement may overrule those."""
+    s = _Solver(graph)
+    s.seeds(Strength.STRONG)
+    strong = {c for c, w in s.status.items() if w is FINITE}
+    for axis, c in s.cls.items():
+        if c not in s.status and dims.is_width(axis):
+            s.status[c], s.reason[c] = WIDTH, dims.why(axis)  # as ``dims`` decided
+    s.seeds(Strength.OUTPUT)
+    return {axis: (Strength.STRONG if c in strong else Strength.OUTPUT, s.reason[c])
+            for axis, c in s.cls.items() if s.status.get(c) is FINITE and not dims.is_width(axis)}
