@@ -242,14 +242,16 @@ def _facts(model: nn.Module, base: nn.Module | None,
 
 
 def _site(cap: Capture, dims: Dims, s, sizes: dict) -> AttentionSite:  # type: ignore[no-untyped-def]
-    node = next(n for n in cap.graph.nodes if n.name == s.node)
+    nodes = {n.name: n for n in cap.graph.nodes}
+    node, query = nodes[s.node], nodes[s.q[0]]
     src = node_source(node)
     heads = s.heads[0] if s.heads else None
     return AttentionSite(
         node=s.node, kind=s.kind, module=node_module(node), source=str(src) if src else "",
         d_head=dims.sizes[s.q], heads=dims.sizes[heads] if heads else None,
         d_head_grows=dims.is_width(s.q), heads_grow=dims.is_width(heads) if heads else None,
-        scale=s.scale, scale_node=s.scale_node, d_head_base=sizes.get(s.q))
+        scale=s.scale, scale_node=s.scale_node, d_head_base=sizes.get(s.q),
+        d_head_axis=s.q[1] - query.meta["val"].dim())
 
 
 def _buffers(cap: Capture, dims: Dims) -> tuple[BufferInfo, ...]:

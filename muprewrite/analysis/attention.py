@@ -1,7 +1,9 @@
 """Find attention sites: SDPA calls and explicit ``softmax(q @ k^T * scale) @ v``.
 
-A site names the axes that matter for muP: the d_head axis that ``q . k`` contracts and the
-heads axis (``q[..., H, L, E]``), when the tensors carry one. ``heads_marks`` turns the
+A site names the axes that matter for muP: the d_head axis that ``q . k`` contracts, read
+off the op (an einsum's summed index, wherever it sits: ADM's ``bct,bcs->bts`` keeps it
+before the sequence; a matmul's left operand's last axis), and the heads axis, when the
+tensors carry one. ``heads_marks`` turns the
 heads convention into evidence for the dimension solver: with ``heads="grow"`` the number
 of heads grows and d_head is fixed; with ``heads="fixed"`` d_head grows.
 """
@@ -16,6 +18,7 @@ from torch import fx
 
 from ..dims import Axis, Mark
 from ..dims.registry import Ctx, op_name
+from ..dims.rules.contract import einsum_letters
 
 __all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention",
            "refuse_unplanned_attention",
@@ -131,21 +134,40 @@ def _softmax(node: fx.Node) -> AttentionPattern | None:
         cur = next((a for a in cur.args if Ctx.is_tensor(a)), None)
     else:
         return None
-    if op_name(cur) == "einsum":
-        operands = [a for a in cur.args[1] if Ctx.is_tensor(a)]
-        if len(operands) != 2:
-            return None
-        q_node = operands[0]
-    else:
-        offset = 1 if op_name(cur) == "baddbmm" else 0
-        q_node = cur.args[offset]
-    nq = q_node.meta["val"].dim()
+    found = _einsum_query(cur) if op_name(cur) == "einsum" else _matmul_query(cur)
+    if found is None:
+        return None
+    q_axis, heads = found
+    return AttentionPattern(node.name, "softmax", q_axis, _value_axis(node), heads,
+                            scale, scale_node, tuple(path), cur.name)
+
+
+def _matmul_query(product: fx.Node) -> tuple[Axis, tuple[Axis, ...]] | None:
+    """q's contracted axis in ``q @ k^T`` (its last: k comes transposed) and its heads axis
+    (``q[..., H, L, E]``), if it has one."""
+    q = product.args[1 if op_name(product) == "baddbmm" else 0]
+    if not isinstance(q, fx.Node):
+        return None
+    name, nq = str(q.name), int(q.meta["val"].dim())
     if nq < 2:
         return None
-    heads = ((q_node.name, nq - 3),) if nq >= 4 else ()
-    v_axis = _value_axis(node)
-    return AttentionPattern(node.name, "softmax", (q_node.name, nq - 1), v_axis, heads,
-                            scale, scale_node, tuple(path), cur.name)
+    return (name, nq - 1), ((name, nq - 3),) if nq >= 4 else ()
+
+
+def _einsum_query(product: fx.Node) -> tuple[Axis, tuple[Axis, ...]] | None:
+    """q's contracted axis in ``einsum(eq, q, k)``, wherever the equation puts it
+    (``bhid,bhjd->bhij``; ADM's ``bct,bcs->bts``, head size before sequence), and its heads
+    axis: the last of the axes q and k share with the output, if there are two or more."""
+    operands = [a for a in product.args[1] if Ctx.is_tensor(a)]
+    if len(operands) != 2 or not isinstance(product.args[0], str):
+        return None
+    (q, k), out = einsum_letters(product.args[0], [t.meta["val"].dim() for t in operands])
+    summed = [i for i, c in enumerate(q) if c in k and c not in out]
+    if len(summed) != 1:
+        return None
+    batch = [i for i, c in enumerate(q) if c in k and c in out]
+    name = str(operands[0].name)
+    return (name, summed[0]), ((name, batch[-1]),) if len(batch) >= 2 else ()
 
 
 def _value_axis(softmax: fx.Node) -> Axis | None:
@@ -159,11 +181,26 @@ def _value_axis(softmax: fx.Node) -> Axis | None:
                 if name in ("matmul", "bmm") and user.args[0] is src and Ctx.is_tensor(user.args[1]):
                     v = user.args[1]
                     return (str(v.name), int(v.meta["val"].dim()) - 1)
+                if name == "einsum":
+                    return _einsum_value(user, src)
                 if name in ("dropout", "native_dropout", "_to_copy", "to", "type_as",
                             "getitem", "clone", "contiguous"):
                     nxt.append(user)
         frontier = nxt
     return None
+
+
+def _einsum_value(product: fx.Node, probs: fx.Node) -> Axis | None:
+    """v's head-size axis in ``einsum(eq, probs, v)`` (``bts,bcs->bct``): the one axis of
+    v that the output keeps and the probabilities do not have."""
+    operands = [a for a in product.args[1] if Ctx.is_tensor(a)]
+    if len(operands) != 2 or probs not in operands or not isinstance(product.args[0], str):
+        return None
+    labels, out = einsum_letters(product.args[0], [t.meta["val"].dim() for t in operands])
+    i = operands.index(probs)
+    v, p = operands[1 - i], labels[i]
+    kept = [d for d, c in enumerate(labels[1 - i]) if c in out and c not in p]
+    return (str(v.name), kept[0]) if len(kept) == 1 else None
 
 
 def heads_marks(sites: list[AttentionPattern], heads: HeadsConvention) -> list[Mark]:

@@ -61,7 +61,12 @@ class BufferInfo:
 
 @dataclass(frozen=True)
 class AttentionSite:
-    """An SDPA call or an explicit ``softmax(q k^T)``; muP rescales its logits iff d_head grows."""
+    """An SDPA call or an explicit ``softmax(q k^T)``; muP rescales its logits iff d_head grows.
+
+    ``d_head_axis``: the axis that q.k^T contracts in its left operand, counted from the end:
+    -1 for SDPA and ``q @ k.transpose(-2, -1)`` (also ``q.transpose(-2, -1) @ k``); -2 for an
+    einsum on q that keeps the head size before the sequence (ADM's ``bct,bcs->bts`` on
+    (B*heads, ch, T))."""
 
     node: str
     kind: str
@@ -74,6 +79,7 @@ class AttentionSite:
     scale: float | None
     scale_node: str | None
     d_head_base: int | None
+    d_head_axis: int = -1
 
 
 @dataclass(frozen=True)

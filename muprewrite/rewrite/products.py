@@ -3,7 +3,8 @@
 The runtime attention edit (logits.py) takes a product of two activations that contracts
 one axis of a planned head size for attention logits. This module only reads a call:
 ``contracted("matmul", (q, k_t))`` gives (q, k_t, q.shape[-1]); an einsum gives the size
-of its one summed index (with or without ``->``, with an ellipsis or not).
+of its one summed index wherever it sits (with or without ``->``, with an ellipsis or not):
+the head size of ADM's ``einsum("bct,bcs->bts", q, k)`` is ``q.shape[1]``.
 
 >>> import torch
 >>> q, k = torch.zeros(2, 4, 5, 8), torch.zeros(2, 4, 7, 8)
@@ -11,6 +12,9 @@ of its one summed index (with or without ``->``, with an ellipsis or not).
 8
 >>> contracted("matmul", (q, k.mT))[2], contracted("einsum", ("bhid,bhjd->ij", q, k))
 (8, None)
+>>> q, k = torch.zeros(6, 16, 20), torch.zeros(6, 16, 20)  # ADM: (B*heads, ch, T)
+>>> contracted("einsum", ("bct,bcs->bts", q, k))[2]
+16
 """
 
 from __future__ import annotations
