@@ -135,6 +135,16 @@ class Branchy(Net):
         return super().forward(x)
 '''
 
+CLASSES = NET + '''
+
+class Classifier(Net):
+    """A base with another number of classes differs along an axis that is not width."""
+
+    def __init__(self, width: int = 32, classes: int = 4) -> None:
+        super().__init__(width)
+        self.out = nn.Linear(width, classes)
+'''
+
 # ModuleDict keys are the user's strings: quotes, line breaks, backslashes and terminal escapes
 # must reach the emitted source as data, never as code
 KEYS = ('a": ((0,), (0,), {}), "x": getattr(__import__("os"), "system")("touch pwned") or 1, "y',
@@ -258,6 +268,14 @@ CASES = [
                                   "--json"), model=MOE),
     Case("value-branch", analyze("--model", "Branchy(width=64)"), r"model\.py:\d+: if x\.sum",
          model=MOE),
+    Case("base-other-classes", analyze("--model", "Classifier(width=64, classes=4)", "--base",
+                                       "Classifier(width=32, classes=10)"),
+         r"out\.weight axis 0 is 4 in the model, 10 in base.*fix: build the base with the "
+         r"model's vocab_size/num_classes", model=CLASSES),
+    Case("emit-base-other-classes", ("model.py", "--model", "Classifier(width=64, classes=4)",
+                                     "--base", "Classifier(width=32, classes=10)", "-o",
+                                     "out.py"),
+         r"out\.weight axis 0 is 4 in the model, 10 in base", model=CLASSES),
     # --- importing the user's file -----------------------------------------------------
     Case("print-at-import", analyze(*M, "--json"), model='print("hello from import")\n' + NET),
     Case("exit-at-import", analyze(*M), r"calls sys\.exit\(0\) when imported",
