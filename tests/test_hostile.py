@@ -15,6 +15,7 @@ import json
 import os
 import re
 import signal
+import stat
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -214,6 +215,7 @@ class Case:
     changes: frozenset[str] = frozenset()  # files the command may create or change
     links: dict[str, str] = field(default_factory=dict)  # symlink -> target
     modes: dict[str, int] = field(default_factory=dict)  # chmod before the run
+    fifos: tuple[str, ...] = ()  # named pipes made before the run (nobody writes to them)
     code: int = 1  # expected exit status on failure (2: a usage error, as click has it)
 
 
@@ -313,6 +315,12 @@ CASES = [
     Case("injected-keys", ("model.py", "--model", "Keyed(width=64)", "--base", "Keyed(width=32)",
                            "-o", "out.py"), model=INJECT, changes=frozenset({"out.py"})),
     # --- files -------------------------------------------------------------------------
+    Case("fifo-emit", ("pipe.py", *M, "--base", "Net(width=32)", "-o", "out.py"),
+         r"pipe\.py is not a regular file", fifos=("pipe.py",)),
+    Case("fifo-analyze", ("analyze", "pipe.py", *M), r"not a Python source file",
+         fifos=("pipe.py",)),
+    Case("dev-zero-emit", ("zero.py", *M, "--base", "Net(width=32)", "-o", "out.py"),
+         r"zero\.py is not a regular file", links={"zero.py": "/dev/zero"}),
     Case("symlink-in-place", ("src/link.py", *M, "--base", "Net(width=32)", "--in-place"),
          files={"src/real.py": NET}, links={"src/link.py": "real.py"},
          changes=frozenset({"src/real.py"})),
@@ -344,8 +352,11 @@ def _snapshot(folder: Path) -> dict[str, tuple[bytes, int, int]]:
         if "__pycache__" in p.parts or p.is_dir():
             continue
         st = p.lstat()
-        out[str(p.relative_to(folder))] = (p.read_bytes() if not p.is_symlink() else
-                                           os.readlink(p).encode(), st.st_mode, st.st_ino)
+        if p.is_symlink():
+            data = os.readlink(p).encode()
+        else:
+            data = p.read_bytes() if stat.S_ISREG(st.st_mode) else b""  # never read a FIFO
+        out[str(p.relative_to(folder))] = (data, st.st_mode, st.st_ino)
     return out
 
 
@@ -370,6 +381,8 @@ def _run(case: Case, root: Path) -> Outcome:
         (folder / name).symlink_to(target)
     for name, mode in case.modes.items():
         (folder / name).chmod(mode)
+    for name in case.fifos:
+        os.mkfifo(folder / name)
     before = _snapshot(folder)
     env = {k: v for k, v in os.environ.items() if k != "MUPREWRITE_TRACEBACK"}
     proc = subprocess.run([CLI, *case.argv], cwd=folder, capture_output=True, text=True,

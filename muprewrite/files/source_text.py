@@ -18,7 +18,9 @@ True
 from __future__ import annotations
 
 import io
+import os
 import re
+import stat
 import tokenize
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +29,7 @@ from ..errors import MuprewriteError
 
 __all__ = ["SourceError", "SourceText", "read_source", "split_lines"]
 
+MAX_SOURCE_BYTES = 64 * 1024 * 1024  # far above any model file; a bound for hostile input
 _LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+\Z")
 
 
@@ -48,6 +51,14 @@ def read_source(path: str | Path) -> SourceText:
     """The text of the Python file ``path``, decoded as Python would decode it."""
     path = Path(path)
     try:
+        st = os.stat(path)  # follows links: a link to a regular file is read through
+        if not stat.S_ISREG(st.st_mode):  # a FIFO would block, /dev/zero never end
+            raise SourceError(f"{path} is not a regular file (a pipe, a device or a folder)",
+                              fix="pass the path of your model's .py file")
+        if st.st_size > MAX_SOURCE_BYTES:
+            raise SourceError(f"{path} is {st.st_size} bytes, more than a Python source file "
+                              f"muprewrite reads ({MAX_SOURCE_BYTES})",
+                              fix="pass the path of your model's .py file")
         data = path.read_bytes()
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror or exc}",
