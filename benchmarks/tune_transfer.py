@@ -67,7 +67,8 @@ def sweep(args: argparse.Namespace, key: str, *, width: int, rule: str, space: A
                   target=functools.partial(mod.build, args.target),
                   target_steps=args.steps, workers=args.workers, seed=args.seed,
                   storage=str(args.out_dir / f"{args.model}-{key}.journal"),
-                  study_name=f"{args.model}-{key}", progress=not args.quiet)
+                  study_name=f"{args.model}-{key}", progress=not args.quiet,
+                  trial_seeds=args.trial_seeds)
     print(f"[{key}] {result.summary()}", file=sys.stderr)
     trials_done = [t for t in result.study.get_trials(deepcopy=False)
                    if t.state.name in ("COMPLETE", "PRUNED")]
@@ -107,9 +108,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--trial-seeds", choices=["per-trial", "same"], default="same",
+                        help="'same': every trial of a sweep sees the same init and batches")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "tune_transfer")
     args = parser.parse_args()
-    args.out = Path(f"{args.out}_{args.model}")
+    args.out = Path(f"{args.out}_{args.model}" + ("_per-trial-seeds" if args.trial_seeds ==
+                                                  "per-trial" else ""))
     args.out_dir = args.out.parent / (args.out.name + "_studies")
     args.out_dir.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(1)

@@ -221,3 +221,23 @@ def test_a_database_url_is_a_storage_too(tmp_path) -> None:
     study = optuna.load_study(study_name="muprewrite-tune", storage=url)  # as the dashboard does
     assert [t.value for t in study.trials] == [t.value for t in result.study.trials]
     assert result.card.extra["proxy"]["storage"] == url
+
+
+def test_same_trial_seeds_make_equal_settings_score_equal() -> None:
+    """trial_seeds="same": every trial is seeded with the study seed, so one setting scores
+    the same as trial 0 of one study and trial 1 of another (per-trial seeds: it does not)."""
+    point = {"lr": 0.02, "output_multiplier": 1.5, "hidden_init": 0.7}
+    other = {"lr": 0.01, "output_multiplier": 0.5, "hidden_init": 2.0}
+
+    def value_of_point(trial_seeds: str, first: bool) -> tuple[float, int]:
+        queue = [point] if first else [other, point]
+        study = _tune(trial_seeds=trial_seeds, seed=5, enqueue=queue, n_trials=len(queue)).study
+        trial = study.trials[len(queue) - 1]
+        assert trial.params == point
+        return trial.value, trial.user_attrs["seed"]
+
+    assert value_of_point("same", True) == value_of_point("same", False)
+    (v0, s0), (v1, s1) = value_of_point("per-trial", True), value_of_point("per-trial", False)
+    assert (s0, s1) == (5, 6) and v0 != v1
+    with pytest.raises(muprewrite.UsageError, match="trial_seeds"):
+        _tune(trial_seeds="fixed")

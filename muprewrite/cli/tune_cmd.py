@@ -140,7 +140,12 @@ def _fill(template: str | None, width: int | None, option: str) -> str | None:
 @click.option("--pruner", type=click.Choice(["hyperband", "halving", "none"]),
               default="hyperband", show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True,
-              help="Sampler seed; trial N seeds torch with seed + N.")
+              help="Sampler seed; trial N seeds torch with seed + N (see --trial-seeds).")
+@click.option("--trial-seeds", type=click.Choice(["per-trial", "same"]), default="per-trial",
+              show_default=True,
+              help="'same': every trial seeds torch (init, and batches drawn with run.seed) "
+                   "with --seed, so trials differ only in their hyperparameters (less noise "
+                   "for the sampler and the pruner).")
 @click.option("--weight-decay", type=float, default=0.0, show_default=True,
               help="Weight decay when it is not tuned.")
 @click.option("--trial-timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
@@ -156,7 +161,8 @@ def tune_cmd(model_file: str, template: str, width: int | None, base_spec: str |
              target_spec: str | None, target_width: int | None, target_steps: int | None,
              inputs_expr: str | None, target_inputs_expr: str | None, rule: str, workers: int,
              storage: str | None, study_name: str, sampler: str, pruner: str, seed: int,
-             weight_decay: float, trial_timeout: float | None, device: str, out: str,
+             trial_seeds: str, weight_decay: float, trial_timeout: float | None, device: str,
+             out: str,
              plot: str | None, force: bool) -> None:
     from ..tuning.refs import FunctionRef, SpecBuilder, module_of
 
@@ -183,7 +189,7 @@ def tune_cmd(model_file: str, template: str, width: int | None, base_spec: str |
                       dict(steps=steps, n_trials=trials, target_steps=target_steps, rule=rule,
                            workers=workers, storage=storage, study_name=study_name,
                            sampler=sampler, pruner=pruner, seed=seed, weight_decay=weight_decay,
-                           timeout=trial_timeout, device=device))
+                           timeout=trial_timeout, device=device, trial_seeds=trial_seeds))
         outputs.write(result, force)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None

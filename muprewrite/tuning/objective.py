@@ -51,6 +51,7 @@ class TrialConfig:
     weight_decay: float = 0.0
     timeout: float | None = None
     device: str = "cpu"
+    same_seed: bool = False  # every trial seeded with ``seed`` (common random numbers)
 
 
 def build_run(config: TrialConfig, point: Point, *, seed: int, number: int,
@@ -83,7 +84,8 @@ def objective(trial: Any, config: TrialConfig) -> float:
     point = config.space.point(config.space.suggest(trial), config.weight_decay)
     # a retried trial (its first worker died) keeps the seed of the first attempt
     origin = trial.storage.get_trial_system_attrs(trial._trial_id).get("failed_trial")
-    seed = config.seed + (origin if isinstance(origin, int) else trial.number)
+    seed = config.seed if config.same_seed else config.seed + (
+        origin if isinstance(origin, int) else trial.number)
     trial.set_user_attr(SEED_ATTR, seed)
     try:
         run = build_run(config, point, seed=seed, number=trial.number, trial=trial)

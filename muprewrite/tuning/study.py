@@ -50,6 +50,7 @@ __all__ = ["tune", "optuna_memory", "CONFIG_ATTR", "DEFAULT_STUDY"]
 
 CONFIG_ATTR = "muprewrite"  # study user attribute: what the study was made with
 DEFAULT_STUDY = "muprewrite-tune"
+TRIAL_SEEDS = ("per-trial", "same")
 
 
 def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
@@ -60,7 +61,7 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
          seed: int = 0, workers: int = 1, storage: Any = None, study_name: str = DEFAULT_STUDY,
          weight_decay: float = 0.0, timeout: float | None = None, device: str = "cpu",
          enqueue: Sequence[Mapping[str, float]] = (), max_failures: int | None = None,
-         progress: bool = True) -> TuneResult:
+         trial_seeds: str = "per-trial", progress: bool = True) -> TuneResult:
     """Tune lr and the base multipliers on the proxy; return the best as a card.
 
     ``proxy()`` builds the proxy (and ``base()`` its base, default the proxy itself);
@@ -77,6 +78,10 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
     Optuna storage object (one worker); running again on it resumes the study, and
     ``optuna-dashboard`` opens it. ``enqueue``: settings tried first (a new study only).
     The sweep stops early after ``max_failures`` failed trials (default ``n_trials``).
+    ``trial_seeds``: "per-trial" (trial N seeds torch with ``seed + N``) or "same" (every
+    trial with ``seed``: the same init draw and, if ``train`` seeds its data with
+    ``run.seed``, the same batches, so that trials differ only in their hyperparameters —
+    common random numbers, less noise between trials for the sampler and the pruner).
 
     With ``workers`` > 1 the trials run in spawned processes: ``proxy``, ``base`` and
     ``train`` must be importable (defined at the top level of a module), and a script that
@@ -87,6 +92,8 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
 
     _check(steps=steps, n_trials=n_trials, workers=workers, sampler=sampler, pruner=pruner,
            timeout=timeout, target=target, target_steps=target_steps)
+    if trial_seeds not in TRIAL_SEEDS:
+        raise UsageError(f"trial_seeds={trial_seeds!r}", fix=f"one of {', '.join(TRIAL_SEEDS)}")
     rule_obj = rule if isinstance(rule, Rule) else load_rule(rule)
     inputs, report, proxy_flops = _probe(proxy, base, inputs, rule, seed)
     space = Space.of(space, lr) if space is not None else Space.default(
@@ -98,7 +105,7 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
                          fix=f"use only {', '.join(space.names)}")
     config = TrialConfig(proxy=proxy, train=train, inputs=inputs, space=space, steps=steps,
                          rule=rule, base=base, seed=seed, weight_decay=weight_decay,
-                         timeout=timeout, device=device)
+                         timeout=timeout, device=device, same_seed=trial_seeds == "same")
     worker = WorkerConfig(trial=config, n_trials=n_trials, sampler=sampler, pruner=pruner,
                           storage=storage if storage is not None else f"{study_name}.journal",
                           study_name=study_name, seed=seed, max_failures=max_failures)
@@ -130,7 +137,8 @@ def _run(optuna: Any, worker: WorkerConfig, rule_id: str, workers: int,
     config = worker.trial
     made_with = {"rule": rule_id, "steps": config.steps, "space": config.space.to_dict(),
                  "proxy": describe(config.proxy), "base": describe(config.base or config.proxy),
-                 "weight_decay": config.weight_decay}
+                 "weight_decay": config.weight_decay,
+                 **({"trial_seeds": "same"} if config.same_seed else {})}
     storage = open_storage(worker.storage)
     study = optuna.create_study(study_name=worker.study_name, storage=storage,
                                 direction="minimize", load_if_exists=True)
