@@ -1,7 +1,8 @@
 """What pruning costs and saves: the same trials on the proxy, run in full and pruned.
 
-A random sampler with a fixed seed draws the same ``--trials`` settings for every pruner, so
-the runs differ only in which trials the pruner stops early. For each pruner it reports the
+A random sampler with a fixed seed draws the same ``--trials`` settings for every pruner, and
+every trial sees the same init and batches, so the runs differ only in which trials the
+pruner stops early. For each pruner it reports the
 best held-out loss found, its gap to the unpruned search's best, and the proxy FLOPs spent
 as a share of the unpruned search's. Studies are journal files in the output folder (a
 rerun resumes); the summary goes to ``{out}.json``.
@@ -54,7 +55,8 @@ def main() -> None:
                       lr=LR, inputs=inputs, n_trials=args.trials, sampler="random",
                       pruner=pruner, seed=args.seed, workers=args.workers,
                       storage=str(folder / f"{args.model}-{pruner}.journal"),
-                      study_name=f"{args.model}-pruning-{pruner}", progress=False)
+                      study_name=f"{args.model}-pruning-{pruner}", progress=False,
+                      trial_seeds="same")
         print(f"[{pruner}] {result.summary()}", file=sys.stderr)
         rows[pruner] = {"best_value": result.best_value,
                         "proxy_flops": result.ledger.proxy_flops,
@@ -64,7 +66,8 @@ def main() -> None:
         row["gap_percent"] = 100 * (row["best_value"] / full["best_value"] - 1)
         row["flops_percent"] = 100 * row["proxy_flops"] / full["proxy_flops"]
     summary = {"model": args.model, "width": args.width, "steps": args.steps,
-               "trials": args.trials, "sampler": "random", "seed": args.seed, "pruners": rows}
+               "trials": args.trials, "sampler": "random", "trial_seeds": "same",
+               "seed": args.seed, "pruners": rows}
     out.with_suffix(".json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
 
