@@ -147,7 +147,33 @@ def _softmax(src: SourceFile, trace: Trace, call: cst.Call,
                                              "q @ k.transpose(-2, -1)"))
         else:
             scan.found.append(Found(product, "logits", "q.k^T product before a softmax",
-                                    query=src.code(query)))
+                                    query=src.code(query), axis=_head_axis(product)))
+
+
+def _head_axis(product: cst.CSTNode) -> int | None:
+    """The axis of the query that ``product`` contracts, counted from the end: -1 for a matmul
+    (``q @ k.transpose(-2, -1)``); for ``torch.einsum(eq, q, k)`` the position of the one index
+    q and k share that the output drops (-2 in ``"bhdn,bhdm->bhnm"``). None where the source
+    does not show it: an equation that is not a string literal, or the index before ``...``."""
+    if not isinstance(product, cst.Call) or callee_name(product.func) != "einsum":
+        return -1
+    args = [a.value for a in product.args if not a.keyword]
+    if not args or not isinstance(args[0], cst.SimpleString):
+        return None
+    equation = args[0].evaluated_value
+    inputs, arrow, output = (equation.decode() if isinstance(equation, bytes) else equation
+                             ).replace(" ", "").partition("->")
+    terms = inputs.split(",")
+    if len(terms) != 2:
+        return None
+    if not arrow:  # implicit output: the indices that occur once
+        output = "".join(c for c in inputs if inputs.count(c) == 1)
+    q, k = terms
+    summed = [i for i, c in enumerate(q) if c.isalpha() and c in k and c not in output]
+    tail = q.partition("...")[2] if "..." in q else q
+    if len(summed) != 1 or summed[0] < len(q) - len(tail):
+        return None
+    return summed[0] - len(q)
 
 
 def _shared(src: SourceFile, function: cst.FunctionDef, functions: Sequence[cst.FunctionDef],

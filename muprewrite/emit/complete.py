@@ -8,7 +8,10 @@ file: a node spanning the line, or one inside a method or function called on tha
 (``torch.export`` records ``self.forward_head(x)``'s line, not the line inside
 ``forward_head``). Every other node the scans found is edited too, and reported as found by
 pattern only. A captured site with no matching node, or a use the scans refused, is an
-EmitError at ``path:line``. The result is one ``Edits`` per file that changes.
+EmitError at ``path:line``. An attention edit reads d_head off the axis of its query that the
+capture found (``AttentionSite.d_head_axis``), or for a node no capture ran, the one its einsum
+equation shows; where neither says, or they differ, it is an EmitError too. The result is one
+``Edits`` per file that changes.
 """
 
 from __future__ import annotations
@@ -83,6 +86,7 @@ class _Merge:
         self.verified: set[cst.CSTNode] = set()
         self.refusals: dict[cst.CSTNode, tuple[Refusal, SourceFile]] = {}
         self.unmatched: list[tuple[Site, SourceFile]] = []
+        self.axes: dict[cst.CSTNode, set[int]] = {}  # attention node -> captured d_head axes
 
     def add(self, src: SourceFile, scan: Scan, factor: str, site: Site | None,
             functions: Sequence[cst.FunctionDef], scope: Sequence[str],
@@ -104,6 +108,9 @@ class _Merge:
             self.unmatched.append((site, src))
         if len(matched) == 1 or any(src.contains(f.node, site.line) for f in matched):
             self.verified.update(f.node for f in matched)
+            if isinstance(site, AttentionScaleSite):
+                for f in matched:
+                    self.axes.setdefault(f.node, set()).add(site.d_head_axis)
 
     def check(self) -> None:
         for site, src in self.unmatched:
@@ -126,8 +133,33 @@ class _Merge:
         for node, (found, factor, src, multiplier) in self.found.items():
             key = src.path.resolve()
             files.setdefault(key, _FileEdits(src)).add(node, found, factor,
-                                                       node in self.verified, multiplier)
+                                                       node in self.verified, multiplier,
+                                                       self._axis(node, found, factor, src))
         return {key: f.edits() for key, f in files.items()}
+
+    def _axis(self, node: cst.CSTNode, found: Found, factor: str, src: SourceFile) -> int:
+        """The axis of an attention's query that holds d_head: as the captures ran it, and as
+        the source shows it (an einsum's equation) where no capture did; refused where these
+        differ or neither says (never ``q.shape[-1]`` by default)."""
+        if found.kind not in ("sdpa", "logits") or found.kind == "logits" and not factor:
+            return -1  # no head size read: the logits take only a base hyperparameter
+        axes = self.axes.get(node, set()) | ({found.axis} if found.axis is not None else set())
+        if len(axes) == 1:
+            return next(iter(axes))
+        if axes:
+            listed = ", ".join(map(str, sorted(axes)))
+            raise EmitError(f"the query of this q.k^T product holds the head size at axes "
+                            f"{listed} (from the end) in different runs, or as run and as "
+                            "written; one expression cannot read d_head for all of them",
+                            where=src.where(node),
+                            fix="compute each layout on a line of its own with a string "
+                                "equation, or " + FIX)
+        raise EmitError("the equation of this einsum is not a string literal (or the index "
+                        "it sums sits before '...'), so the axis of the query holding the head "
+                        "size cannot be read, and no capture ran it", where=src.where(node),
+                        fix='write the equation in the call, e.g. torch.einsum("bhnd,bhmd->'
+                            'bhnm", q, k), or run this path in the capture (example inputs), '
+                            "or " + FIX)
 
 
 class _FileEdits:
@@ -141,10 +173,10 @@ class _FileEdits:
         self.unverified: list[str] = []
 
     def add(self, node: cst.CSTNode, found: Found, factor: str, verified: bool,
-            multiplier: str = "") -> None:
+            multiplier: str = "", axis: int = -1) -> None:
         line = self.src.line(node)
         self.nodes[node] = NodeEdit(found.kind, factor, self.src.where(line), found.scale_input,
-                                    found.query, found.operand, multiplier)
+                                    found.query, found.operand, multiplier, axis)
         attention = found.kind in ("sdpa", "logits")
         self.lines["attention" if attention else found.kind if found.kind == "branch"
                    else "readout"].append(line)

@@ -9,7 +9,9 @@ Each form equals what ``muprewrite.apply`` does at run time:
 - ``F.scaled_dot_product_attention(q, k, v)`` -> ``scale=MUP_D_HEAD_BASE ** 0.5 /
   q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``
   (a name, attribute or call that may hold None, SDPA's default, gets both, by ``s is None``);
-- an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``;
+- an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``, the head size
+  read off the axis of q that the product contracts (``q.shape[-2]`` for
+  ``torch.einsum("bhdn,bhdm->bhnm", q, k)``, q of shape (B, heads, d_head, tokens));
 - with base hyperparameters every attention factor also takes ``MUP_ATTENTION_MULTIPLIER``
   (``scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / q.shape[-1]``), and where
   d_head does not grow the attention takes only that (``scale=MUP_ATTENTION_MULTIPLIER /
@@ -46,6 +48,7 @@ class NodeEdit:
     query: str = ""
     operand: int = 1  # kind "branch": the operand of the + that is the branch
     multiplier: str = ""  # kinds "sdpa", "logits": a constant the logits take too ("": none)
+    axis: int = -1  # kinds "sdpa", "logits": the axis of ``query`` that holds d_head
 
 
 def _factor_first(factor: cst.BaseExpression, value: cst.BaseExpression) -> cst.BinaryOperation:
@@ -113,17 +116,22 @@ def apply_edit(node: cst.BaseExpression, edit: NodeEdit) -> cst.BaseExpression:
     return node.with_changes(args=args)
 
 
+def _d_head(edit: NodeEdit) -> str:
+    """The head size, read off the query at run time: ``q.shape[-1]``, ``q.shape[-2]``."""
+    return f"{edit.query}.shape[{edit.axis}]"
+
+
 def _logit_factor(edit: NodeEdit) -> str:
     """The factor on the logits (or on a given ``scale``)."""
     parts = [edit.multiplier] if edit.multiplier else []
     if edit.factor:  # d_head grows
-        parts.append(f"({edit.factor} / {edit.query}.shape[-1]) ** 0.5")
+        parts.append(f"({edit.factor} / {_d_head(edit)}) ** 0.5")
     return " * ".join(parts)
 
 
 def _default_scale(edit: NodeEdit) -> str:
     """The scale of an SDPA call that gives none (SDPA's default is 1 / sqrt(d_head))."""
-    d = f"{edit.query}.shape[-1]"
+    d = _d_head(edit)
     if not edit.factor:
         return f"{edit.multiplier} / {d} ** 0.5"
     return f"{edit.multiplier + ' * ' if edit.multiplier else ''}{edit.factor} ** 0.5 / {d}"

@@ -77,6 +77,7 @@ class AttentionScaleSite:
     scope: Scope = ()  # classes of the attention module's MRO written in the project
     children: tuple[tuple[str, str], ...] = ()  # (``self.<name>``, "softmax" | "mha")
     multiplier: str = ""  # the constant of a base hyperparameter the logits take too
+    d_head_axis: int = -1  # the query's axis holding d_head, from the end (AttentionSite's)
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,7 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
     such a site takes only ``multiplier``)."""
     hosts = {edit.site: host.module for host in plan.hosts for edit in host.attention}
     bases: dict[_Key, set[int | None]] = {}
+    axes: dict[_Key, set[int]] = {}
     scopes: dict[_Key, dict[tuple[Path, str], None]] = {}
     children: dict[_Key, dict[tuple[str, str], None]] = {}
     for site in plan.report.attention:
@@ -237,17 +239,11 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
         assert site.d_head_base is not None or not grows  # make_plan checked it
         key = (file, line, kind)
         bases.setdefault(key, set()).add(site.d_head_base if grows else None)
+        axes.setdefault(key, set()).add(site.d_head_axis)
         module = model.get_submodule(hosts[site.node])
         scopes.setdefault(key, {}).update(dict.fromkeys(_scope(module, project)))
         children.setdefault(key, {}).update(dict.fromkeys(_attention_children(module)))
-    for (file, line, _kind), sizes in bases.items():
-        if len(sizes) > 1:
-            known = sorted(size for size in sizes if size is not None)
-            what = ("its head size growing in one module and fixed in another" if None in sizes
-                    else f"base head sizes {known} in different modules")
-            raise EmitError(f"the attention at line {line} runs with {what}; one constant cannot "
-                            "serve both", where=f"{file}:{line}",
-                            fix="use muprewrite.apply(model, ...) at runtime for this model")
+    _one_per_line(bases, axes)
     distinct = sorted({size for s in bases.values() for size in s if size is not None})
     names = {size: "MUP_D_HEAD_BASE" if len(distinct) == 1 else f"MUP_D_HEAD_BASE_{size}"
              for size in distinct}
@@ -256,8 +252,30 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
         size = next(iter(s))  # None: d_head fixed, no head size constant
         sites.append(AttentionScaleSite(line, "" if size is None else names[size], kind, file,
                                         tuple(scopes[file, line, kind]),
-                                        tuple(children[file, line, kind]), multiplier))
+                                        tuple(children[file, line, kind]), multiplier,
+                                        next(iter(axes[file, line, kind]))))
     return tuple(sites), {names[size]: size for size in distinct}
+
+
+def _one_per_line(bases: Mapping[_Key, set[int | None]], axes: Mapping[_Key, set[int]]) -> None:
+    """Refuse a line whose attention runs in several modules that need different code: one
+    base head size constant, one axis of the query to read d_head from."""
+    for (file, line, kind), sizes in bases.items():
+        if len(sizes) > 1:
+            known = sorted(size for size in sizes if size is not None)
+            what = ("its head size growing in one module and fixed in another" if None in sizes
+                    else f"base head sizes {known} in different modules")
+            raise EmitError(f"the attention at line {line} runs with {what}; one constant cannot "
+                            "serve both", where=f"{file}:{line}",
+                            fix="use muprewrite.apply(model, ...) at runtime for this model")
+        if len(axes[file, line, kind]) > 1 and None not in sizes:
+            found = ", ".join(str(a) for a in sorted(axes[file, line, kind]))
+            raise EmitError(f"the attention at line {line} runs in modules whose query holds the "
+                            f"head size at different axes ({found}, from the end); one "
+                            "expression cannot read d_head for all of them",
+                            where=f"{file}:{line}",
+                            fix="compute each layout on a line of its own, or use "
+                                "muprewrite.apply(model, ...) at runtime for this model")
 
 
 def place(source: str, project: Project, what: str) -> tuple[Path, int]:

@@ -32,6 +32,7 @@ class Found:
     what: str  # for people: "readout call self.lm_head(...)"
     scale_input: bool = True  # kind "call": scale the input (False: the output, a lookup)
     query: str = ""  # kinds "sdpa", "logits": the code of the query, to read d_head from
+    axis: int | None = -1  # kinds "sdpa", "logits": q's d_head axis as written (None: unseen)
     operand: int = 1  # kind "branch": the operand of the + that is the residual branch
 
 
