@@ -10,7 +10,6 @@ drawn: a pruned trial's last loss was taken earlier and is not comparable.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from collections.abc import Mapping, Sequence
@@ -18,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..files import write_files
-from ..verify.plots import image_format
+from ..verify.plots import figure_bytes, image_format
 
 __all__ = ["tuning_data", "tuning_image", "plot_tuning"]
 
@@ -83,12 +82,7 @@ def tuning_image(data: Mapping[str, Any], title: str = "", fmt: str = "png") -> 
     fig.suptitle(title or "proxy sweep: loss against each hyperparameter "
                  "(star: best trial, dashed: marked setting)", fontsize=9)
     fig.tight_layout()
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format=fmt, dpi=110)
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
+    return figure_bytes(fig, plt, fmt)
 
 
 def plot_tuning(series: Sequence[tuple[str, Any]], path: str | Path, *,

@@ -19,7 +19,7 @@ from .coordcheck import OUTPUT, SLOPE_THRESHOLD, CoordCheck
 if TYPE_CHECKING:
     from .sweep import Sweep
 
-__all__ = ["coord_checks_image", "image_format", "panel_steps", "plot_coord_checks", "plot_sweeps",
+__all__ = ["coord_checks_image", "figure_bytes", "image_format", "panel_steps", "plot_coord_checks", "plot_sweeps",
            "sweeps_image"]
 
 
@@ -114,7 +114,7 @@ def coord_checks_image(checks: Sequence[CoordCheck], title: str = "",
     fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, frameon=False)
     fig.suptitle(title or "coordinate check", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.95))
-    return _image(fig, plt, fmt)
+    return figure_bytes(fig, plt, fmt)
 
 
 def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "", *,
@@ -152,10 +152,11 @@ def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> 
     axes[0][-1].legend(fontsize=8)
     fig.suptitle(title or "learning-rate transfer", fontsize=10)
     fig.tight_layout()
-    return _image(fig, plt, fmt)
+    return figure_bytes(fig, plt, fmt)
 
 
-def _image(fig: Any, plt: Any, fmt: str) -> bytes:
+def figure_bytes(fig: Any, plt: Any, fmt: str) -> bytes:
+    """The figure drawn into ``fmt`` bytes (110 dpi), closed after."""
     buffer = io.BytesIO()
     try:
         fig.savefig(buffer, format=fmt, dpi=110)
