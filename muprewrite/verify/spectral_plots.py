@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .coordcheck import SLOPE_THRESHOLD
-from .plots import _image, _pyplot, _save, image_format
+from .plots import _pyplot, _save, figure_bytes, image_format
 from .spectral import EXPECT, QUANTITIES, Spectra
 
 __all__ = ["plot_spectra", "spectra_image"]
@@ -71,4 +71,4 @@ def spectra_image(spectra: Spectra, title: str = "", threshold: float = SLOPE_TH
     fig.suptitle(title or f"spectral check: rule {spectra.rule!r}, {spectra.optimizer}",
                  fontsize=10)
     fig.tight_layout(rect=(0, 0.08, 1, 0.95))
-    return _image(fig, plt, fmt)
+    return figure_bytes(fig, plt, fmt)
