@@ -155,6 +155,18 @@ def test_each_defect_fails(emitted: tuple[Path, str], defect: str, pattern: str,
     assert "Traceback" not in out
 
 
+def test_steps_0_still_compares_the_optimizer_groups(emitted: tuple[Path, str]) -> None:
+    """--steps 0 skips the training steps, not the groups: a file with SP learning rates
+    (the hidden lr exponent dropped) fails even then."""
+    folder, source = emitted
+    sp_lr = _edit(source, r'"lr": \(-1\.0, 0\.0\), ', "")
+    code, out = check(folder, "sp_lr_mup.py", sp_lr, "--steps", "0")
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert code == 1 and len(errors) == 1 and "sp_lr_mup.py" in errors[0], out
+    code, out = check(folder, "ok0_mup.py", source, "--steps", "0")
+    assert code == 0 and "optimizer groups" in out, out
+
+
 def test_emitted_file_refuses_another_depth(emitted: tuple[Path, str]) -> None:
     """μP here transfers across width: at a depth the base lacks, parameters would have no
     factor, so the emitted mup_init refuses instead of leaving them as they are."""

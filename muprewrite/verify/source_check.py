@@ -213,12 +213,14 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     for i, (args, kwargs) in enumerate(sets):
         for mode in ("train", "eval"):
             found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
-    if found is None and steps:
+    if found is None:  # the groups are compared always: --steps 0 skips only the steps
         found, optimizers = _optimizers(spec, emitted, model, expected, rule)
-        found = found or _training(spec, model, expected, optimizers, sets[0], steps,
-                                   _NAMES[rule.optimizer])
+        if steps:
+            found = found or _training(spec, model, expected, optimizers, sets[0], steps,
+                                       _NAMES[rule.optimizer])
     if found is None:
-        trained = f", optimizer groups, {steps} {_NAMES[rule.optimizer]} steps" if steps else ""
+        trained = ", optimizer groups" + (f", {steps} {_NAMES[rule.optimizer]} steps"
+                                          if steps else "")
         result.compared.append(f"{spec}: parameters, {len(sets)} input set(s) x "
                                f"train/eval{trained}: equal")
     return found
