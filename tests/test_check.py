@@ -167,6 +167,27 @@ def test_steps_0_still_compares_the_optimizer_groups(emitted: tuple[Path, str]) 
     assert code == 0 and "optimizer groups" in out, out
 
 
+def test_a_deleted_mup_init_is_named(emitted: tuple[Path, str]) -> None:
+    """Without mup_init(self) the emitted mup_param_groups refuses, and check says why (it
+    was an internal error)."""
+    folder, source = emitted
+    code, out = check(folder, "no_init_mup.py", _edit(source, r"\n *mup_init\(self\)[^\n]*", ""))
+    errors = [line for line in out.splitlines() if line.startswith("Error:")]
+    assert code == 1 and len(errors) == 1, out
+    assert "must end with mup_init(self)" in errors[0] and "internal error" not in errors[0]
+
+
+def test_a_space_in_the_file_name(tmp_path: Path) -> None:
+    """The header names the original; a name with spaces is read back whole."""
+    (tmp_path / "my gpt.py").write_text(GPT)
+    source = emit(tmp_path / "my gpt.py", WIDE, BASE).source
+    (tmp_path / "my gpt_mup.py").write_text(source)
+    result = CliRunner().invoke(cli, ["check", str(tmp_path / "my gpt_mup.py"), "--model", WIDE,
+                                      "--inputs", INPUTS[0], "--steps", "1"])
+    assert result.exit_code == 0 and "behaves as muprewrite.apply on my gpt.py" in result.output, \
+        result.output
+
+
 def test_emitted_file_refuses_another_depth(emitted: tuple[Path, str]) -> None:
     """μP here transfers across width: at a depth the base lacks, parameters would have no
     factor, so the emitted mup_init refuses instead of leaving them as they are."""

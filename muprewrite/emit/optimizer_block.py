@@ -67,7 +67,11 @@ _GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, weight_deca
     """Optimizer groups from the values tuned at base width, e.g.
     torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1))."""
     while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
-        model = getattr(model, "_orig_mod", None) or model.module
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise ValueError("muP: the model has no mup_factors; its __init__ must end with "
+                             "mup_init(self) (or call mup_init(model) once it is built)")
+        model = inner
     groups: dict[tuple, dict] = {{}}
     for name, param in model.named_parameters():
         if not param.requires_grad:
@@ -131,7 +135,11 @@ _MUON_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, adam_l
     if adam_weight_decay is None:
         adam_weight_decay = weight_decay
     while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
-        model = getattr(model, "_orig_mod", None) or model.module
+        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
+        if inner is None:
+            raise ValueError("muP: the model has no mup_factors; its __init__ must end with "
+                             "mup_init(self) (or call mup_init(model) once it is built)")
+        model = inner
     groups: dict[tuple, dict] = {{}}
     for name, param in model.named_parameters():
         if not param.requires_grad:

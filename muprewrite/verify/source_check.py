@@ -60,7 +60,7 @@ from .file_hparams import constant_lines, differences, file_hparams
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
 
-_HEADER = re.compile(r"muP version of (?P<file>\S+) \(rule \"(?P<rule>[^\"]+)\"")
+_HEADER = re.compile(r"muP version of (?P<file>.+?) \(rule \"(?P<rule>[^\"]+)\"")  # a name may hold spaces
 RTOL = 1e-9
 # the values at base width both optimizers get (Muon's lr and weight decay, AdamW's under a
 # Muon rule: four distinct values, so that a swap shows)
@@ -360,7 +360,11 @@ def _optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.M
     from ..optimizers import optimizer
 
     values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
-    ours = emitted.mup_param_groups(model, **values)
+    try:
+        ours = emitted.mup_param_groups(model, **values)
+    except Exception as exc:  # the emitted code refuses, e.g. mup_init(self) was deleted
+        return Divergence(spec, "optimizer groups", "mup_param_groups", "-", -1, math.inf,
+                          f"it raised {type(exc).__name__}: {exc}"), ()
     theirs = param_groups(expected, rule=rule, **values)
     found = _hyperparameters(spec, model, ours, expected, theirs, "mup_param_groups",
                              "param_groups")
