@@ -43,7 +43,7 @@ from typing import Any, TypeAlias
 from .errors import MuprewriteError, UsageError
 
 __all__ = ["HParams", "DEFAULT_HPARAMS", "HParamsLike", "Card", "load_card", "as_hparams",
-           "from_option", "hparam_class",
+           "from_option", "hparam_class", "param_class", "HPARAM_ROWS",
            "HPARAM_NAMES", "HPARAM_HELP", "MAX_CARD_BYTES"]
 
 MAX_CARD_BYTES = 64 * 1024
@@ -118,6 +118,30 @@ def hparam_class(role: str, kind: str) -> str:
     if kind not in ("weight", "embedding"):
         return "vector"
     return "output" if role == "output" else "input"
+
+
+# the one table of which base hyperparameters a parameter takes: its class (param_class) ->
+# (quantity, hyperparameter) pairs; "multiplier" is the forward multiplier (of a tied
+# embedding: at its readout uses), "lookup" a tied embedding's lookups
+HPARAM_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
+    "hidden": (("init", "hidden_init"), ("lr", "lr_hidden")),
+    "output": (("multiplier", "output_multiplier"), ("lr", "lr_output")),
+    "input": (("multiplier", "input_multiplier"), ("lr", "lr_input")),
+    "tied": (("multiplier", "output_multiplier"), ("lookup", "input_multiplier"),
+             ("lr", "lr_input")),
+    "fixed": (("lr", "lr_input"),),  # a weight with no width axis
+    "vector": (("lr", "lr_vector"),),  # biases, norm gains, tables
+}
+
+
+def param_class(role: str, kind: str, tied: bool = False) -> str:
+    """A trainable parameter's key in ``HPARAM_ROWS``."""
+    if tied:
+        return "tied"
+    if kind in ("weight", "embedding") and role in ("input", "output"):
+        return role
+    lr = hparam_class(role, kind)
+    return "fixed" if lr == "input" else lr
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ..hparams import HPARAM_HELP, HParams, hparam_class
+from ..hparams import HPARAM_HELP, HPARAM_ROWS, HParams, param_class
 from .report import Report
 
 __all__ = ["render_hparams_table", "render_hparams_reach"]
@@ -24,19 +24,14 @@ def render_hparams_table(hparams: HParams, title: str = "base hyperparameters (c
 
 
 def _reach(report: Report) -> dict[str, list[str]]:
-    """hyperparameter -> the parameters it reaches in this model."""
+    """hyperparameter -> the parameters it reaches in this model (``HPARAM_ROWS``)."""
     out: dict[str, list[str]] = {name: [] for name in HPARAM_HELP}
     for info in report:
         if info.role == "unused" or not info.trainable:
             continue
-        out[f"lr_{hparam_class(info.role, info.kind)}"].append(info.name)
-        weight = info.kind in ("weight", "embedding")
-        if info.tied or (weight and info.role == "output"):
-            out["output_multiplier"].append(info.name)
-        if info.tied or (weight and info.role == "input"):
-            out["input_multiplier"].append(info.name)
-        if info.role == "hidden":
-            out["hidden_init"].append(info.name)
+        for _quantity, name in HPARAM_ROWS[param_class(info.role, info.kind, info.tied)]:
+            if info.name not in out[name]:
+                out[name].append(info.name)
         if info.in_branch:
             out["branch_multiplier"].append(info.name)
     return out

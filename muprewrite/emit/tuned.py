@@ -22,7 +22,8 @@ from torch import fx, nn
 
 from ..analysis.report import ParamInfo, Report
 from ..analysis.uses import Use
-from ..hparams import HPARAM_NAMES, Card, HParams, HParamsLike, hparam_class
+from ..hparams import HPARAM_NAMES, HPARAM_ROWS, Card, HParams, HParamsLike, hparam_class
+from ..hparams import param_class as classify
 from ..rewrite.plan import ParamPlan, Plan, make_plan
 from ..rules import Rule
 from .literals import comment_text, identifier, number, string
@@ -37,17 +38,6 @@ __all__ = ["CONSTANTS", "ATTENTION", "TunedBlock", "param_class", "tuned_uses", 
 CONSTANTS = {name: f"MUP_{name.upper()}" for name in HPARAM_NAMES}  # field -> constant
 ATTENTION = CONSTANTS["attention_multiplier"]
 
-# class -> (quantity, constant) it takes, as with_hparams: the forward multiplier of input and
-# output weights on W x; a tied embedding's readout ("multiplier") and lookups ("lookup")
-_ROWS: dict[str, tuple[tuple[str, str], ...]] = {
-    "hidden": (("init", "hidden_init"), ("lr", "lr_hidden")),
-    "output": (("multiplier", "output_multiplier"), ("lr", "lr_output")),
-    "input": (("multiplier", "input_multiplier"), ("lr", "lr_input")),
-    "tied": (("multiplier", "output_multiplier"), ("lookup", "input_multiplier"),
-             ("lr", "lr_input")),
-    "fixed": (("lr", "lr_input"),),  # a weight with no width axis
-    "vector": (("lr", "lr_vector"),),  # biases, norm gains, tables
-}
 _WHAT = {
     "output_multiplier": "forward multiplier of the output weights (W x, not the bias)",
     "input_multiplier": "forward multiplier of the input weights and embeddings (and of a "
@@ -63,19 +53,14 @@ _WHAT = {
 
 
 def param_class(info: ParamInfo) -> str | None:
-    """Which base hyperparameters a parameter takes (a key of ``_ROWS``); None: none (unused,
-    frozen)."""
+    """Which base hyperparameters a parameter takes (a key of ``HPARAM_ROWS``); None: none
+    (unused, frozen)."""
     if info.role == "unused" or not info.trainable:
         return None
-    lr = hparam_class(info.role, info.kind)
-    if info.tied:
-        if lr != "input":
-            raise EmitError(f"internal: the tied weight {info.name!r} has role {info.role!r}",
-                            fix="please report it with the model file")
-        return "tied"
-    if info.kind in ("weight", "embedding") and info.role in ("input", "output"):
-        return info.role
-    return "fixed" if lr == "input" else lr
+    if info.tied and hparam_class(info.role, info.kind) != "input":
+        raise EmitError(f"internal: the tied weight {info.name!r} has role {info.role!r}",
+                        fix="please report it with the model file")
+    return classify(info.role, info.kind, info.tied)
 
 
 def tuned_uses(report: Report, params: Mapping[str, ParamPlan]) -> Iterator[tuple[str, Use]]:
@@ -140,7 +125,7 @@ class TunedBlock:
 
     def constants(self) -> list[str]:
         present = set(self.classes.values())
-        used = {field for cls in present for _q, field in _ROWS[cls]}
+        used = {field for cls in present for _q, field in HPARAM_ROWS[cls]}
         if self.attention:
             used.add("attention_multiplier")
         card = f" (from {comment_text(self.card)})" if self.card else ""
@@ -172,9 +157,9 @@ class TunedBlock:
         return [*out, "}"]
 
     def functions(self) -> str:
-        present = [cls for cls in _ROWS if cls in set(self.classes.values())]
+        present = [cls for cls in HPARAM_ROWS if cls in set(self.classes.values())]
         rows = "\n".join(
-            f'        "{cls}": {{' + ", ".join(f'"{q}": {CONSTANTS[f]}' for q, f in _ROWS[cls])
+            f'        "{cls}": {{' + ", ".join(f'"{q}": {CONSTANTS[f]}' for q, f in HPARAM_ROWS[cls])
             + "}," for cls in present)
         out = [_TABLE.format(rows=rows), _APPLY]
         if not self.branches:

@@ -23,7 +23,7 @@ from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPat
 from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
-from ..hparams import DEFAULT_HPARAMS, HParams, hparam_class
+from ..hparams import DEFAULT_HPARAMS, HPARAM_ROWS, HParams, param_class
 from ..rules import Exponents, Rule, RuleError, Scaling
 from .branches import BranchEdit, branch_edits, check_depth_rule
 from .frozen import frozen_diagnostics, frozen_projections
@@ -146,21 +146,14 @@ def param_factors(report: Report, rule: Rule, hparams: HParams = DEFAULT_HPARAMS
 
 
 def with_hparams(plan: ParamPlan, info: ParamInfo, hparams: HParams) -> ParamPlan:
-    """``plan`` with the base hyperparameters of ``info``'s class multiplied in."""
+    """``plan`` with the base hyperparameters of ``info``'s class (``HPARAM_ROWS``)
+    multiplied in."""
     if hparams.is_default():
         return plan
-    cls = hparam_class(info.role, info.kind)
-    multiplier, gather = plan.multiplier, plan.gather
-    if info.tied:  # the readout uses take the output multiplier, the lookups the input one
-        multiplier *= hparams.output_multiplier
-        gather *= hparams.input_multiplier
-    elif info.kind in ("weight", "embedding") and info.role == "output":
-        multiplier *= hparams.output_multiplier
-    elif info.kind in ("weight", "embedding") and info.role == "input":
-        multiplier *= hparams.input_multiplier
-    init = plan.init * (hparams.hidden_init if info.role == "hidden" else 1.0)
-    return replace(plan, init=init, lr=plan.lr * hparams.lr(cls), multiplier=multiplier,
-                   gather=gather)
+    field = {"lookup": "gather"}  # a tied embedding's lookups
+    rows = HPARAM_ROWS[param_class(info.role, info.kind, info.tied)]
+    return replace(plan, **{field.get(q, q): getattr(plan, field.get(q, q)) * getattr(hparams, h)
+                            for q, h in rows})
 
 
 def _identity(name: str) -> ParamPlan:
