@@ -160,6 +160,59 @@ def test_post_ln_transformer_encoder() -> None:
     assert "layers.0.norm1.weight" in pre.inside
 
 
+class _PreNormAttention(nn.Module):
+    """vit-pytorch style: the branch module holds its own pre-norm."""
+
+    def __init__(self, width: int, heads: int = 2) -> None:
+        super().__init__()
+        self.heads, self.norm = heads, nn.LayerNorm(width)
+        self.to_qkv, self.to_out = nn.Linear(width, 3 * width), nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm(x)
+        b, n, _ = x.shape
+        q, k, v = (t.reshape(b, n, self.heads, -1).transpose(1, 2)  # (b, heads, n, d_head)
+                   for t in self.to_qkv(x).chunk(3, dim=-1))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))
+
+
+class _PreNormFeedForward(nn.Sequential):
+    def __init__(self, width: int) -> None:
+        super().__init__(nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(),
+                         nn.Linear(2 * width, width))
+
+
+class _VitTransformer(nn.Module):
+    """The blocks' loop and the final norm in one module, as vit-pytorch writes it."""
+
+    def __init__(self, width: int, depth: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width)
+        self.layers = nn.ModuleList(nn.ModuleList([_PreNormAttention(width),
+                                                   _PreNormFeedForward(width)])
+                                    for _ in range(depth))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for attn, ff in self.layers:  # type: ignore[misc]
+            x = attn(x) + x
+            x = ff(x) + x
+        return self.norm(x)
+
+
+def test_final_norm_after_pre_ln_blocks_is_no_post_ln() -> None:
+    """Issue 20: the final norm run after the last pre-LN block, inside the module hosting
+    the adds, was taken for a post-LN norm of the last branch (a false ``post-ln``)."""
+    model = nn.Module()
+    model.embed, model.transformer = nn.Linear(3, 16), _VitTransformer(16, 2)
+    model.forward = lambda x: model.transformer(model.embed(x)).mean(1)  # type: ignore[method-assign]
+    stream = _analyse(model, torch.randn(2, 5, 3))
+    assert len(stream.branches) == 4 and stream.depth == 2
+    assert [b.norm for b in stream.branches] == ["pre"] * 4
+    assert stream.diagnostics == ()
+    assert "transformer.norm.weight" not in stream.inside
+
+
 class _RMSNorm(nn.Module):
     """Hand-written (no aten norm op)."""
 

@@ -40,9 +40,11 @@ A pure function of a :class:`~muprewrite.capture.Capture`; stages, in order:
    add's node name. A ``Residual`` wrapper held in a per-layer ``Sequential``
    (``layers.0.1``) therefore counts as its own block.
    ``norm``: ``"post"`` when a later branch's stream is this add's output through a norm,
-   or (last add of its stream) when every consumer of the output is a norm run inside the
-   module hosting the add (so a pre-LN stack's final norm is not taken for one; a post-LN
-   add written in the root forward is ``"post"`` only by the first test). Else ``"pre"``
+   or (last add of its stream, its branch not starting with a norm) when every consumer of
+   the output is a norm run inside the module hosting the add (so a vit-pytorch
+   ``Transformer``'s final norm after pre-LN blocks is not taken for one, nor one outside
+   the host; a post-LN add written in the root forward is ``"post"`` only by the first
+   test). Else ``"pre"``
    when the branch starts with a norm of the stream, else ``"none"``. Norms are the aten
    norm ops or a module call with one activation input, a reduction and a rescale
    (hand-written RMSNorm).
@@ -414,7 +416,9 @@ def _norms(g: _Graph, items: list[_Branch]) -> list[Norm]:
     norms: list[Norm] = []
     for b in items:
         nexts = [via for root, via in roots if root is b.add.node]
-        post = any(nexts) if nexts else b.post_norm_in_host()
+        # the last add of a stream: a norm after it inside its host is a post-LN norm,
+        # unless the branch normalises its own input (pre-LN: that is the final norm)
+        post = any(nexts) if nexts else not b.pre_norm() and b.post_norm_in_host()
         norms.append("post" if post else "pre" if b.pre_norm() else "none")
     return norms
 
