@@ -28,7 +28,7 @@ from .errors import MuprewriteError, UsageError
 from .hparams import HParamsLike, as_hparams
 from .optim import plan_of, unwrap
 from .rewrite import init_targets, install, make_plan, rescale_to_targets
-from .rewrite.external import refuse_external_calls
+from .rewrite.fingerprint import record
 from .rewrite.hosts import INIT_ATTR, PENDING_ATTR
 from .rules import Rule, load_rule
 
@@ -92,7 +92,6 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
     if progress:
         progress(f"planning rule {rule.id!r}")
     plan = make_plan(report, cap.graph, rule, aliases(model), tuned)
-    refuse_external_calls(model, plan)
     _warn_unused(report, base)
     if init:
         targets = init_targets(model, base, plan)
@@ -102,6 +101,7 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
         else:
             rescale_to_targets(model, targets)
     install(model, plan)
+    record(model)  # param_groups refuses a planned module replaced after this
     if compile:
         compiled: nn.Module = torch.compile(wrapper)  # type: ignore[assignment]  # an OptimizedModule
         return compiled

@@ -30,6 +30,7 @@ from torch import nn
 from .analysis.report import Report
 from .errors import MuprewriteError, UsageError, first_few
 from .hparams import HParamsLike, as_hparams
+from .rewrite.fingerprint import refuse_edits
 from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
@@ -112,6 +113,7 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                                   f"{plan.hparams}, not {as_hparams(hparams, plan.rule)}",
                                   fix="leave hparams out of param_groups (apply put them in "
                                       "effect), or apply the others to a fresh model")
+        refuse_edits(model, plan)  # a module replaced, a parameter added since apply
         factors, report = plan.params, plan.report
         family, adjust, coupling = (plan.optimizer, plan.muon_adjust_lr_fn,
                                     plan.weight_decay_coupling)
