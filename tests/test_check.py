@@ -142,7 +142,8 @@ def test_a_correct_file_passes(emitted: tuple[Path, str]) -> None:
     ("generate branch", r"self\.lm_head\(x\[:, \[-1\], :\] \* self\.mup_lm_head_multiplier\)",
      "self.lm_head(x[:, [-1], :])", r"input set 0"),
     ("base structure", r"return GPT\(GPTConfig\(n_embd=32, n_head=2\)\)",
-     "return GPT(GPTConfig(n_embd=32, n_head=2, n_layer=1))", r"structure diverges"),
+     "return GPT(GPTConfig(n_embd=32, n_head=2, n_layer=1))",
+     r"header diverges at \S+: mup_base_model\(\).*the header says the base is"),
 ], ids=["readout", "attention", "branch", "base"])
 def test_each_defect_fails(emitted: tuple[Path, str], defect: str, pattern: str,
                            replacement: str, needle: str) -> None:

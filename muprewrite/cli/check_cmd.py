@@ -6,7 +6,9 @@ import click
 
 from ..errors import MuprewriteError
 
-__all__ = ["check_cmd"]
+__all__ = ["NOT_EXERCISED", "check_cmd"]
+
+NOT_EXERCISED = 3  # exit status: passed what it ran, some emitted edits no run reached
 
 _HELP = """Check an emitted muP file by running it: exit 1 at the first divergence.
 
@@ -37,6 +39,19 @@ runs are not checked. `muprewrite FILE --check` is the quick, text-only check of
 header (it runs nothing).
 
 \b
+Before comparing, both models are moved off their init by the same seeded noise (at init
+an adaLN-Zero model outputs zeros and hides every factor); gradients and each parameter
+after the first step are compared by name. With one --model (or only powers of two), check
+adds widths of its own derived from the specs (1.5x, 3x, ... the base), under a depth rule
+two depths other than the base's; what it could not add is printed as "note:". The header
+is held against mup_base_model() and MUP_RULE.
+
+\b
+Exit status: 0 passed, and every emitted edit ran; 1 a divergence (or the file cannot be
+checked); 3 passed what it ran, but N emitted edits no run reached (each named with the
+condition guarding it: pass --inputs or --model specs that take that path).
+
+\b
 Base hyperparameters: apply gets the values of EMITTED_FILE's MUP_* constants (a file
 emitted without --hparams has none: all 1), so a retuned file is checked as retuned.
 --hparams CARD first checks that the constants hold the card's values.
@@ -61,24 +76,35 @@ emitted without --hparams has none: all 1), so a retuned file is checked as retu
                    "values.")
 @click.option("--steps", type=click.IntRange(0, 100), default=5, show_default=True,
               help="Optimizer steps compared (mup_optimizer against muprewrite.optimizer).")
+@click.option("--no-derive", "no_derive", is_flag=True,
+              help="Run only the --model specs given (no widths or depths added).")
 def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...],
               original: str | None, base: str | None, rule: str | None, hparams: str | None,
-              steps: int) -> None:
+              steps: int, no_derive: bool) -> None:
     from ..verify.source_check import check_emitted
     from .main import _stage_printer
 
     try:
         result = check_emitted(emitted_file, models, inputs=inputs, original=original,
                                rule=rule, steps=steps, base=base, hparams=hparams,
-                               progress=_stage_printer())
+                               progress=_stage_printer(), derive=not no_derive)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     for line in result.compared:
         click.echo(f"ok: {line}")
+    for line in result.notes:
+        click.echo(f"note: {line}")
     if result.divergence is not None:
         raise click.ClickException(
             f"{result.file}: {result.divergence.line()}; fix: regenerate it with `muprewrite "
             f"{result.original.name} --model ... --base ... -o {result.file.name}`, or if the "
             "edit was yours, restore the muP factor there")
+    if result.unexercised:
+        for line in result.unexercised:
+            click.echo(f"not exercised: {line}")
+        click.echo(f"{result.file}: passed what it ran, {len(result.unexercised)} edit(s) not "
+                   f"exercised (rule {result.rule!r}): pass --inputs or --model specs that "
+                   "take those paths")
+        raise SystemExit(NOT_EXERCISED)
     click.echo(f"{result.file}: behaves as muprewrite.apply on {result.original.name} "
                f"(rule {result.rule!r})")

@@ -63,7 +63,7 @@ def assemble(project: Project, edits: Mapping[Path, Edits], sites: Sites, *, roo
         here = {name: sites.d_head[name] for name in used[file]}
         if file == project.main:
             elsewhere = _elsewhere(used, sites.d_head, names, project.main)
-            header = render_header(parsed.path.name, rule.id, rule.title, changes, base_call)
+            header = render_header(names[file], rule.id, rule.title, changes, base_call)
             text = rewrite(parsed.wrapper, SourceEdits(fe, root, str(parsed.path)),
                            block(here, elsewhere), header)
         else:

@@ -1,32 +1,33 @@
 """The behavioural check of an emitted file: does it train what ``muprewrite.apply`` trains?
 
-``check_emitted`` builds the emitted model at the base width and at each width asked for, and
+``check_emitted`` builds the emitted model at the base width and at each width it runs, and
 the original model (the file the emitted one was written from) the same way, rewritten by
-``apply`` with the emitted file's own base. For every width, every input set and both modes
-(train, eval) it compares, in float64:
+``apply`` with the emitted file's own base. Before anything runs, the header is held against
+the code (``check_header``: the base ``mup_base_model()`` builds and ``MUP_RULE``). The sizes
+are the user's ``--model`` specs and those ``check_specs`` adds: at least two widths above
+the base (one not a power-of-two multiple) and under a depth rule two depths other than the
+base's. For every size, every input set and both modes (train, eval) it compares, in float64
+(or, for a model that computes in float32 whatever the default dtype, in float32 at
+``RTOL_FLOAT32``):
 
 1. the structure: the base the emitted file builds has the model's parameters, with the same
-   number of axes (a base of another structure has no factor for what it lacks); under a depth
-   rule the base may have fewer blocks, paired by position (the file's ``mup_partners``);
+   number of axes; under a depth rule the base may have fewer blocks, paired by position
+   (the file's ``mup_partners``);
 2. the parameters after seeding (the emitted init against ``apply``'s rescale);
-3. the forward output; on a divergence, the first module whose output differs is named with
-   the emitted file's line of its ``forward``;
-4. the optimizer: per parameter, the hyperparameters of ``mup_param_groups`` against
-   ``param_groups`` (lr, weight decay, eps, and under a Muon rule which optimizer steps it and
-   Muon's ``adjust_lr_fn``), then those of ``mup_optimizer`` against ``muprewrite.optimizer``
-   (every key torch fills in too: betas, momentum, ...), then ``steps`` steps of the two
-   (AdamW, SGD, or Muon on the hidden matrices and AdamW on the rest): the losses, and the
-   parameters after the last step.
+3. then both models are moved off their init by the same seeded noise (``check_perturb``: at
+   init an adaLN-Zero model outputs zeros and hides every factor), and it compares the
+   forward output; on a divergence, the first module whose output differs is named with the
+   emitted file's line of its ``forward``;
+4. the optimizer (``check_optim``): per parameter, the hyperparameters of
+   ``mup_param_groups`` against ``param_groups`` and of ``mup_optimizer`` against
+   ``muprewrite.optimizer``, then ``steps`` steps of the two: each parameter's gradient and
+   value after the first step, the losses, and the parameters after the last step.
 
-At the base width the expectation is the original model through ``apply`` against itself:
-unchanged (every width factor is 1, and the base hyperparameters as ``apply`` puts them there),
-trained as the rule trains it there, with the roles of
-the single capture, which say which matrices Muon steps and which vector-like parameters get
-no weight decay; a role that differs from the one the emitted file recorded shows as another
-optimizer or weight decay. A check that sees a deleted readout
-multiplier, a deleted attention factor, a branch of the forward left unscaled (when an input
-set runs it), or an optimizer factor or flag changed fails here. What no input set runs is
-not checked: pass one ``inputs`` per path of the forward.
+At the base width the expectation is the original model through ``apply`` against itself.
+While the models run, ``check_coverage`` records which of the emitted edits ran; an edit no
+run reached is listed in ``SourceCheck.unexercised`` with the condition that guards it (the
+CLI exits 3 on a file that passed what it ran). What the sizes could not cover is in
+``SourceCheck.notes``.
 
 Base hyperparameters: ``apply`` gets the values of the file's own ``MUP_*`` constants (none:
 all 1), so that a retuned file is checked as retuned; given the card (``hparams``), those
@@ -35,16 +36,12 @@ values must first be the card's.
 
 from __future__ import annotations
 
-import ast
 import contextlib
-import inspect
-import math
-import re
+import os
+import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import torch
 from torch import nn
@@ -53,67 +50,27 @@ from ..errors import MuprewriteError
 from ..files import read_source
 from ..hparams import HParams, HParamsLike, as_hparams
 from ..input_sets import InputSets, input_sets
-from ..rewrite.branches import HOOK_ATTR
 from ..rules import Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
+from .check_coverage import Edit, edits_of, header_sites, traced, unexercised
+from .check_header import base_call, cross_check, original_of, read_header
+from .check_optim import NAMES, optimizers, training
+from .check_outputs import outputs, parameters, structure
+from .check_perturb import perturb
+from .check_report import RTOL, RTOL_FLOAT32, CheckError, Divergence, SourceCheck
+from .check_specs import plan_sizes
 from .file_hparams import constant_lines, differences, file_hparams
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "check_emitted", "float64"]
-
-_HEADER = re.compile(r"muP version of (?P<file>.+?) \(rule \"(?P<rule>[^\"]+)\"")  # a name may hold spaces
-RTOL = 1e-9
-# the values at base width both optimizers get (Muon's lr and weight decay, AdamW's under a
-# Muon rule: four distinct values, so that a swap shows)
-_VALUES = {"lr": 1e-2, "weight_decay": 0.1, "eps": 1e-8}
-_ADAM_VALUES = {"adam_lr": 3e-3, "adam_weight_decay": 0.05}
-# bookkeeping keys of muprewrite's groups, not hyperparameters
-_BOOKKEEPING = {"params", "param_names", "lr_factor", "base_lr"}
-
-
-class CheckError(MuprewriteError):
-    """The emitted file cannot be checked (not emitted, original missing, bad specs)."""
-
-
-@dataclass(frozen=True)
-class Divergence:
-    """The first place where the emitted model and its expectation part."""
-
-    width: str  # the --model spec (or the base call)
-    what: str  # "structure", "parameter", "output", "training"
-    where: str  # file:line or parameter/module name
-    mode: str  # "train" / "eval" / "-"
-    inputs: int  # index of the input set, -1 when not applicable
-    error: float  # relative size of the difference
-    detail: str = ""
-
-    def line(self) -> str:
-        mode = f", {self.mode} mode" if self.mode != "-" else ""
-        inputs = f", input set {self.inputs}" if self.inputs >= 0 else ""
-        return (f"{self.what} diverges at {self.where} ({self.width}{mode}{inputs}): relative "
-                f"error {self.error:.3g}" + (f"; {self.detail}" if self.detail else ""))
-
-
-@dataclass
-class SourceCheck:
-    """What was compared, and the first divergence (None: the file passed)."""
-
-    file: Path
-    original: Path
-    rule: str
-    compared: list[str] = field(default_factory=list)  # one line per passed comparison
-    divergence: Divergence | None = None
-    hparams: HParams | None = None  # the file's base hyperparameters (None: it has none)
-
-    @property
-    def passed(self) -> bool:
-        return self.divergence is None
 
 
 def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[str] = (),
                   original: str | Path | None = None, rule: str | None = None, steps: int = 5,
                   base: str | None = None, hparams: HParamsLike = None,
-                  progress: Callable[[str], None] | None = None) -> SourceCheck:
-    """Check the emitted file ``path`` at its base width and at each spec in ``models``.
+                  progress: Callable[[str], None] | None = None,
+                  derive: bool = True) -> SourceCheck:
+    """Check the emitted file ``path`` at its base width and at each spec in ``models``
+    (and, with ``derive``, at the widths and depths ``check_specs`` adds).
 
     ``base``: the base ``apply`` gets, when the models are built with options (flags) that
     the emitted file's base call lacks; default that call. Same widths, same parameters.
@@ -122,31 +79,97 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
     """
     path = Path(path)
     text = read_source(path).text
-    header = _HEADER.search(" ".join(line.lstrip("# ") for line in text.splitlines()[:8]))
-    if header is None:
-        raise CheckError(f"{path} has no muprewrite header", fix=f"check the file muprewrite "
-                         f"wrote: muprewrite ORIGINAL.py --model ... --base ... -o {path.name}")
-    source = Path(original) if original else path.with_name(header["file"])
-    if not source.is_file():
-        raise CheckError(f"the original {source} of {path} is not there",
-                         fix="pass --original path/to/the/original.py")
+    header = read_header(path, text)
+    source = original_of(path, header, original)
     emitted, user = load_module(path), load_module(source)
-    base_text = base or _base_call(emitted, path)
-    result = SourceCheck(path, source, rule or header["rule"], hparams=file_hparams(emitted, path))
+    written_base = base_call(emitted, path)
+    base_text = base or written_base
+    result = SourceCheck(path, source, rule or header.rule, hparams=file_hparams(emitted, path))
+    result.divergence = cross_check(path, header, emitted, written_base, rule)
+    if result.divergence is not None:
+        return result
     loaded = load_rule(result.rule)
     if hparams is not None:
         result.divergence = _against_card(result, text, as_hparams(hparams, loaded.id))
         if result.divergence is not None:
             return result
+    specs = list(models)
+    if derive:
+        plan = plan_sizes(user, base_text, specs, loaded.has_depth)
+        specs += plan.derived
+        result.notes += plan.notes
+    files = [path, *_parts(path)]
+    edits = [e for f in files for e in _edits(f, path, source)]
     say = progress or (lambda _m: None)
-    with float64():
-        for spec in [base_text, *models]:
-            say(f"checking {spec}")
-            found = _check_width(result, emitted, user, spec, base_text, inputs, steps, loaded)
-            if found is not None:
-                result.divergence = found
-                break
+    with traced(files) as seen:
+        dtype = _run(result, emitted, user, base_text, [base_text, *specs], len(models) + 1,
+                     inputs, steps, loaded, say)
+    if dtype is not None:
+        result.notes.append(dtype)
+    if result.divergence is None:
+        result.unexercised = [e.shown() for e in unexercised(edits, seen)]
     return result
+
+
+def _run(result: SourceCheck, emitted: ModuleType, user: ModuleType, base_text: str,
+         specs: list[str], given: int, inputs: Sequence[str], steps: int, rule: Rule,
+         say: Callable[[str], None]) -> str | None:
+    """Every size in float64; a model that computes in float32 whatever the default dtype
+    (it fails in float64 with a dtype error) is run again in float32. Returns the note."""
+    for dtype, tol in ((torch.float64, RTOL), (torch.float32, RTOL_FLOAT32)):
+        result.compared.clear()
+        try:
+            with default_dtype(dtype):
+                for n, spec in enumerate(specs):
+                    say(f"checking {spec}" + (" (added by check)" if n >= given else ""))
+                    found = _check_width(result, emitted, user, spec, base_text, inputs,
+                                         steps, rule, tol, derived=n >= given)
+                    if found is not None:
+                        result.divergence = found
+                        break
+            return None if dtype == torch.float64 else (
+                f"checked in float32 (the model computes in float32 whatever the default "
+                f"dtype): relative tolerance {RTOL_FLOAT32:g} instead of {RTOL:g}")
+        except RuntimeError as exc:
+            if dtype != torch.float64 or not _dtype_error(exc):
+                raise
+    return None  # pragma: no cover - the loop returns or raises
+
+
+def _dtype_error(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "dtype" in text or "scalar type" in text or ("float" in text and "double" in text)
+
+
+def _parts(path: Path) -> list[Path]:
+    """The other emitted files of an ``-o DIR/`` tree that the emitted module imported."""
+    from ..emit.block import part_of
+
+    here = os.path.realpath(path.parent)
+    out = []
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if not file or not os.path.realpath(file).startswith(here + os.sep):
+            continue
+        if os.path.realpath(file) == os.path.realpath(path) or not file.endswith(".py"):
+            continue
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if part_of(Path(file).read_text(encoding="utf-8")) is not None:
+                out.append(Path(file))
+    return out
+
+
+def _edits(file: Path, main: Path, source: Path) -> list[Edit]:
+    """The edits of one emitted file: by the names they write, and at the lines its header
+    lists (mapped from the original file, found beside ``source`` as the file is beside
+    ``main``)."""
+    text = read_source(file).text
+    original = source if file == main else source.parent / file.relative_to(main.parent)
+    try:
+        before = read_source(original).text if original.is_file() else None
+    except MuprewriteError:
+        before = None
+    return edits_of(file, text, header_sites(text, before, original.name))
 
 
 def _against_card(result: SourceCheck, text: str, card: HParams) -> Divergence | None:
@@ -164,33 +187,25 @@ def _against_card(result: SourceCheck, text: str, card: HParams) -> Divergence |
                       abs(ours - theirs) / theirs, f"{held}, {theirs!r} in the card")
 
 
-def _base_call(emitted: ModuleType, path: Path) -> str:
-    """The base constructor call written in the emitted ``mup_base_model``."""
-    func = getattr(emitted, "mup_base_model", None)
-    if func is None:
-        raise CheckError(f"{path} has no mup_base_model(): it is not a whole muprewrite file",
-                         fix="regenerate it from the original file")
-    tree = ast.parse(inspect.getsource(func))
-    returns = [n for n in ast.walk(tree) if isinstance(n, ast.Return) and n.value is not None]
-    if len(returns) != 1:
-        raise CheckError(f"{path}: mup_base_model() was edited", fix="regenerate the file")
-    return ast.unparse(returns[0].value)  # type: ignore[arg-type]
-
-
 @contextlib.contextmanager
-def float64() -> Iterator[None]:
-    """Default dtype float64 inside the block, restored after."""
+def default_dtype(dtype: torch.dtype) -> Iterator[None]:
+    """Default dtype ``dtype`` inside the block, restored after."""
     previous = torch.get_default_dtype()
-    torch.set_default_dtype(torch.float64)
+    torch.set_default_dtype(dtype)
     try:
         yield
     finally:
         torch.set_default_dtype(previous)
 
 
+def float64() -> contextlib.AbstractContextManager[None]:
+    """Default dtype float64 inside the block, restored after."""
+    return default_dtype(torch.float64)
+
+
 def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spec: str,
-                 base_text: str, inputs: Sequence[str], steps: int, rule: Rule
-                 ) -> Divergence | None:
+                 base_text: str, inputs: Sequence[str], steps: int, rule: Rule, tol: float,
+                 derived: bool) -> Divergence | None:
     from ..apply import apply
 
     seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
@@ -198,9 +213,9 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
     base = build_model(user, base_text, "the emitted base", device="cpu")
     torch.manual_seed(1)
     expected = build_model(user, spec, "--model", device="cpu")
-    structure = _structure(spec, base, expected, getattr(emitted, "mup_partners", None))
-    if structure is not None:
-        return structure
+    found = structure(spec, base, expected, getattr(emitted, "mup_partners", None))
+    if found is not None:
+        return found
     sets = _input_sets(expected, inputs)
     # every input set captured, as the emitter should have; at the base width apply changes
     # nothing but what the base hyperparameters change (every width factor is 1) and gives the
@@ -209,70 +224,33 @@ def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spe
                      hparams=result.hparams)
     torch.manual_seed(1)
     model = build_model(emitted, spec, "--model", device="cpu")
-    found = _parameters(spec, model, expected)
+    found = parameters(spec, model, expected, tol)
+    if found is not None:
+        return found
+    perturb((model, expected), expected)  # off init, alike: see check_perturb
     for i, (args, kwargs) in enumerate(sets):
         for mode in ("train", "eval"):
-            found = found or _outputs(spec, model, expected, args, kwargs, mode, i, result.file)
+            found = found or outputs(spec, model, expected, args, kwargs, mode, i, result.file,
+                                     tol)
     if found is None:  # the groups are compared always: --steps 0 skips only the steps
-        found, optimizers = _optimizers(spec, emitted, model, expected, rule)
+        found, pair = optimizers(spec, emitted, model, expected, rule, tol)
         if steps:
-            found = found or _training(spec, model, expected, optimizers, sets[0], steps,
-                                       _NAMES[rule.optimizer])
+            found = found or training(spec, model, expected, pair, sets[0], steps,
+                                      NAMES[rule.optimizer], tol)
     if found is None:
-        trained = ", optimizer groups" + (f", {steps} {_NAMES[rule.optimizer]} steps"
-                                          if steps else "")
-        result.compared.append(f"{spec}: parameters, {len(sets)} input set(s) x "
-                               f"train/eval{trained}: equal")
+        trained = ", optimizer groups" + (f", gradients, {steps} {NAMES[rule.optimizer]} "
+                                          "steps" if steps else "")
+        added = " (added by check)" if derived else ""
+        result.compared.append(f"{spec}{added}: parameters, off init: {len(sets)} input "
+                               f"set(s) x train/eval{trained}: equal")
     return found
 
 
-_NAMES = {"adam": "AdamW", "sgd": "SGD", "muon": "Muon + AdamW"}
-
-
-def _structure(spec: str, base: nn.Module, model: nn.Module,
-               pair: Callable[[nn.Module, nn.Module], dict[str, str]] | None
-               ) -> Divergence | None:
-    """Every parameter of the model has a partner in the base with as many axes, and every
-    base parameter is someone's partner. The partner is the same name, or under a depth rule
-    the emitted file's own pairing of blocks by position (``mup_partners``)."""
-    ours = {n: p.dim() for n, p in model.named_parameters()}
-    theirs = {n: p.dim() for n, p in base.named_parameters()}
-    partners = pair(model, base) if pair is not None else {n: n for n in ours}
-    missing = sorted(n for n in ours if theirs.get(partners.get(n, "")) != ours[n])
-    missing += sorted(set(theirs) - {partners.get(n) for n in ours})
-    if missing:
-        another = "width and depth" if pair is not None else "width"
-        return Divergence(spec, "structure", "mup_base_model()", "-", -1, float("inf"),
-                          f"the emitted base and the model differ in {len(missing)} "
-                          f"parameter(s), e.g. {', '.join(missing[:10])}; the base must be the "
-                          f"same architecture at another {another}")
-    return None
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    a, b = a.detach().double(), b.detach().double()
-    if a.shape != b.shape:
-        return float("inf")
-    scale = max(float(b.abs().max()) if b.numel() else 0.0, 1e-30)
-    return float((a - b).abs().max()) / scale if a.numel() else 0.0
-
-
-def _parameters(spec: str, model: nn.Module, expected: nn.Module) -> Divergence | None:
-    theirs = expected.state_dict()
-    for name, value in model.state_dict().items():
-        if name not in theirs:
-            return Divergence(spec, "parameter", name, "-", -1, float("inf"), "not in the "
-                              "original model")
-        error = _rel(value, theirs[name])
-        if error > RTOL:
-            return Divergence(spec, "parameter", name, "-", -1, error, "init scale differs")
-    return None
-
-
 def _input_sets(model: nn.Module, inputs: Sequence[str]) -> list[tuple[tuple, dict]]:
-    if inputs:  # float specs in the check's float64, as the models are
+    if inputs:  # float specs in the check's dtype, as the models are
+        dtype = torch.get_default_dtype()
         return [torch.utils._pytree.tree_map_only(
-            torch.Tensor, lambda t: t.double() if t.dtype == torch.float32 else t,
+            torch.Tensor, lambda t: t.to(dtype) if t.is_floating_point() else t,
             parse_inputs(text, device="cpu")) for text in inputs]
     make = getattr(model, "example_inputs", None)
     if not callable(make):
@@ -281,176 +259,3 @@ def _input_sets(model: nn.Module, inputs: Sequence[str]) -> list[tuple[tuple, di
                              "for each path of the forward)")
     torch.manual_seed(2)
     return input_sets(make())
-
-
-def _outputs(spec: str, model: nn.Module, expected: nn.Module, args: tuple, kwargs: dict,
-             mode: str, index: int, file: Path) -> Divergence | None:
-    model.train(mode == "train")
-    expected.train(mode == "train")
-    with _recorded(model) as ours, _recorded(expected) as theirs, torch.no_grad():
-        torch.manual_seed(3)
-        out = model(*args, **kwargs)
-        torch.manual_seed(3)
-        ref = expected(*args, **kwargs)
-    error = max((_rel(a, b) for a, b in zip(_tensors(out), _tensors(ref))), default=0.0)
-    if error <= RTOL:
-        return None
-    where = "the model's output"
-    for name in ours:
-        if getattr(expected.get_submodule(name), HOOK_ATTR, None) is not None:
-            continue  # apply scales this branch module's output; the file scales at the add
-        if name in theirs and max((_rel(a, b) for a, b in zip(ours[name], theirs[name])),
-                                  default=0.0) > RTOL:
-            where = _module_where(model, name, file)
-            break
-    return Divergence(spec, "output", where, mode, index, error)
-
-
-@contextlib.contextmanager
-def _recorded(model: nn.Module) -> Iterator[dict[str, list[torch.Tensor]]]:
-    """Each module's first output, in the order the modules finish (innermost first)."""
-    seen: dict[str, list[torch.Tensor]] = {}
-    handles = []
-    for name, module in model.named_modules():
-        def hook(_m: nn.Module, _a: Any, out: Any, name: str = name) -> None:
-            seen.setdefault(name, _tensors(out))
-        handles.append(module.register_forward_hook(hook))
-    try:
-        yield seen
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def _tensors(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, dict):
-        value = list(value.values())
-    if isinstance(value, (list, tuple)):
-        return [t for v in value for t in _tensors(v)]
-    return []
-
-
-def _module_where(model: nn.Module, name: str, file: Path) -> str:
-    """The emitted file's line of the innermost module around ``name`` that the file defines
-    (a library leaf such as nn.Linear is named through its parent's forward)."""
-    path = name
-    while True:
-        module = model.get_submodule(path)
-        try:
-            src = inspect.getsourcefile(type(module).forward)
-            _lines, start = inspect.getsourcelines(type(module).forward)
-        except (OSError, TypeError):
-            src, start = None, 0
-        if src and Path(src).resolve() == file.resolve():
-            inner = f"; first differing output: {name}" if name != path else ""
-            return (f"{file}:{start}: {type(module).__name__}.forward of "
-                    f"{path or '<root>'}{inner}")
-        if not path:
-            return f"module {name or '<root>'} ({type(model.get_submodule(name)).__name__})"
-        path = path.rpartition(".")[0]
-
-
-def _optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.Module,
-                rule: Rule) -> tuple[Divergence | None, tuple[torch.optim.Optimizer, ...]]:
-    """``mup_param_groups`` against ``param_groups``, then ``mup_optimizer`` against
-    ``muprewrite.optimizer``, parameter by parameter; the two optimizers, to step."""
-    from ..optim import param_groups
-    from ..optimizers import optimizer
-
-    values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
-    try:
-        ours = emitted.mup_param_groups(model, **values)
-    except Exception as exc:  # the emitted code refuses, e.g. mup_init(self) was deleted
-        return Divergence(spec, "optimizer groups", "mup_param_groups", "-", -1, math.inf,
-                          f"it raised {type(exc).__name__}: {exc}"), ()
-    theirs = param_groups(expected, rule=rule, **values)
-    found = _hyperparameters(spec, model, ours, expected, theirs, "mup_param_groups",
-                             "param_groups")
-    reference = optimizer(expected, rule=rule, **values)
-    make = getattr(emitted, "mup_optimizer", None)
-    if make is not None:
-        mine = make(model, **values)
-    else:  # a file emitted before mup_optimizer: the reference's optimizer on its groups
-        mine = type(reference)(ours)  # type: ignore[call-arg]
-    found = found or _hyperparameters(spec, model, mine.param_groups, expected,
-                                      reference.param_groups, "mup_optimizer",
-                                      "muprewrite.optimizer")
-    return found, (mine, reference)
-
-
-def _hyperparameters(spec: str, model: nn.Module, ours: list[dict], expected: nn.Module,
-                     theirs: list[dict], mine: str, reference: str) -> Divergence | None:
-    """Each parameter's hyperparameters in the two lists of groups (every key but the
-    bookkeeping: lr, eps, weight decay, the optimizer that steps it, and what torch fills in):
-    a factor that moves the loss less than the tolerance in a few steps (eps at 1e-8) still
-    shows here, and so does a key only one side sets (an eps on a Muon group changes Muon)."""
-    def table(net: nn.Module, groups: list[dict]) -> dict[str, dict[str, Any]]:
-        names = {id(p): n for n, p in net.named_parameters()}
-        return {names[id(p)]: {k: v for k, v in g.items() if k not in _BOOKKEEPING}
-                for g in groups for p in g["params"] if p.requires_grad}
-    got_all, expected_all = table(model, ours), table(expected, theirs)
-    for name, values in expected_all.items():
-        got = got_all.get(name)
-        if got is None:
-            return Divergence(spec, "optimizer group", name, "-", -1, float("inf"),
-                              f"{mine} leaves it out")
-        for key in sorted(values.keys() | got.keys(), key=lambda k: (k != "optimizer", k)):
-            if key not in got or key not in values:
-                where, value = (reference, values[key]) if key in values else (mine, got[key])
-                return Divergence(spec, "optimizer group", name, "-", -1, float("inf"),
-                                  f"{key} {_shown(value)} only in {where}")
-            error = _difference(got[key], values[key])
-            if error > RTOL:
-                return Divergence(spec, "optimizer group", name, "-", -1, error,
-                                  f"{key} {_shown(got[key])} in {mine}, "
-                                  f"{_shown(values[key])} in {reference}")
-    return None
-
-
-def _difference(a: Any, b: Any) -> float:
-    """The relative difference of two numbers; 0 or inf for other values (equal or not)."""
-    def number(x: Any) -> bool:
-        return isinstance(x, (int, float)) and not isinstance(x, bool)
-    if number(a) and number(b):
-        return abs(a - b) / max(abs(b), 1e-30)
-    return 0.0 if type(a) is type(b) and a == b else math.inf
-
-
-def _shown(value: Any) -> str:
-    return f"{value:.6g}" if isinstance(value, float) else repr(value)
-
-
-def _training(spec: str, model: nn.Module, expected: nn.Module,
-              optimizers: tuple[torch.optim.Optimizer, ...], inputs: tuple[tuple, dict],
-              steps: int, name: str) -> Divergence | None:
-    """``steps`` steps of each optimizer on its model: the losses, then the parameters after
-    the last step (which no loss sees)."""
-    args, kwargs = inputs
-    losses = []
-    for net, opt in zip((model, expected), optimizers):
-        net.train()
-        run = []
-        torch.manual_seed(4)
-        for _ in range(steps):
-            out = _tensors(net(*args, **kwargs))
-            loss = sum(o.double().square().mean() for o in out if o.is_floating_point())
-            opt.zero_grad()
-            loss.backward()  # type: ignore[union-attr]
-            opt.step()
-            run.append(float(loss.detach()))  # type: ignore[union-attr]
-        losses.append(run)
-    for step, (a, b) in enumerate(zip(*losses)):
-        error = abs(a - b) / max(abs(b), 1e-30)
-        if error > RTOL:
-            return Divergence(spec, "training", f"{name} step {step + 1}", "train", 0, error,
-                              "mup_optimizer and muprewrite.optimizer give different updates")
-    theirs = dict(expected.named_parameters())
-    for param, value in model.named_parameters():
-        error = _rel(value, theirs[param]) if param in theirs else float("inf")
-        if error > RTOL:
-            return Divergence(spec, "training", param, "train", 0, error,
-                              f"differs after {steps} {name} steps of mup_optimizer and "
-                              "muprewrite.optimizer")
-    return None
