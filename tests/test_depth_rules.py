@@ -3,7 +3,7 @@
 The reference applies the rule's table itself: every residual branch x m_L^-alpha, the
 readout's input x 1/m, and the optimizer groups of the table (hidden matrices lr x
 m^-1 m_L^(alpha-1), vectors inside branches lr x m_L^(alpha-1), eps x 1/m and x m_L^-alpha
-inside branches, lr*wd kept). ``apply`` with a base of width w and depth L on a model of width
+inside branches, weight decay x m on hidden matrices only). ``apply`` with a base of width w and depth L on a model of width
 2w and depth 4L must train to the same losses, in float64, for 20 AdamW steps; eps is set
 large enough that a wrong eps factor shows.
 """
@@ -92,7 +92,7 @@ def _by_hand_groups(net: Net, m: float, m_l: float, alpha: float) -> list[dict]:
                 lr, eps, wd = LR / m * m_l ** (alpha - 1), EPS / m * m_l ** -alpha, WD * m
             else:  # biases and norm gains inside the branches
                 lr, eps, wd = LR * m_l ** (alpha - 1), EPS / m * m_l ** -alpha, WD
-            wd *= m_l ** (1 - alpha)  # lr * wd as at base
+            # weight decay: lambda * m_N for both alpha, no depth factor (CompleteP Table 1)
         elif name == "head.bias":
             lr, eps, wd = LR, EPS, WD
         else:  # embedding, position table, final norm, readout weight: width's 1/m only

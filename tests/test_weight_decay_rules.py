@@ -119,3 +119,24 @@ def test_every_shipped_rule_states_its_coupling() -> None:
         rule = load_rule(name)
         assert rule.weight_decay_coupling in ("coupled", "independent")
         assert (rule.muon is not None) == (rule.optimizer == "muon"), name
+
+
+@pytest.mark.parametrize("rule", ["completep", "depth-mup"])
+def test_depth_rules_scale_weight_decay_with_width_only(rule: str) -> None:
+    """CompleteP's Table 1 (and its reference code) give AdamW's weight decay lambda * m_N on
+    hidden matrices for both alpha, with no depth factor: the learning rate's m_L^(alpha-1)
+    is not compensated in the decay (depth-mup put m_L^1/2 on it)."""
+    m, m_l = 4, 4
+    torch.manual_seed(0)
+    model = muprewrite.apply(Transformer(WIDE, depth=8).double(),
+                             base=Transformer(BASE, depth=2).double(), rule=rule)
+    report = muprewrite.plan_of(model).report
+    assert (report.depth_ratio, report["blocks.0.qkv.weight"].in_branch) == (m_l, True)
+    groups = muprewrite.param_groups(model, lr=1e-2, weight_decay=0.1)
+    for group in groups:
+        for name in group["param_names"]:
+            info = report[name]
+            hidden = info.role == "hidden" and info.kind == "weight"
+            assert group["weight_decay"] == pytest.approx(0.1 * (m if hidden else 1)), name
+            if hidden and info.in_branch and rule == "depth-mup":  # lr: 1/m * m_L^-1/2
+                assert group["lr"] == pytest.approx(1e-2 / m / math.sqrt(m_l)), name
