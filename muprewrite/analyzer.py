@@ -27,9 +27,9 @@ from .analysis.base_axes import check_base_axes
 from .analysis.classify import ParamFacts, classify_params
 from .analysis.depth import (
     base_mismatch,
-    check_depths,
     depth_init_diagnostics,
     in_branches,
+    measure_depths,
     pair_with_base,
 )
 from .analysis.diagnose import (
@@ -102,7 +102,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         diags += constant_diagnostics(cap.graph, width_sized_constants(cap, axes, dims, marks))
     sizes: dict = {}
     residuals = find_residuals(cap)
-    depth_base: int | None = None
+    base_cap: Capture | None = None
     pairing: Alignment | None = None
     if base is not None:
         say(f"capturing base {type(base).__name__} to measure widths")
@@ -126,15 +126,15 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         if not aligned:
             raise _unaligned(model, cap, base_cap)
         dims = measured
-        depth_base = find_residuals(base_cap).depth
-        if pairing is not None:
-            check_depths(model, residuals.depth, depth_base, renamed)
+    depths = measure_depths(model, cap, residuals, base_cap,
+                            find_residuals(base_cap) if base_cap is not None else None,
+                            pairing is not None, renamed)
+    residuals = depths.residuals  # its depth counted in block calls, per residual stream
     refuse_unplanned_attention(cap.graph, dims.is_width)
     say("classifying parameters")
     facts = _facts(model, base, pairing.params if pairing is not None else {})
     params, param_diags = classify_params(cap, dims, facts)
-    params = in_branches(params, residuals, residuals.depth / depth_base
-                         if residuals.depth and depth_base else 1.0, base is not None)
+    params = in_branches(params, depths)
     report = Report(
         model=type(model).__name__,
         mode="base" if base is not None else "single",
@@ -145,7 +145,8 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         diagnostics=tuple(diags + param_diags + extra + list(residuals.diagnostics)
                           + depth_init_diagnostics(model, base, params, pairing)),
         residuals=residuals,
-        depth_base=depth_base,
+        depth_base=depths.depth_base,
+        branch_depths=MappingProxyType(dict(depths.branches)),
         base_names=MappingProxyType(dict(pairing.params) if pairing is not None else {}),
     )
     return report, cap

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -21,9 +22,10 @@ from ..dims.align import Alignment, align_depths
 from ..errors import UsageError, first_few
 from .report import Diagnostic, ParamInfo
 from .residual import ResidualStream
+from .streams import Streams, find_streams, param_ratios, stream_ratios
 
 __all__ = ["base_mismatch", "pair_with_base", "check_depths", "in_branches",
-           "depth_init_diagnostics"]
+           "depth_init_diagnostics", "Depths", "measure_depths"]
 
 DEPTH_INIT_TOLERANCE = 0.2  # |RMS / base RMS - 1| above which an equal-shape init is flagged
 
@@ -50,22 +52,53 @@ def pair_with_base(model: nn.Module, cap: Capture, base: Capture,
     return pairing
 
 
-def check_depths(model: nn.Module, depth: int, depth_base: int, renamed: list[str]) -> None:
-    """A pairing by position is only legitimate between different numbers of blocks."""
-    if depth == depth_base:
+def check_depths(model: nn.Module, ours: Streams, theirs: Streams, renamed: list[str]) -> None:
+    """A pairing by position is only legitimate between different numbers of block calls."""
+    depths = [len(c) for c in ours.calls]
+    if depths == [len(c) for c in theirs.calls]:
         why = renamed or ["the two captures differ in length, but not in their number of "
-                          f"residual blocks ({depth})"]
+                          f"residual block calls ({', '.join(map(str, depths)) or 0})"]
         raise base_mismatch(model, why)
 
 
-def in_branches(params: Mapping[str, ParamInfo], residuals: ResidualStream, ratio: float,
-                with_base: bool) -> dict[str, ParamInfo]:
-    """``params`` with ``in_branch`` and, with a base, ``m_depth`` (the depth ratio m_L)."""
+@dataclass(frozen=True)
+class Depths:
+    """The model's residual streams measured against the base's: ``residuals`` with its
+    depth counted in block calls (see ``streams.py``), the base's count, m_L per branch add
+    (node name) and per parameter inside the branches."""
+
+    residuals: ResidualStream
+    depth_base: int | None
+    branches: Mapping[str, float]
+    params: Mapping[str, float]
+
+
+def measure_depths(model: nn.Module, cap: Capture, residuals: ResidualStream,
+                   base_cap: Capture | None, base_residuals: ResidualStream | None,
+                   paired: bool, renamed: list[str]) -> Depths:
+    ours = find_streams(cap, residuals)
+    counted = dataclasses.replace(residuals, depth=ours.total)
+    if base_cap is None or base_residuals is None:
+        return Depths(counted, None, {}, {})
+    theirs = find_streams(base_cap, base_residuals)
+    if paired:
+        check_depths(model, ours, theirs, renamed)
+    if not ours.groups or not theirs.groups:
+        return Depths(counted, theirs.total, {}, {})
+    ratios = stream_ratios(type(model).__name__, ours, theirs)
+    branches = {residuals.branches[i].add: ratios[s] for s, g in enumerate(ours.groups)
+                for i in g}
+    return Depths(counted, theirs.total, branches,
+                  param_ratios(cap, residuals, ours, ratios))
+
+
+def in_branches(params: Mapping[str, ParamInfo], depths: Depths) -> dict[str, ParamInfo]:
+    """``params`` with ``in_branch`` and, with a base, ``m_depth`` (m_L of its stream)."""
     out = {}
     for name, info in params.items():
-        inside = name in residuals.inside
-        out[name] = dataclasses.replace(info, in_branch=inside,
-                                        m_depth=ratio if inside and with_base else None)
+        inside = name in depths.residuals.inside
+        ratio = depths.params.get(name, 1.0) if inside and depths.depth_base else None
+        out[name] = dataclasses.replace(info, in_branch=inside, m_depth=ratio)
     return out
 
 

@@ -106,6 +106,8 @@ class Report:
     depth_base: int | None = None  # the base's block count (with base)
     base_names: Mapping[str, str] = field(default_factory=dict)  # model -> base parameter,
     # where the base has another depth (blocks paired by position in the repeated block)
+    branch_depths: Mapping[str, float] = field(default_factory=dict)  # m_L of each branch
+    # add's residual stream (add node name; with a base, see analysis/streams.py)
 
     @property
     def depth(self) -> int:

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..analysis.report import ParamInfo, Report
+from ..analysis.streams import find_streams
+from ..capture import Capture
 from ..errors import first_few
 from ..rules import Rule
 from .block import Entry, module_pattern
@@ -34,16 +36,27 @@ _FIX = "use muprewrite.apply(model, ..., rule=...) at runtime for this model"
 
 
 def depth_block(model: nn.Module, base: nn.Module, report: Report, rule: Rule,
-                project: Project, edits: Mapping[Path, Edits], sites: Sites) -> DepthBlock:
+                project: Project, edits: Mapping[Path, Edits], sites: Sites,
+                cap: Capture) -> DepthBlock:
     assert report.residuals is not None and rule.depth_alpha is not None
-    blocks = tuple(dict.fromkeys(module_pattern(b.block) for b in report.residuals.branches))
+    branches = report.residuals.branches
+    blocks = tuple(dict.fromkeys(module_pattern(b.block) for b in branches))
+    streams = find_streams(cap, report.residuals).distinct
+    if len(streams) > 1:
+        firsts = [f"{paths[0]} .. {paths[-1]} ({len(paths)} block calls)" for paths in streams]
+        raise EmitError(f"the model has {len(streams)} residual streams ({'; '.join(firsts)}), "
+                        "each with its own depth m_L; the emitted file measures one m_L for "
+                        "all its blocks, so a stack deepened alone would get a wrong branch "
+                        "multiplier", where=branches[0].source, fix=_FIX)
     for net, counted, what in ((model, report.depth, "model"),
                                (base, report.depth_base, "base")):
         found = sum(map(len, _mup_blocks(net, blocks).values()))
         if counted is not None and found != counted:
-            raise EmitError(f"the {what} has {counted} residual blocks, but {found} modules "
-                            f"named like {', '.join(blocks)}, so the emitted file could not "
-                            "measure m_L from the module names", fix=_FIX)
+            raise EmitError(f"the {what} runs {counted} residual block calls, but has {found} "
+                            f"module(s) named like {', '.join(blocks)}: a block is called more "
+                            "than once (one block object applied in a loop, listed twice, or "
+                            "called again), so the emitted file, which counts blocks by module "
+                            "name, could not measure m_L", where=branches[0].source, fix=_FIX)
     inside = [path for path in [*sites.multipliers, *sites.lookups]
               if module_pattern(path) != path]
     if inside:

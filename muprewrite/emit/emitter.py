@@ -111,7 +111,8 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
         sites = replace(sites, branches=locate_branches(model, project, report, cap.graph))
     edits = _main_first(project.main, complete(project, sites))  # every path of the hosts
     base_call = _call_text(base_expr)
-    depth = depth_block(model, base, report, rule, project, edits, sites) if deep else None
+    depth = depth_block(model, base, report, rule, project, edits, sites,
+                        cap) if deep else None
     partners = _partners(model, base, depth)
     tuned_block = None if tuned is None else TunedBlock(
         tuned, rule.id, collapse(classes_of(report, partners)), sites.lookups,

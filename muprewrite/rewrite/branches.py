@@ -36,7 +36,8 @@ class BranchEdit:
 
 def check_depth_rule(report: Report, rule: Rule) -> None:
     """A base of another depth needs a rule that says what depth does."""
-    if report.depth_ratio != 1.0 and not rule.has_depth:
+    ratios = set(report.branch_depths.values()) | {report.depth_ratio}
+    if ratios != {1.0} and not rule.has_depth:
         raise RuleError(f"the base has {report.depth_base} residual blocks and the model "
                         f"{report.depth}: rule {rule.id!r} transfers across width only",
                         fix="use rule='completep' (or 'depth-mup') to transfer across depth, "
@@ -57,11 +58,14 @@ def branch_edits(report: Report, rule: Rule, multiplier: float = 1.0
         raise MuprewriteError("branch_multiplier is set, but the analysis found no residual "
                               "branch to put it on", fix="leave branch_multiplier at 1 for a "
                               "model without residual blocks")
-    if not rule.has_depth or (ratio == 1.0 and multiplier == 1.0) or report.residuals is None:
+    ratios = {report.branch_depths.get(b.add, ratio)
+              for b in (report.residuals.branches if report.residuals is not None else ())}
+    if not rule.has_depth or (ratios <= {1.0} and multiplier == 1.0) or report.residuals is None:
         return ()
-    factor = multiplier * (rule.branch_multiplier(ratio) if ratio != 1.0 else 1.0)
     edits: dict[str, BranchEdit] = {}
     for branch in report.residuals.branches:
+        m_l = report.branch_depths.get(branch.add, ratio)  # m_L of the branch's own stream
+        factor = multiplier * (rule.branch_multiplier(m_l) if m_l != 1.0 else 1.0)
         if not branch.module:
             raise MuprewriteError(
                 f"the residual branch added at {branch.source or branch.add} ends in an op of "
@@ -69,7 +73,13 @@ def branch_edits(report: Report, rule: Rule, multiplier: float = 1.0
                 f"m_L^-{rule.depth_alpha:g}", where=branch.source,
                 fix="end the branch in a submodule (e.g. self.mlp = nn.Sequential(fc, GELU()), "
                     "x = x + self.mlp(x)), or keep the base at the model's depth")
-        edits.setdefault(branch.module, BranchEdit(branch.module, factor, branch.source))
+        edit = edits.setdefault(branch.module, BranchEdit(branch.module, factor, branch.source))
+        if edit.factor != factor:
+            raise MuprewriteError(
+                f"module {branch.module!r} ends residual branches of streams that deepen "
+                f"differently ({edit.source} and {branch.source}), so no one branch multiplier "
+                "fits every call of it", where=branch.source,
+                fix="give each stack its own modules, or deepen every stack by the same ratio")
     return tuple(edits.values())
 
 
@@ -81,7 +91,18 @@ def _scale(module: nn.Module, args: Any, output: Any) -> Any:
 
 
 def install_branches(model: nn.Module, edits: tuple[BranchEdit, ...]) -> None:
+    """One hook per module object: a module listed under several paths (``ModuleList([blk] *
+    n)``) runs it once per call, so each branch call is scaled exactly once."""
+    done: dict[int, BranchEdit] = {}
     for edit in edits:
         module = model.get_submodule(edit.module)
+        first = done.setdefault(id(module), edit)
+        if first is not edit:
+            if first.factor != edit.factor:
+                raise MuprewriteError(
+                    f"{first.module!r} and {edit.module!r} are one module whose calls need "
+                    f"different branch multipliers ({first.factor:g}, {edit.factor:g})",
+                    where=edit.source, fix="give each stack its own modules")
+            continue
         object.__setattr__(module, HOOK_ATTR, edit.factor)
         module.register_forward_hook(_scale)

@@ -39,7 +39,7 @@ def init_targets(model: nn.Module, base: nn.Module, plan: Plan) -> dict[str, flo
         if info is None or info.role == "unused" or not param.requires_grad:
             continue
         reference = base_params.get(plan.report.base_name(name))
-        deeper = info.in_branch and plan.report.depth_ratio != 1.0  # a depth-dependent init
+        deeper = info.in_branch and (info.m_depth or 1.0) != 1.0  # a depth-dependent init
         if reference is None:
             continue
         if tuple(reference.shape) == tuple(param.shape) and not deeper:
