@@ -384,7 +384,28 @@ def _muon(table: Any, optimizer: str, path: Path) -> MuonRow | None:
 
 def _check_depth(rule: Rule) -> None:
     """m_depth exponents mean nothing without a residual multiplier: a base of another depth
-    is only matched under a rule with a [depth] section."""
+    is only matched under a rule with a [depth] section. With one, two kinds of them would
+    never be applied, so they are refused rather than shown by ``rules show`` and dropped:
+    on a forward ``multiplier`` (the residual branch multiplier m_L^-alpha is depth's forward
+    factor) and on ``[role.output]`` (the readout reads the stream after the last block;
+    m_L is 1 outside residual branches)."""
+    for prefix, table in (("role", rule.roles), ("kind", rule.kinds)):
+        for name, row in table.items():
+            if row.multiplier.m_depth:
+                raise _error(rule.path, f"{prefix}.{name}.multiplier.m_depth",
+                             "forward multipliers take no depth factor (apply and the emitted "
+                             "source never apply it); depth scales the forward pass through "
+                             "the residual branch multiplier m_L^-alpha",
+                             "remove m_depth from the multiplier, and set [depth] alpha (or "
+                             "the branch_multiplier base hyperparameter) instead")
+    output = rule.roles.get("output")
+    for quantity in QUANTITIES if output is not None else ():
+        if getattr(output, quantity).m_depth:
+            raise _error(rule.path, f"role.output.{quantity}.m_depth",
+                         "output parameters (the readout) lie outside the residual branches, "
+                         "where m_L is 1: this exponent would never be applied",
+                         "remove it; m_depth exponents act on parameters inside residual "
+                         "branches (role input / hidden / fixed, kind bias / norm)")
     if rule.has_depth:
         return
     muon = {"muon": rule.muon} if rule.muon is not None else {}
