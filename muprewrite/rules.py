@@ -390,8 +390,8 @@ def _check_depth(rule: Rule) -> None:
     factor) and on ``[role.output]`` (the readout reads the stream after the last block;
     m_L is 1 outside residual branches)."""
     for prefix, table in (("role", rule.roles), ("kind", rule.kinds)):
-        for name, row in table.items():
-            if row.multiplier.m_depth:
+        for name, scaling in table.items():
+            if scaling.multiplier.m_depth:
                 raise _error(rule.path, f"{prefix}.{name}.multiplier.m_depth",
                              "forward multipliers take no depth factor (apply and the emitted "
                              "source never apply it); depth scales the forward pass through "
