@@ -38,6 +38,7 @@ from .analysis.diagnose import (
     routing_diagnostics,
     solver_diagnostics,
 )
+from .analysis.empty import check_zero_size, zero_size_notes
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
 from .analysis.residual import find_residuals
 from .analysis.source import node_module, node_source
@@ -80,6 +81,9 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     _check_arguments(model, base, heads, progress)
     say = progress or (lambda message: None)
     model, base = unwrap(model), unwrap(base) if base is not None else None
+    check_zero_size(model, type(model).__name__)
+    if base is not None:
+        check_zero_size(base, f"base {type(base).__name__}")
     renamed = _check_base(model, base) if base is not None else []
     if example_inputs is None:
         if not callable(getattr(model, "example_inputs", None)):
@@ -142,7 +146,8 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         params=MappingProxyType(params),
         attention=tuple(_site(cap, dims, s, sizes) for s in sites),
         buffers=_buffers(cap, dims),
-        diagnostics=tuple(diags + param_diags + extra + list(residuals.diagnostics)
+        diagnostics=tuple(diags + param_diags + extra + zero_size_notes(model)
+                          + list(residuals.diagnostics)
                           + depth_init_diagnostics(model, base, params, pairing)),
         residuals=residuals,
         depth_base=depths.depth_base,

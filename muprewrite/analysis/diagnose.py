@@ -61,8 +61,8 @@ def base_disagreements(single: Dims, measured: Dims, state: dict, sizes: dict) -
     """Parameter axes where one capture's inference and the two-width diff differ."""
     out = []
     for axis, owner in state.items():
-        if axis not in sizes:
-            continue
+        if axis not in sizes or not sizes[axis]:
+            continue  # a zero-size axis holds nothing to scale (noted as zero-size)
         inferred, actual = single.is_width(axis), measured.is_width(axis)
         if inferred and not actual:
             out.append(Diagnostic(

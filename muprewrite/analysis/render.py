@@ -62,7 +62,8 @@ def render_table(report: Report, collapse: bool = True) -> str:
     rows: list[tuple[str, ...]] = []
     for p in report:
         notes = ", ".join(n for n, on in (("tied", p.tied), ("frozen", not p.trainable),
-                                          ("branch", p.in_branch)) if on)
+                                          ("branch", p.in_branch),
+                                          ("zero-size", 0 in p.shape)) if on)
         rows.append((p.name, _axes(p.shape, p.width_axes), p.role, p.kind, _mult(p.m_in),
                      _mult(p.m_out), notes, p.source.rsplit("/", 1)[-1]))
     if collapse:

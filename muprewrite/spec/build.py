@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ..analysis.empty import check_zero_size
 from ..errors import ModelSpecError
 from .grammar import Call, parse_spec
 from .load import contained
@@ -48,12 +49,7 @@ def build_model(module: ModuleType, text: str, what: str = "--model",
         raise ModelSpecError(f"{what}: {call.name}(...) returned a {type(model).__name__}, "
                              "not an nn.Module", fix="call the model's class or a function "
                                                      "that returns the model")
-    empty = [n for n, p in model.named_parameters() if p.numel() == 0]
-    if empty:
-        shape = tuple(model.get_parameter(empty[0]).shape)
-        raise ModelSpecError(f"{what}: {text.strip()} has zero-size parameters, e.g. "
-                             f"{empty[0]} of shape {shape}",
-                             fix="pass sizes of at least 1 (a width of 0 is no model)")
+    check_zero_size(model, f"{what}: {text.strip()}")
     return model
 
 
