@@ -13,6 +13,7 @@ import click
 from ..errors import InputSpecError, MuprewriteError
 from ..files import check_distinct, check_output, write_file
 from ..spec import build_model, load_module, parse_inputs
+from .inputs import named_inputs, project_inputs
 
 __all__ = ["coord_check_cmd"]
 
@@ -47,7 +48,8 @@ nothing should be flagged; under sp (the standard parametrization) the output is
 Writes a PNG (one row per rule, one panel per step, one line per module) and a JSON
 file with every number. Existing files are not overwritten without --force; both outputs
 are checked before anything is computed (they must be writable, distinct, and neither
-MODEL_FILE nor a rule file).
+MODEL_FILE, a file it imports, nor a rule file, even with --force; a symlink is written
+through only when it stays in its own folder).
 """
 
 
@@ -134,6 +136,8 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
         for rule in rules:
             load_rule(rule)
         module = load_module(model_file)
+        outputs = [("-o", png), ("--json", data)]
+        check_distinct(outputs, project_inputs(model_file, rules=rules))
 
         def build(size: int) -> Any:
             filled = (template.replace("{width}", str(widths[0])).replace("{depth}", str(size))
@@ -170,6 +174,7 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
     title = f"{Path(model_file).name}: {shown}, {steps} Adam steps, lr {lr:g}"
     try:
         image = coord_checks_image(checks, title=title, fmt=image_format(png))
+        check_distinct(outputs, project_inputs(model_file, rules=rules))  # imported since
         write_file(png, image, force=force)
         write_file(data, json.dumps({c.rule: c.to_dict() for c in checks}, indent=1).encode(),
                    force=force)
@@ -184,10 +189,8 @@ def _check_outputs(model_file: str, rules: tuple[str, ...], png: Path, data: Pat
     written, or name an image format matplotlib lacks."""
     from ..verify.plots import image_format
 
-    inputs = [("MODEL_FILE", Path(model_file))] + [
-        ("--rule", Path(rule)) for rule in rules if rule.endswith(".toml")]
     try:
-        check_distinct([("-o", png), ("--json", data)], inputs)
+        check_distinct([("-o", png), ("--json", data)], named_inputs(model_file, rules=rules))
         check_output(png, force=force, option="-o")
         check_output(data, force=force, option="--json")
         image_format(png)

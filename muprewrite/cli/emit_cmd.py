@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from ..emit.emitter import Emission, EmittedFile
-from ..emit.outputs import Output, is_folder, outputs, tree_target
+from ..emit.outputs import Output, check_tree, is_folder, outputs, tree_target
 from ..errors import MuprewriteError, printable
 from ..files import (
     check_distinct,
@@ -73,8 +73,13 @@ changes. -o DIR/ (a folder; a trailing slash makes a new one) writes every
 changed file at its place in the project under DIR (DIR/model.py,
 DIR/blocks.py; DIR/pkg/model.py for a package) and copies the project's other
 Python files the model imports, unchanged, so DIR imports on its own (put DIR
-on sys.path). --in-place rewrites the changed files themselves, all or none.
-An existing output is kept unless --force; an output is never an input.
+on sys.path); a file under DIR that an emission of another model wrote is never
+replaced. --in-place rewrites the changed files themselves, all or none; it
+refuses to edit a file that other files of the project import (another model
+sharing blocks.py would change too), naming them, unless --in-place-shared.
+An existing output is kept unless --force; an output is never an input (MODEL_FILE,
+a file it imports, --rule, --hparams), and a symlink is written through only
+when its target stays in the output's folder, even with --force.
 --diff prints one unified diff per changed file instead. --check exits 1
 unless MODEL_FILE is already muP (for CI).
 Each output keeps its file's encoding, BOM and line endings; a symlink is
@@ -109,12 +114,15 @@ written through, an existing file keeps its mode, a read-only one needs
               help="Where to write: a file, or a folder (DIR/) for the muP project tree.")
 @click.option("--diff", "show_diff", is_flag=True, help="Print unified diffs; write nothing.")
 @click.option("--in-place", is_flag=True, help="Overwrite the changed files of the project.")
+@click.option("--in-place-shared", "shared", is_flag=True,
+              help="With --in-place: also edit a project file that other files of the project "
+                   "import (another model importing the same blocks.py changes too).")
 @click.option("--force", is_flag=True, help="Overwrite existing output files.")
 @click.option("--check", is_flag=True, help="Exit 1 unless MODEL_FILE is already muP.")
 def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rule: str,
              inputs_expr: tuple[str, ...], heads: str, hparams: str | None, seed: int,
-             device: str, output: str | None, show_diff: bool, in_place: bool, force: bool,
-             check: bool) -> None:
+             device: str, output: str | None, show_diff: bool, in_place: bool, shared: bool,
+             force: bool, check: bool) -> None:
     from ..emit import emit
     from .main import _stage_printer
 
@@ -128,6 +136,8 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
                                "num_heads=16)\" --base \"DiT(hidden_size=288, num_heads=4)\"")
     if in_place and output:
         raise click.UsageError("--in-place writes the model's files themselves; leave -o out")
+    if shared and not in_place:
+        raise click.UsageError("--in-place-shared is a permission for --in-place; pass both")
     where = _Where(path, output, in_place)
     if not show_diff:
         _check_target(where, rule, hparams, force=force)
@@ -144,9 +154,9 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
     try:
         planned = outputs(emission, target=where.target, folder=where.folder,
                           what=f"-o {where.target}" if output else f"the default {where.target}")
-        _check_all(planned, emission, rule, hparams, force=force, in_place=in_place)
+        _check_all(planned, emission, where, rule, hparams, force=force, shared=shared)
         write_files([(o.target, o.data) for o in planned], force=force,
-                    make_folders=where.folder is not None)
+                    make_folders=where.folder is not None, inside=where.inside(emission))
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     _report(emission, planned)
@@ -162,6 +172,12 @@ class _Where:
         self.target = None if in_place or self.folder else Path(output) if output else (
             path.with_name(f"{path.stem}_mup{path.suffix}"))
         self.main = path if in_place else self.target or tree_target(self.folder or Path(), path)
+
+    def inside(self, emission: Emission) -> Path | None:
+        """The folder no output may leave through a symlink: DIR for a tree, the project
+        for --in-place, the output's own folder (None) for -o FILE."""
+        return self.folder if self.folder is not None else (
+            emission.root if self.target is None else None)
 
     def label(self, file: EmittedFile) -> Path:
         """Where ``file`` would be written (for --diff)."""
@@ -191,14 +207,23 @@ def _check_target(where: _Where, rule: str, hparams: str | None, *, force: bool)
             check_folder(where.folder)
         check_distinct([("-o", main)], inputs)
         if where.folder is None or main.parent.is_dir():
-            check_output(main, force=force, may_exist=in_place)
+            from ..spec.project import project_root
+
+            check_output(main, force=force, may_exist=in_place,
+                         inside=project_root(path) if in_place else where.folder)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
 
 
-def _check_all(planned: list[Output], emission: Emission, rule: str, hparams: str | None, *,
-               force: bool, in_place: bool) -> None:
-    """Every output, now that they are known: none is an input, each can be written."""
+def _check_all(planned: list[Output], emission: Emission, where: _Where, rule: str,
+               hparams: str | None, *, force: bool, shared: bool) -> None:
+    """Every output, now that they are known: none is an input, none replaces another
+    model's tree or (in place) a file other project files import, each can be written."""
+    in_place = where.target is None and where.folder is None
+    if where.folder is not None:
+        check_tree(planned, emission, where.folder)
+    if in_place and not shared:
+        _check_unshared(emission)
     inputs: list[tuple[str, str | Path]] = []
     if not in_place:
         inputs = [("MODEL_FILE" if i == 0 else "project file", f.path)
@@ -208,7 +233,25 @@ def _check_all(planned: list[Output], emission: Emission, rule: str, hparams: st
     check_distinct([("-o", o.target) for o in planned], inputs)
     for o in planned:
         if o.target.parent.is_dir():
-            check_output(o.target, force=force, may_exist=in_place)
+            check_output(o.target, force=force, may_exist=in_place,
+                         inside=where.inside(emission))
+
+
+def _check_unshared(emission: Emission) -> None:
+    """Refuse to edit in place a project file that files outside the model's imports import."""
+    from ..emit.importers import other_importers
+    from ..emit.sites import EmitError
+
+    assert emission.root is not None
+    found = other_importers([f.path for f in emission.files], main=emission.files[0].path,
+                            chain=emission.imports, root=emission.root)
+    for file, others in found.items():
+        names = ", ".join(str(p.relative_to(emission.root.resolve())) for p in others[:5])
+        more = f" and {len(others) - 5} more" if len(others) > 5 else ""
+        raise EmitError(f"--in-place would edit {file}, which {names}{more} also import(s) "
+                        "outside this model's files: they would get this model's muP edits "
+                        "too", fix="pass -o DIR/ (a muP tree beside the originals), or "
+                                   "--in-place-shared if every importer should change")
 
 
 def _report(emission: Emission, planned: list[Output]) -> None:

@@ -14,6 +14,7 @@ from ..errors import MuprewriteError
 from ..files import check_distinct, check_folder, check_output, write_files
 from ..spec import build_model, inputs_for, load_module
 from .coord_cmd import _sizes
+from .inputs import named_inputs, project_inputs
 
 __all__ = ["spectra_cmd"]
 
@@ -51,7 +52,9 @@ the hidden update ratio grows with width.
 \b
 Writes OUT/spectra_<rule>.png (one panel per role) and OUT/spectra_<rule>.json (every
 number) per rule, and exits with status 1 when something is flagged. Existing files are
-not overwritten without --force; the outputs are checked before anything is computed.
+not overwritten without --force; the outputs are checked before anything is computed, and
+never replace MODEL_FILE, a file it imports or a rule file, nor write through a symlink
+that leads out of OUT, even with --force.
 """
 
 
@@ -96,6 +99,7 @@ def spectra_cmd(model_file: str, template: str, widths: list[int], rules: tuple[
     muon_rule = _check_outputs(model_file, rules, Path(out), force)
     try:
         module = load_module(model_file)
+        _check_imports(model_file, rules, Path(out), [rule_id for _, rule_id in muon_rule])
 
         def build(width: int) -> Any:
             return build_model(module, template.replace("{width}", str(width)), "--model",
@@ -118,11 +122,22 @@ def spectra_cmd(model_file: str, template: str, widths: list[int], rules: tuple[
                     weight_decay=weight_decay, seeds=seeds, progress=advance))
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
-    _write(results, model_file, template, Path(out), force, show_all)
+    _write(results, model_file, rules, template, Path(out), force, show_all)
 
 
-def _write(results: list[Any], model_file: str, template: str, out: Path, force: bool,
-           show_all: bool) -> None:
+def _outputs(out: Path, rule_ids: list[str]) -> list[tuple[str, Path]]:
+    return [("--out", out / f"spectra_{rule_id}.{ext}") for rule_id in rule_ids
+            for ext in ("png", "json")]
+
+
+def _check_imports(model_file: str, rules: tuple[str, ...], out: Path,
+                   rule_ids: list[str]) -> None:
+    """Refuse an output that is a file the model imports (known once it is loaded)."""
+    check_distinct(_outputs(out, rule_ids), project_inputs(model_file, rules=rules))
+
+
+def _write(results: list[Any], model_file: str, rules: tuple[str, ...], template: str,
+           out: Path, force: bool, show_all: bool) -> None:
     """Print each summary and verdict, write every figure and JSON (all or none), and fail
     when something is flagged."""
     from ..verify.spectral_plots import spectra_image
@@ -137,6 +152,7 @@ def _write(results: list[Any], model_file: str, template: str, out: Path, force:
         items += [(out / f"{name}.png", spectra_image(spectra, title)),
                   (out / f"{name}.json", json.dumps(spectra.to_dict(), indent=1).encode())]
     try:
+        _check_imports(model_file, rules, out, [s.rule for s in results])
         write_files(items, force=force, make_folders=True)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
@@ -161,10 +177,8 @@ def _check_outputs(model_file: str, rules: tuple[str, ...], out: Path,
     try:
         loaded = {(rule, load_rule(rule).id): load_rule(rule).optimizer == "muon"
                   for rule in rules}
-        outputs = [("--out", out / f"spectra_{rule_id}.{ext}")
-                   for _, rule_id in loaded for ext in ("png", "json")]
-        check_distinct(outputs, [("MODEL_FILE", Path(model_file))] + [
-            ("--rule", Path(rule)) for rule in rules if rule.endswith(".toml")])
+        outputs = _outputs(out, [rule_id for _, rule_id in loaded])
+        check_distinct(outputs, named_inputs(model_file, rules=rules))
         check_folder(out, option="--out")
         if out.is_dir():
             for _, path in outputs:

@@ -19,6 +19,7 @@ command line is the *main* file: it gets the muP block; every other file only it
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,8 +62,15 @@ class Project:
         return is_project_file(file, self.root)
 
     def relative(self, file: Path) -> str:
-        """``file`` under the project root, with ``/``: ``mypkg/layers.py``."""
-        return file.resolve().relative_to(self.root).as_posix()
+        """``file`` under the project root, with ``/``: ``mypkg/layers.py``; a symlinked
+        file by its own name, the one it is imported by (where emission writes it)."""
+        parsed = self._files.get(file.resolve())
+        given = parsed.path if parsed is not None else file
+        kept = Path(os.path.realpath(given.parent)) / given.name
+        try:
+            return kept.relative_to(self.root).as_posix()
+        except ValueError:  # the link lies outside the project: its target's place
+            return file.resolve().relative_to(self.root).as_posix()
 
     def files(self) -> list[Parsed]:
         """Every file parsed so far, the main one first."""

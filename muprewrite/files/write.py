@@ -1,7 +1,8 @@
 """The one way this package writes a file: whole or not at all, never over an input.
 
-``write_file`` stages: resolve symlinks (the link stays, its target gets the bytes); refuse
-a folder, a non-regular file, or a read-only file unless ``force``; write a temporary file
+``write_file`` stages: resolve symlinks (the link stays, its target gets the bytes), refusing
+a link that leads out of the output folder (``inside``, by default the folder the path names)
+even with ``force``; refuse a folder, a non-regular file, or a read-only file unless ``force``; write a temporary file
 in the target's folder (created with mode 0o666, so a new file follows the umask); give it
 the old file's owner and mode; ``os.replace`` it over the target. The temporary file is
 removed on any exception, KeyboardInterrupt and SystemExit included.
@@ -44,13 +45,16 @@ class OutputError(MuprewriteError):
     """An output cannot be written where asked, or would overwrite an input."""
 
 
-def write_file(path: str | Path, data: bytes, *, force: bool = False) -> Path:
+def write_file(path: str | Path, data: bytes, *, force: bool = False,
+               inside: str | Path | None = None) -> Path:
     """Replace the contents of ``path`` (or of the file it links to) by ``data``.
 
-    Raises OutputError, leaving ``path`` as it was and no temporary file behind.
+    ``inside``: the folder whose files a symlink may lead to (default: the folder of
+    ``path``, links followed). Raises OutputError, leaving ``path`` as it was and no
+    temporary file behind.
     """
     path = Path(path)
-    real = Path(os.path.realpath(path))
+    real = _contained(path, inside)
     old = _existing(path, real, force=force)
     tmp = None
     try:
@@ -67,14 +71,15 @@ def write_file(path: str | Path, data: bytes, *, force: bool = False) -> Path:
 
 
 def write_files(items: Sequence[tuple[str | Path, bytes]], *, force: bool = False,
-                make_folders: bool = False) -> list[Path]:
+                make_folders: bool = False, inside: str | Path | None = None) -> list[Path]:
     """Replace the contents of every path of ``items`` by its bytes, or of none.
 
-    ``make_folders``: create missing parent folders (removed again on failure). Raises
-    OutputError naming the file that failed, every file as it was and nothing left behind.
+    ``make_folders``: create missing parent folders (removed again on failure); ``inside``:
+    as for ``write_file``, for every path. Raises OutputError naming the file that failed,
+    every file as it was and nothing left behind.
     """
     paths = [Path(p) for p, _ in items]
-    reals = [Path(os.path.realpath(p)) for p in paths]
+    reals = [_contained(p, inside) for p in paths]
     olds = [_existing(p, r, force=force) for p, r in zip(paths, reals, strict=True)]
     run = _Run()
     current = paths[0] if paths else Path()
@@ -188,12 +193,13 @@ def check_folder(path: str | Path, *, option: str = "-o") -> None:
 
 
 def check_output(path: str | Path, *, force: bool = False, may_exist: bool = False,
-                 option: str = "-o") -> None:
+                 option: str = "-o", inside: str | Path | None = None) -> None:
     """Raise OutputError unless ``path`` can be written now: its folder exists and takes a
-    new file, and it is not a folder; an existing file needs ``force`` (or ``may_exist``),
-    a read-only one ``force``. ``option`` names the flag the fix should mention."""
+    new file, it is not a folder, and no symlink leads it out of ``inside`` (as for
+    ``write_file``); an existing file needs ``force`` (or ``may_exist``), a read-only one
+    ``force``. ``option`` names the flag the fix should mention."""
     path = Path(path)
-    real = Path(os.path.realpath(path))
+    real = _contained(path, inside, option)
     old = _existing(path, real, force=force)
     if old is not None and not (force or may_exist):
         raise OutputError(f"{path} exists; pass --force to overwrite it, or another {option}")
@@ -227,6 +233,20 @@ def check_distinct(outputs: Sequence[tuple[str, str | Path]],
             if _same(Path(out), Path(other)):
                 raise OutputError(f"{label} {out} is the same file as {other_label} {other}",
                                   fix=f"pass another {label}")
+
+
+def _contained(path: Path, inside: str | Path | None, option: str = "-o") -> Path:
+    """The file ``path`` resolves to; OutputError when a symlink on the way leads out of
+    ``inside`` (default: the resolved folder of ``path``, so only its last part counts)."""
+    real = Path(os.path.realpath(path))
+    folder = Path(os.path.realpath(path.parent if inside is None else inside))
+    if real.parent != folder and folder not in real.parents:
+        raise OutputError(f"{path} is a symbolic link to {real}, outside the output folder "
+                          f"{folder}; writing through it would change a file there, with or "
+                          "without --force",
+                          fix=f"remove the link, or pass {real} itself as {option} if you mean "
+                              "to replace it")
+    return real
 
 
 def _same(a: Path, b: Path) -> bool:
