@@ -9,6 +9,7 @@ head with themselves. U-ViT repeats two regions (in- and out-blocks around a mid
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -97,6 +98,10 @@ class Flagged(torch.nn.Module):
 def test_a_base_of_another_depth_running_other_ops_says_so() -> None:
     x = torch.randn(2, 4)
     muprewrite.analyze(Flagged(64, 4), x, base=Flagged(32, 2))  # same option: paired
-    with pytest.raises(UsageError, match="match block for block, but its forward runs other "
-                                         "ops than the model's"):
+    with pytest.raises(UsageError, match="differ from the model's only in their layer "
+                                         "indices.*but its forward runs other ops") as info:
         muprewrite.analyze(Flagged(64, 4), x, base=Flagged(32, 2, gelu=False))
+    text = str(info.value)  # one account: the names differ by depth, the ops by an option
+    assert "match block for block" not in text, text  # it said so, then listed unmatched names
+    assert "only the model runs aten.gelu" in text and "only the base runs aten.relu" in text
+    assert f"{Path(__file__).name}:" in text, text  # the line of the op that differs

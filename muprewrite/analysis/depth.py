@@ -22,6 +22,7 @@ from ..dims.align import Alignment, align_depths
 from ..errors import UsageError, first_few
 from .report import Diagnostic, ParamInfo
 from .residual import ResidualStream
+from .source import node_source
 from .streams import Streams, find_streams, param_ratios, stream_ratios
 
 __all__ = ["base_mismatch", "pair_with_base", "check_depths", "in_branches",
@@ -46,10 +47,37 @@ def pair_with_base(model: nn.Module, cap: Capture, base: Capture,
         return None  # one program at two widths (or two programs: the width diff refuses)
     pairing = align_depths(cap, base)
     if pairing is None and renamed:  # names that differ only in layer indices: the ops differ
-        raise base_mismatch(model, ["its parameters match block for block, but its forward runs "
-                                    "other ops than the model's (another option: dropout, "
-                                    "flash attention, a bias, ...)", *renamed[:3]])
+        raise UsageError(
+            f"base is not {type(model).__name__} at another width or depth: its parameter "
+            "names differ from the model's only in their layer indices, as another number of "
+            f"blocks gives ({len(renamed)} differ, e.g. {renamed[0]}), but "
+            "its forward runs other ops, so its blocks cannot be paired with the model's: "
+            f"{_op_difference(cap, base)}",
+            fix="build base with the same constructor and options (activation, dropout, "
+                "flash attention, biases, ...), changing only the width and, under a depth "
+                "rule such as completep, the number of blocks")
     return pairing
+
+
+def _op_difference(cap: Capture, base: Capture) -> str:
+    """The ops one capture runs and the other does not, with the line of the first."""
+    def ops(c: Capture) -> dict[str, torch.fx.Node]:
+        out: dict[str, torch.fx.Node] = {}
+        for node in c.graph.nodes:
+            if node.op == "call_function":
+                out.setdefault(str(node.target), node)
+        return out
+
+    ours, theirs = ops(cap), ops(base)
+    parts = []
+    for who, mine, other in (("the model", ours, theirs), ("the base", theirs, ours)):
+        only = [target for target in mine if target not in other]
+        if only:
+            src = node_source(mine[only[0]])
+            parts.append(f"only {who} runs {', '.join(only[:3])}"
+                         + (f" (first at {src})" if src is not None else ""))
+    return "; ".join(parts) or ("both run the same ops, in another order or number per block "
+                                "(a block that differs from the others, an extra call)")
 
 
 def check_depths(model: nn.Module, ours: Streams, theirs: Streams, renamed: list[str]) -> None:
