@@ -35,7 +35,9 @@ from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from .rewrite.plan import Plan, param_factors
 from .rules import Rule, load_rule
 
-__all__ = ["param_groups", "plan_of", "unwrap"]
+__all__ = ["param_groups", "plan_of", "unwrap", "NO_DECAY"]
+
+NO_DECAY = (None, "vectors")  # the no_decay policies: the rule's, or none on ndim < 2 too
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -61,7 +63,8 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
                  rule: str | Rule | None = None, lr: float, weight_decay: float = 0.0,
                  eps: float = 1e-8, adam_lr: float | None = None,
                  adam_weight_decay: float | None = None,
-                 hparams: HParamsLike = None) -> list[dict[str, Any]]:
+                 hparams: HParamsLike = None, no_decay: str | None = None
+                 ) -> list[dict[str, Any]]:
     """Split ``model``'s trainable parameters into groups scaled per the muP rule.
 
     Build the groups after wrapping or sharding (DDP, FSDP2's ``fully_shard``,
@@ -89,11 +92,20 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     ``apply``, they are the ones given to ``apply`` (passing others is refused); with a
     ``report``, their learning-rate multipliers go into the groups (the forward multipliers
     need ``apply``).
+
+    ``no_decay``: which parameters get no weight decay at all. None (default): the rule
+    decides (every parameter takes its scaled weight decay, except vector-like ones under a
+    rule with ``vector_weight_decay = "none"``); ``"vectors"``: also every parameter with
+    fewer than 2 dimensions (biases, norm gains), nanoGPT's and most trainers' convention.
     """
     if not isinstance(model, nn.Module):
         raise UsageError(f"param_groups needs the model (an nn.Module), got "
                          f"{type(model).__name__}", fix="param_groups(model, lr=...)")
     _check_numbers(lr=lr, weight_decay=weight_decay, eps=eps)
+    if no_decay not in NO_DECAY:
+        raise UsageError(f"no_decay={no_decay!r} is not a policy: {', '.join(map(repr, NO_DECAY))}",
+                         fix='no_decay="vectors" (no weight decay on biases and norm gains), or '
+                             "leave it out (the rule's weight decay on every parameter)")
     model = unwrap(model)  # torch.compile / DDP wrappers: the names are the model's own
     plan = plan_of(model)
     if getattr(model, PENDING_ATTR, False):
@@ -142,10 +154,11 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
         if not param.requires_grad:
             continue
         f = factors[name]
-        key = (f.muon, f.lr, f.weight_decay, f.eps)
+        decay = 0.0 if no_decay == "vectors" and param.dim() < 2 else f.weight_decay
+        key = (f.muon, f.lr, decay, f.eps)
         if key not in groups:
             base_lr, base_wd = values[f.muon]
-            group_lr, group_wd = base_lr * f.lr, base_wd * f.weight_decay
+            group_lr, group_wd = base_lr * f.lr, base_wd * decay
             if coupling == "independent" and group_wd:  # torch decays by lr * wd
                 if not group_lr:
                     raise UsageError(f"{name!r}: an independent weight decay is handed to "

@@ -41,7 +41,8 @@ def optimizer(model: nn.Module, report: Report | None = None, *, rule: str | Rul
               adam_weight_decay: float | None = None, eps: float = 1e-8,
               betas: tuple[float, float] = (0.9, 0.999), momentum: float | None = None,
               nesterov: bool = True, adjust_lr_fn: str | None = None,
-              hparams: HParamsLike = None, **kwargs: Any) -> torch.optim.Optimizer:
+              hparams: HParamsLike = None, no_decay: str | None = None,
+              **kwargs: Any) -> torch.optim.Optimizer:
     """The optimizer a rule is derived for, over ``param_groups(model, ...)``.
 
     ``lr``, ``weight_decay`` (and ``adam_lr``, ``adam_weight_decay`` under a Muon rule) are
@@ -49,11 +50,13 @@ def optimizer(model: nn.Module, report: Report | None = None, *, rule: str | Rul
     as for :func:`muprewrite.param_groups` (a model from ``apply`` needs neither).
     ``momentum``: SGD's (default 0) or Muon's (default 0.95). ``adjust_lr_fn``: leave it out;
     if given, it must be the one the Muon rule was derived for. ``kwargs`` go to AdamW / SGD
-    (e.g. ``fused=True``). ``hparams`` as for :func:`muprewrite.param_groups`.
+    (e.g. ``fused=True``). ``hparams`` and ``no_decay`` (default None: the rule's weight decay;
+    ``"vectors"``: none on biases and norm gains) as for :func:`muprewrite.param_groups`.
     """
     family = _family(model, rule)
     groups = param_groups(model, report, rule=rule, lr=lr, weight_decay=weight_decay, eps=eps,
-                          adam_lr=adam_lr, adam_weight_decay=adam_weight_decay, hparams=hparams)
+                          adam_lr=adam_lr, adam_weight_decay=adam_weight_decay, hparams=hparams,
+                          no_decay=no_decay)
     if family == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum or 0.0, **kwargs)
     if family == "adam":

@@ -238,3 +238,64 @@ def test_the_cli_check_names_a_changed_muon_optimizer(emitted: dict[str, Path]) 
     assert result.exit_code == 1 and len(errors) == 1, result.output
     assert re.search(r"eps 1e-08 in mup_optimizer, 1e-07 in muprewrite\.optimizer", errors[0])
     assert "Traceback" not in result.output
+
+
+def _by_name(groups: list[dict], model: torch.nn.Module) -> dict[str, tuple]:
+    """name -> (lr, weight decay, eps) of each parameter's group."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    return {names[id(p)]: (g["lr"], g["weight_decay"], g.get("eps")) for g in groups
+            for p in g["params"]}
+
+
+@pytest.mark.parametrize("rule", ["mup-wd-sqrt", _rule_param("mup-muon")])
+def test_no_decay_vectors_alike_in_all_three_paths(emitted: dict[str, Path], rule: str) -> None:
+    """no_decay="vectors": weight decay 0 on every parameter with fewer than 2 dimensions, the
+    rest as the rule says; param_groups, muprewrite.optimizer and the emitted
+    mup_param_groups / mup_optimizer agree parameter by parameter."""
+    with float64():
+        module, model, runtime = _models(emitted[rule], rule)
+    rule_only = _by_name(muprewrite.param_groups(runtime, **VALUES[rule]), runtime)
+    paths = [_by_name(muprewrite.param_groups(runtime, **VALUES[rule], no_decay="vectors"),
+                      runtime),
+             _by_name(muprewrite.optimizer(runtime, **VALUES[rule],
+                                           no_decay="vectors").param_groups, runtime),
+             _by_name(module.mup_param_groups(model, **VALUES[rule], no_decay="vectors"), model),
+             _by_name(module.mup_optimizer(model, **VALUES[rule],
+                                           no_decay="vectors").param_groups, model)]
+    assert paths[0] == paths[2] and paths[1] == paths[3]  # (Muon's groups get its eps)
+    assert {n: v[:2] for n, v in paths[1].items()} == {n: v[:2] for n, v in paths[0].items()}
+    assert _by_name(module.mup_param_groups(model, **VALUES[rule]), model) == rule_only
+    shapes = {n: p.dim() for n, p in runtime.named_parameters()}
+    assert any(shapes[n] < 2 and wd for n, (_, wd, _) in rule_only.items()) == (rule != "mup-wd-sqrt")
+    for name, (lr, wd, eps) in paths[0].items():
+        expected = rule_only[name]
+        assert (lr, eps) == (expected[0], expected[2]), name
+        assert wd == (0.0 if shapes[name] < 2 else expected[1]), name
+    with pytest.raises(ValueError, match="no_decay='norms'"):
+        module.mup_param_groups(model, **VALUES[rule], no_decay="norms")
+    with pytest.raises(muprewrite.MuprewriteError, match="no_decay='norms' is not a policy"):
+        muprewrite.param_groups(runtime, **VALUES[rule], no_decay="norms")
+
+
+def test_a_layer_added_after_mup_init_is_refused(emitted: dict[str, Path]) -> None:
+    """A subclass that adds a layer after the emitted __init__ ran mup_init(self): the layer
+    has no partner in the base and no factor; the emitted groups refuse it by name (they gave
+    it factor 1)."""
+    module = import_without_muprewrite(emitted["mup-wd-sqrt"])
+
+    class WithAdapter(module.GPT):  # type: ignore[name-defined,misc]
+        def __init__(self, **kw: int) -> None:
+            super().__init__(**kw)
+            self.adapter = torch.nn.Linear(kw["n_embd"], kw["n_embd"])
+
+    model = WithAdapter(**SIZE, n_embd=64)
+    for build in (module.mup_param_groups, module.mup_optimizer):
+        with pytest.raises(ValueError, match=r"changed since mup_init.*adapter\.(bias|weight)"):
+            build(model, lr=1e-2, weight_decay=0.1)
+    plain = module.GPT(**SIZE, n_embd=64)
+    module.mup_param_groups(plain, lr=1e-2)  # unchanged: accepted
+    with torch.no_grad():  # a parameter reshaped since mup_init: its factors change
+        plain.transformer.h[0].mlp.c_fc.weight = torch.nn.Parameter(torch.zeros(256, 128))
+    with pytest.raises(ValueError, match=r"factors of transformer\.h\.0\.mlp\.c_fc\.weight "
+                                         r"changed since mup_init"):
+        module.mup_param_groups(plain, lr=1e-2)

@@ -150,13 +150,16 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
                  unused: Sequence[str], multipliers: Mapping[str, Mapping[str, str]],
                  d_head: Mapping[str, int], training: Training, imports: Sequence[str],
                  elsewhere: Sequence[tuple[str, int, str]] = (),
-                 depth: DepthBlock | None = None, tuned: TunedBlock | None = None) -> str:
+                 depth: DepthBlock | None = None, tuned: TunedBlock | None = None,
+                 guard: tuple[Sequence[str], str] = ((), "")) -> str:
     """The module-level code added after the file's imports. ``training``: the optimizer
     the rule is for (``mup_param_groups``, ``mup_optimizer``); ``elsewhere``: (constant,
     size, file) of the head size constants that only other files use (defined there);
     ``depth``: under a depth rule, the residual blocks and branch hosts (``MUP_PARAMS`` is
     then keyed by the base's parameters, each with its m_L exponent); ``tuned``: the base
-    hyperparameters, when the file is emitted with them (see ``tuned.py``)."""
+    hyperparameters, when the file is emitted with them (see ``tuned.py``); ``guard``: the
+    table and the function with which ``mup_init`` refuses a head size that an unedited
+    attention cannot take (see ``head_guard.py``; width rules only)."""
     out = [*imports, "" if imports else None, "",
            f'# ---- muP (written by muprewrite, rule "{comment_text(rule)}") ' + "-" * 40, "",
            f"MUP_RULE = {string(rule)}",
@@ -193,6 +196,10 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     out.append("}")
     middle = _WIDTH.format() if depth is None else depth_functions()
     parts = [_PREAMBLE.format(base_call=base_call)]
+    if guard[1] and depth is None:
+        out += guard[0]
+        parts.append(guard[1])
+        middle = middle.replace(_BUILDING, _BUILDING + "    _mup_check_head_sizes(model)\n")
     if tuned is not None:
         out += tuned.tables()
         parts.append(tuned.functions())
@@ -201,6 +208,8 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     return "\n".join(line for line in out if line is not None)
 
 
+_BUILDING = '''        return  # this is the base model being built
+'''
 _PREAMBLE = '''_MUP_BUILDING_BASE = False
 
 

@@ -34,6 +34,7 @@ from .branches import locate_branches
 from .complete import Edits, complete
 from .depth import DepthBlock
 from .depth_plan import base_entries, depth_block, partners_of
+from .head_guard import GUARD_FUNCTION, head_guards, render_guards
 from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
 from .project import Project
 from .sites import EmitError, Sites, locate
@@ -119,8 +120,11 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     tuned_block = None if tuned is None else TunedBlock(
         tuned, rule.id, collapse(classes_of(report, partners)), sites.lookups,
         bool(sites.attention), depth is not None, card_name(hparams))
+    guards, unguarded = (head_guards(model, base, report, rule) if depth is None and tuned is None
+                         else ({}, []))  # attention left unedited: mup_init checks its head size
     block = _block_for(report, rule, sites, seed, base_call, project.parsed(path).wrapper.module,
-                       depth, partners, tuned_block)
+                       depth, partners, tuned_block,
+                       (render_guards(guards), GUARD_FUNCTION if guards else ""))
     rescaled = sum(1 for info in report if info.role in ("input", "hidden", "output"))
     files, changes = assemble(project, edits, sites, root=type(model).__name__, rule=rule,
                               base_call=base_call, block=block, rescaled=rescaled,
@@ -129,6 +133,12 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
                                   "as muprewrite.apply(..., hparams=...) does"))
     first = files[0]
     unused = report.uncaptured({n: tuple(p.shape) for n, p in base.named_parameters()})
+    if unguarded:
+        changes = (*changes, f"WARNING: attention at {', '.join(unguarded[:5])} has no logit "
+                   "edit (its head size is the same in --base and --model), and no attribute "
+                   "of its module holds its head size for mup_init to check: the file is right "
+                   "only at widths that keep that head size; emit from a --base and --model "
+                   "whose head sizes differ to edit it")
     if unused:  # no factor for them: the forward may use them on a path no capture ran
         changes = (*changes, f"WARNING: {len(unused)} trainable parameter(s) that grow with "
                    f"width are used by no captured op and get no muP factor: "
@@ -163,7 +173,8 @@ def _check_root(project: Project, user: ModuleType, model: torch.nn.Module, path
 
 def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: str,
                module: cst.Module, depth: DepthBlock | None, partners: Mapping[str, str],
-               tuned: TunedBlock | None = None) -> BlockFor:
+               tuned: TunedBlock | None = None,
+               guard: tuple[Sequence[str], str] = ((), "")) -> BlockFor:
     """The main file's block, given the head size constants it defines and those defined
     elsewhere. Under a depth rule (``depth``) the entries are keyed by the base's parameters
     (``partners``: model parameter -> base parameter)."""
@@ -179,7 +190,7 @@ def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: s
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
                             training=_training(rule), imports=imports,
-                            elsewhere=elsewhere, depth=depth, tuned=tuned)
+                            elsewhere=elsewhere, depth=depth, tuned=tuned, guard=guard)
 
     return block
 

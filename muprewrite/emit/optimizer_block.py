@@ -37,47 +37,85 @@ def flag_comments(training: Training) -> list[str]:
 
 def optimizer_functions(training: Training) -> list[str]:
     """``mup_param_groups`` and ``mup_optimizer``, and under a Muon rule the class that steps
-    Muon and AdamW as one optimizer. A rule that trains as ``mup`` does (AdamW or SGD, the
-    weight decay coupled to the lr and scaled on every parameter) gets the plain ``_GROUPS``."""
-    decay, decay_line = 'f.get("weight_decay", 1.0)', ""
-    if not training.vector_decay:
-        decay = "decay"
-        decay_line = f'        decay = 0.0 if "{NO_DECAY_FLAG}" in f else f.get("weight_decay", 1.0)\n'
-    helper = _INDEPENDENT if training.independent else ""
+    Muon and AdamW as one optimizer; ``_mup_model`` (the model mup_init saw, or a refusal) and
+    ``_mup_decay`` (the weight decay factor, with the ``no_decay`` policy) before them."""
+    flag = "" if training.vector_decay else f'"{NO_DECAY_FLAG}" in f or '
+    shared = _MODEL + "\n\n" + _DECAY.format(flag=flag) + "\n\n"
+    helper = shared + (_INDEPENDENT if training.independent else "")
     if training.optimizer == "muon":
         call = "            _mup_independent_decay(group, name)\n" if training.independent else ""
-        groups = _MUON_GROUPS.format(flag=MUON_FLAG, decay=decay, decay_line=decay_line,
-                                     independent=call, adjust=_string(training.adjust_lr_fn))
+        groups = _MUON_GROUPS.format(flag=MUON_FLAG, independent=call,
+                                     adjust=_string(training.adjust_lr_fn), policy=_POLICY)
         return [helper + groups, _MUON_CLASS, _MUON_OPTIMIZER]
     eps = ', "eps": eps * key[2]' if training.optimizer == "adam" else ""
-    key = f'{decay_line}        key = (f.get("lr", 1.0), {decay}, f.get("eps", 1.0))'
     group = ('            groups[key] = {"params": [], "lr": lr * key[0], '
              f'"weight_decay": weight_decay * key[1]{eps}}}')
     if training.independent:
         group += "\n            _mup_independent_decay(groups[key], name)"
-    return [helper + _GROUPS.format(key=key, group=group), _OPTIMIZER[training.optimizer]]
+    return [helper + _GROUPS.format(group=group, policy=_POLICY), _OPTIMIZER[training.optimizer]]
 
 
 def _string(value: str | None) -> str:
     return "None" if value is None else f'"{value}"'
 
 
-_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
-                     eps: float = 1e-8) -> list[dict]:
-    """Optimizer groups from the values tuned at base width, e.g.
-    torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1))."""
+_POLICY = '''no_decay="vectors": weight decay 0 on every parameter with fewer than 2 dimensions
+    (biases, norm gains; nanoGPT's convention); None (default): the rule's weight decay on
+    every parameter.'''
+
+_MODEL = '''def _mup_model(model: torch.nn.Module) -> torch.nn.Module:
+    """The model inside torch.compile / DDP wrappers, refused unless it has the parameters
+    mup_init saw: one added or reshaped since (a layer a subclass adds after __init__, a new
+    head) would get no factor."""
+    global _MUP_BUILDING_BASE
     while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
         inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
         if inner is None:
             raise ValueError("muP: the model has no mup_factors; its __init__ must end with "
                              "mup_init(self) (or call mup_init(model) once it is built)")
         model = inner
+    _MUP_BUILDING_BASE = True
+    try:
+        base = mup_base_model()
+    finally:
+        _MUP_BUILDING_BASE = False
+    try:
+        now = mup_factors(model, base)
+    except ValueError as error:
+        raise ValueError(f"muP: the model changed since mup_init(model), and a parameter with "
+                         f"no partner in the base has no muP factor: {str(error)[5:]}; put the "
+                         "layer in the class this file was emitted for, and emit it again") from None
+    changed = sorted(n for n in now.keys() | model.mup_factors.keys()
+                     if now.get(n) != model.mup_factors.get(n))
+    if changed:
+        raise ValueError(f"muP: the factors of {', '.join(changed[:10])} changed since "
+                         "mup_init(model) (a parameter reshaped, or MUP_* constants set after "
+                         "the model was built); call mup_init(model) again after the edit")
+    return model
+'''
+
+_DECAY = '''def _mup_decay(f: dict, param: torch.nn.Parameter, no_decay: str | None) -> float:
+    """The factor on the weight decay of a parameter with factors ``f``."""
+    if no_decay not in (None, "vectors"):
+        raise ValueError(f"muP: no_decay={{no_decay!r}}: pass None (the rule's weight decay) or "
+                         "\\"vectors\\" (none on parameters with fewer than 2 dimensions)")
+    if {flag}no_decay == "vectors" and param.dim() < 2:
+        return 0.0
+    return f.get("weight_decay", 1.0)
+'''
+
+_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, weight_decay: float = 0.0,
+                     eps: float = 1e-8, no_decay: str | None = None) -> list[dict]:
+    """Optimizer groups from the values tuned at base width, e.g.
+    torch.optim.AdamW(mup_param_groups(model, lr=3e-4, weight_decay=0.1)).
+    {policy}"""
+    model = _mup_model(model)
     groups: dict[tuple, dict] = {{}}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         f = model.mup_factors.get(name, {{}})
-{key}
+        key = (f.get("lr", 1.0), _mup_decay(f, param, no_decay), f.get("eps", 1.0))
         if key not in groups:
 {group}
         groups[key]["params"].append(param)
@@ -99,54 +137,55 @@ _INDEPENDENT = '''def _mup_independent_decay(group: dict, name: str) -> None:
 _OPTIMIZER = {
     "adam": '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
                   weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                  eps: float = 1e-8, **kwargs) -> torch.optim.Optimizer:
+                  eps: float = 1e-8, no_decay: str | None = None,
+                  **kwargs) -> torch.optim.Optimizer:
     """torch.optim.AdamW over mup_param_groups, from the values tuned at base width, e.g.
     mup_optimizer(model, lr=3e-4, weight_decay=0.1); kwargs go to AdamW (betas=, fused=).
-    adam_lr and adam_weight_decay are for Muon rules: this rule steps everything with AdamW."""
+    adam_lr and adam_weight_decay are for Muon rules: this rule steps everything with AdamW.
+    no_decay as for mup_param_groups."""
     if adam_lr is not None or adam_weight_decay is not None:
         raise ValueError(f'muP rule "{MUP_RULE}" steps every parameter with AdamW: pass its '
                          "lr= and weight_decay=, not adam_lr= or adam_weight_decay=")
-    groups = mup_param_groups(model, lr, weight_decay, eps)
+    groups = mup_param_groups(model, lr, weight_decay, eps, no_decay)
     return torch.optim.AdamW(groups, lr=lr, eps=eps, **kwargs)
 ''',
     "sgd": '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
                   weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                  eps: float = 1e-8, **kwargs) -> torch.optim.Optimizer:
+                  eps: float = 1e-8, no_decay: str | None = None,
+                  **kwargs) -> torch.optim.Optimizer:
     """torch.optim.SGD over mup_param_groups, from the values tuned at base width, e.g.
     mup_optimizer(model, lr=0.1, momentum=0.9); kwargs go to SGD. eps (Adam's), adam_lr and
-    adam_weight_decay (Muon rules') do not apply: this rule steps everything with SGD."""
+    adam_weight_decay (Muon rules') do not apply: this rule steps everything with SGD.
+    no_decay as for mup_param_groups."""
     if adam_lr is not None or adam_weight_decay is not None:
         raise ValueError(f'muP rule "{MUP_RULE}" steps every parameter with SGD: pass its '
                          "lr= and weight_decay=, not adam_lr= or adam_weight_decay=")
-    return torch.optim.SGD(mup_param_groups(model, lr, weight_decay), lr=lr, **kwargs)
+    return torch.optim.SGD(mup_param_groups(model, lr, weight_decay, no_decay=no_decay), lr=lr,
+                           **kwargs)
 ''',
 }
 
 _MUON_GROUPS = '''def mup_param_groups(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
                      weight_decay: float = 0.0, adam_weight_decay: float | None = None,
-                     eps: float = 1e-8) -> list[dict]:
+                     eps: float = 1e-8, no_decay: str | None = None) -> list[dict]:
     """Optimizer groups from the values tuned at base width: torch.optim.Muon's for the hidden
     matrices (lr, weight_decay), torch.optim.AdamW's for the rest (adam_lr, adam_weight_decay,
     default weight_decay, and eps); group["optimizer"] says which. mup_optimizer(model,
-    lr=0.02, adam_lr=3e-3) builds the pair."""
+    lr=0.02, adam_lr=3e-3) builds the pair.
+    {policy}"""
     if adam_lr is None:
         raise ValueError(f'muP rule "{{MUP_RULE}}" steps the hidden matrices with Muon (lr=) and '
                          "the rest with AdamW, whose learning rate adam_lr= is missing")
     if adam_weight_decay is None:
         adam_weight_decay = weight_decay
-    while not hasattr(model, "mup_factors"):  # inside torch.compile / DDP wrappers
-        inner = getattr(model, "_orig_mod", None) or getattr(model, "module", None)
-        if inner is None:
-            raise ValueError("muP: the model has no mup_factors; its __init__ must end with "
-                             "mup_init(self) (or call mup_init(model) once it is built)")
-        model = inner
+    model = _mup_model(model)
     groups: dict[tuple, dict] = {{}}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
         f = model.mup_factors.get(name, {{}})
         muon = "{flag}" in f  # a hidden matrix
-{decay_line}        key = (muon, f.get("lr", 1.0), {decay}, f.get("eps", 1.0))
+        key = (muon, f.get("lr", 1.0), _mup_decay(f, param, no_decay), f.get("eps", 1.0))
         if key not in groups:
             if muon:
                 group = {{"params": [], "lr": lr * key[1], "weight_decay": weight_decay * key[2],
@@ -205,16 +244,17 @@ _MUON_CLASS = '''class MupMuonWithAdamW(torch.optim.Optimizer):
 _MUON_OPTIMIZER = '''def mup_optimizer(model: torch.nn.Module, lr: float, adam_lr: float | None = None,
                   weight_decay: float = 0.0, adam_weight_decay: float | None = None,
                   eps: float = 1e-8, momentum: float = 0.95, nesterov: bool = True,
-                  **kwargs) -> torch.optim.Optimizer:
+                  no_decay: str | None = None, **kwargs) -> torch.optim.Optimizer:
     """torch.optim.Muon on the hidden matrices (lr, weight_decay, momentum, nesterov) and
     torch.optim.AdamW on the rest (adam_lr, adam_weight_decay, eps; kwargs: betas=, ...), as
     one optimizer, from the values tuned at base width, e.g. mup_optimizer(model, lr=0.02,
-    adam_lr=3e-3, weight_decay=0.01)."""
+    adam_lr=3e-3, weight_decay=0.01). no_decay as for mup_param_groups."""
     if not hasattr(torch.optim, "Muon"):
         raise RuntimeError(f'muP rule "{MUP_RULE}" steps the hidden matrices with '
                            f"torch.optim.Muon, which torch {torch.__version__} lacks: it needs "
                            "PyTorch >= 2.9")
-    groups = mup_param_groups(model, lr, adam_lr, weight_decay, adam_weight_decay, eps)
+    groups = mup_param_groups(model, lr, adam_lr, weight_decay, adam_weight_decay, eps,
+                              no_decay)
     muon = [g for g in groups if g["optimizer"] == "muon"]
     adamw = [g for g in groups if g["optimizer"] == "adamw"]
     return MupMuonWithAdamW(
