@@ -38,6 +38,8 @@ from .residual import ResidualStream
 
 __all__ = ["Streams", "find_streams", "stream_ratios", "param_ratios"]
 
+_INLINE = "<an add in the root forward>"  # the block of a branch no module hosts
+
 
 @dataclass(frozen=True)
 class Streams:
@@ -129,7 +131,8 @@ def find_streams(cap: Capture, residuals: ResidualStream) -> Streams:
     for i in range(len(branches)):
         members.setdefault(union.find(i), []).append(i)
     groups = sorted((tuple(m) for m in members.values()), key=lambda g: g[0])
-    calls = tuple(tuple(dict.fromkeys((keys[i], branches[i].block) for i in g)) for g in groups)
+    labels = [_INLINE if b.block == b.add else b.block for b in branches]
+    calls = tuple(tuple(dict.fromkeys((keys[i], labels[i]) for i in g)) for g in groups)
     return Streams(tuple(groups), calls)
 
 
