@@ -5,7 +5,8 @@ parameters then differ in name (``blocks.7.*`` has no namesake in a 2-block base
 are paired by position instead (``dims/align.py``): block i of the model with a block of the
 base, the stem and the head by name. A base that differs in anything else is refused with
 the unmatched names, as before. Whether a depth difference is *allowed* is the rule's call
-(a width-only rule refuses it when planning); the analysis only measures it.
+(a width-only rule refuses it when planning); the analysis only measures it, in block calls
+per residual stream (``streams.py``: m_L per branch and per parameter inside branches).
 """
 
 from __future__ import annotations

@@ -2,7 +2,10 @@
 
 ``depth_block``: the residual blocks (the analysis' blocks, layer index ``*``), checked to
 count as the analysis counted them in the model and in the base, and the modules whose
-classes hold an edited residual add. ``partners_of``: the pairing the emitted ``mup_init``
+classes hold an edited residual add. The emitted file counts blocks by module name and
+measures one m_L: a block called more than once (one object applied in a loop, listed twice)
+or a model with several residual streams (an encoder and a decoder, each its own depth) is
+refused here, with ``muprewrite.apply`` as the fix (it counts calls, per stream). ``partners_of``: the pairing the emitted ``mup_init``
 will make (``runtime._mup_pair``, run here on the meta-device models), refused where a
 parameter has no partner. ``base_entries``: ``MUP_PARAMS`` keyed by the base's parameters,
 so that a model of any depth finds each parameter's entry through its partner.

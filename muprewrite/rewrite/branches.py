@@ -7,6 +7,10 @@ with a forward hook on the module: ``state_dict`` keys do not change, ``torch.co
 traces through the hook, FSDP2/DDP wrap the module as before. A branch that ends in an op of
 the block's own forward (``x + F.gelu(self.fc(x))``) has no such module: refused, with the
 line of the add and the fix.
+
+m_L is that of the branch's own residual stream (``Report.branch_depths``, counted in block
+calls, see ``analysis/streams.py``): a hook runs once per call, so a block object applied L
+times is scaled once per call; one module object listed under several paths gets one hook.
 """
 
 from __future__ import annotations
