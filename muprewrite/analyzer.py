@@ -39,6 +39,7 @@ from .analysis.diagnose import (
     solver_diagnostics,
 )
 from .analysis.empty import check_zero_size, zero_size_notes
+from .analysis.guesses import guess_diagnostics
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
 from .analysis.residual import find_residuals
 from .analysis.source import node_module, node_source
@@ -138,6 +139,10 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
     say("classifying parameters")
     facts = _facts(model, base, pairing.params if pairing is not None else {})
     params, param_diags = classify_params(cap, dims, facts)
+    if base is None:
+        param_diags += guess_diagnostics(
+            cap, axes, dims, marks, sites, params,
+            [d.where for d in diags if d.code == "width-sized-constant"])
     params = in_branches(params, depths)
     report = Report(
         model=type(model).__name__,

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .report import Report
 
-__all__ = ["render_table"]
+__all__ = ["GUESSES", "render_table"]
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
 
@@ -58,6 +58,11 @@ def _collapse(rows: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
     return out
 
 
+# diagnostics that name a parameter whose single-capture role is a guess
+GUESSES = frozenset({"width-sized-constant", "constant-pinned", "heads-guess",
+                     "free-table-guess", "routing-width"})
+
+
 def render_table(report: Report, collapse: bool = True) -> str:
     rows: list[tuple[str, ...]] = []
     for p in report:
@@ -90,6 +95,11 @@ def render_table(report: Report, collapse: bool = True) -> str:
             f"{b.name}{_axes(b.shape, b.width_axes)}" for b in report.buffers))
     for text in report.assumptions:
         lines.append(f"assumed: {text}")
+    guesses = {d.where for d in report.diagnostics
+               if d.code in GUESSES and d.where in report.params}
+    if report.mode == "single":
+        named = f" ({len(guesses)} parameter(s) warned below)" if guesses else ""
+        lines.append(f"roles from one capture are inferred{named}: pass --base to be sure")
     for d in report.diagnostics:
         if d.severity != "info":
             fix = f" (fix: {d.fix})" if d.fix else ""

@@ -30,7 +30,7 @@ from .registry import lookup
 from .rules.create import constant
 from .solve import Dims, Mark, solve
 
-__all__ = ["SizedConstant", "width_sized_constants"]
+__all__ = ["SizedConstant", "width_sized_constants", "pinned_by_constants"]
 
 
 @dataclass(frozen=True)
@@ -50,15 +50,10 @@ def width_sized_constants(cap: Capture, graph: AxisGraph, dims: Dims,
     """Parameter axes whose finiteness rests on a constant of the size of a width axis it
     meets; see the module docstring. ``marks``: those ``dims`` was solved with."""
     candidates = _candidates(graph, dims)
-    constants = _constant_nodes(cap)
-    seeds = [s for s in graph.seeds if s.strength == Strength.WEAK and s.node in constants]
+    seeds = _constant_seeds(cap, graph)
     if not candidates or not seeds:
         return []
-    dropped = set(seeds)
-    others = [s for s in graph.seeds if s not in dropped]
-    without = solve(replace(graph, seeds=others), list(marks))
-    flipped = {c for axis, c in dims.classes.items()
-               if not dims.is_width(axis) and without.is_width(axis)}
+    flipped = _flipped(graph, dims, marks, seeds)
     params = set(cap.params.values())
     hits = [(axis, owner) for axis, owner in graph.state.items()
             if dims.classes[axis] in candidates and dims.classes[axis] in flipped
@@ -68,6 +63,47 @@ def width_sized_constants(cap: Capture, graph: AxisGraph, dims: Dims,
                           _constant_of(dims.classes, dims.classes[axis], flipped, links, seeds),
                           candidates[dims.classes[axis]])
             for axis, owner in hits]
+
+
+def pinned_by_constants(cap: Capture, graph: AxisGraph, dims: Dims,
+                        marks: Iterable[Mark]) -> list[SizedConstant]:
+    """Parameter axes that are finite only through a constant made in forward, where that
+    constant also pins an axis some weight *produces* (a Mamba scan state
+    ``x.new_zeros(b, d_inner, d_state)`` fixes ``in_proj``'s output size): a weight's output
+    bounded by nothing but a constant is a size taken from the config, very likely the
+    width. DiT's 256 frequencies feed a weight's fan_in only: not listed here."""
+    seeds = _constant_seeds(cap, graph)
+    if not seeds:
+        return []
+    flipped = _flipped(graph, dims, marks, seeds)
+    produced = {dims.classes[fan_out] for _i, fan_out, _n in graph.flows}
+    producers = {dims.classes[fan_out]: node for _i, fan_out, node in graph.flows}
+    pinned = flipped & produced
+    if not pinned:
+        return []
+    params = set(cap.params.values())
+    links = _links(graph, dims.classes)
+    meets = producers[min(pinned)]
+    return [SizedConstant(owner, axis[1], graph.sizes[axis],
+                          _constant_of(dims.classes, dims.classes[axis], flipped, links, seeds),
+                          meets)
+            for axis, owner in graph.state.items()
+            if owner in params and dims.classes[axis] in flipped]
+
+
+def _constant_seeds(cap: Capture, graph: AxisGraph) -> list[Seed]:
+    constants = _constant_nodes(cap)
+    return [s for s in graph.seeds if s.strength == Strength.WEAK and s.node in constants]
+
+
+def _flipped(graph: AxisGraph, dims: Dims, marks: Iterable[Mark],
+             seeds: list[Seed]) -> set[int]:
+    """Classes finite in ``dims`` that grow once the constants' seeds are dropped."""
+    dropped = set(seeds)
+    without = solve(replace(graph, seeds=[s for s in graph.seeds if s not in dropped]),
+                    list(marks))
+    return {c for axis, c in dims.classes.items()
+            if not dims.is_width(axis) and without.is_width(axis)}
 
 
 def _constant_nodes(cap: Capture) -> set[str]:
