@@ -1,8 +1,9 @@
-"""Training-step overhead of the rewritten model: compiled muP model over compiled original.
+"""Training-step overhead of the rewritten model over the original, compiled or (--eager) not.
 
     python benchmarks/overhead.py                  # CPU, both models, rules mup and mup-absorbed
     python benchmarks/overhead.py --device cuda    # on a GPU
     python benchmarks/overhead.py --model dit --steps 100
+    python benchmarks/overhead.py --eager          # uncompiled: the runtime edit as it runs in eager
 
 Heads and d_head both grow from the base (d_head 32 -> 64), so the attention factor and the
 readout multiplier are both in the measured step. One step = forward, backward, AdamW step (the muP model on ``param_groups``, the original on
@@ -11,8 +12,8 @@ round after round, so drift in machine speed hits them alike; the figure is the 
 rounds of each variant's time divided by the original's time in the same round. A second
 compiled copy of the original ("control") measures the noise floor: its ratio would be 1 on
 a quiet machine. The op count of each variant's captured forward graph (dynamo) is printed
-too: it does not depend on the machine. Target (issue 3): <= 1.02 for ``mup``, <= 1.005
-for ``mup-absorbed``.
+too: it does not depend on the machine. Targets: compiled (issue 3) <= 1.02 for ``mup``,
+<= 1.005 for ``mup-absorbed``; eager (issue 20) <= 1.02 for ``mup``.
 """
 
 from __future__ import annotations
@@ -70,23 +71,24 @@ def _step_fn(model: nn.Module, opt: torch.optim.Optimizer, batch: tuple[Any, ...
 
 
 def measure(name: str, width: int, base_width: int, device: str, steps: int,
-            warmup: int) -> dict[str, float]:
+            warmup: int, eager: bool = False) -> dict[str, float]:
     torch.manual_seed(0)
     original, batch = MODELS[name](width, 64, device)
     base, _ = MODELS[name](base_width, 32, device)  # d_head 32 -> 64: attention is rescaled
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     variants: dict[str, Callable[[], float]] = {}
+    compiled: Callable[[nn.Module], Any] = (lambda m: m) if eager else torch.compile
     ops: dict[str, int] = {}
     for label in ("original", "control"):
         plain = copy.deepcopy(original)
         ops[label] = _graph_ops(plain, batch)
-        variants[label] = _step_fn(torch.compile(plain), torch.optim.AdamW(
+        variants[label] = _step_fn(compiled(plain), torch.optim.AdamW(
             plain.parameters(), lr=1e-4, weight_decay=0.1), batch, sync)
     for rule in RULES:
         model = muprewrite.apply(copy.deepcopy(original), batch, base=base, rule=rule)
         ops[rule] = _graph_ops(model, batch)
         groups = muprewrite.param_groups(model, lr=1e-4, weight_decay=0.1)
-        variants[rule] = _step_fn(torch.compile(model), torch.optim.AdamW(groups), batch, sync)
+        variants[rule] = _step_fn(compiled(model), torch.optim.AdamW(groups), batch, sync)
     for label, step in variants.items():  # compile, then warm up
         start = time.perf_counter()
         for _ in range(warmup):
@@ -134,15 +136,20 @@ def main() -> None:
     parser.add_argument("--base-width", type=int, default=128)
     parser.add_argument("--steps", type=int, default=100, help="timed rounds")
     parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--eager", action="store_true",
+                        help="time the models uncompiled (the runtime edit runs as a "
+                             "TorchFunctionMode in every attention host's forward)")
     args = parser.parse_args()
     names = list(MODELS) if args.model == "all" else [args.model]
     device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU"
     print(f"torch {torch.__version__}, {device_name}, width {args.width} "
-          f"(base {args.base_width}), {args.steps} rounds")
+          f"(base {args.base_width}), {args.steps} rounds, "
+          f"{'eager' if args.eager else 'torch.compile'}")
     print("| model | variant | step (median) | time / original (median, IQR) | forward graph ops |")
     print("| --- | --- | --- | --- | --- |")
     for name in names:
-        r = measure(name, args.width, args.base_width, args.device, args.steps, args.warmup)
+        r = measure(name, args.width, args.base_width, args.device, args.steps, args.warmup,
+                    args.eager)
         print(f"| {name} | original | {r['original_ms']:.1f} ms | 1 | {r['original_ops']:.0f} |")
         for label in COMPARED:
             print(f"| {name} | {label} | {r[label + '_ms']:.1f} ms | {r[label]:.4f} "
