@@ -6,7 +6,11 @@ line, with a fix, and no traceback; and a byte/mode/inode snapshot of the folder
 before and after (or changed exactly as the case asks). A spec that ran code would delete
 the sentinel or create ``pwned``.
 
-The cases run concurrently (each is a separate process importing torch), once per session.
+Each case is a process of its own, once per session: ``cli_driver.py`` imports torch and
+muprewrite once and forks one child per case (two at a time), which runs the CLI's ``main``
+as the console script would, in the case's folder; the cases that could hang or fill memory
+on a regression (a FIFO, /dev/zero: ``real``) run the installed ``muprewrite`` script in a
+subprocess, as do the tests that send signals.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 CLI = str(Path(sys.executable).with_name("muprewrite"))
+DRIVER = Path(__file__).with_name("cli_driver.py")
 
 NET = '''"""A small MLP-like model for hostile-input tests."""
 
@@ -192,6 +197,38 @@ references = ["x"]
 lr = { m_in = nan }
 """
 
+# a project file the model imports, holding its readout: outputs must never replace it, and an
+# edit in place changes every file that imports it
+BLOCKS = '''import torch
+from torch import nn
+
+
+class Head(nn.Module):
+    def __init__(self, width: int, n_out: int) -> None:
+        super().__init__()
+        self.lin = nn.Linear(width, n_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.lin(x)
+'''
+
+HEADED = "from blocks import Head\n" + NET + '''
+
+class Headed(Net):
+    def __init__(self, width: int = 32) -> None:
+        super().__init__(width)
+        self.out = Head(width, 4)
+'''
+
+
+def _other_tree(owner: str) -> str:
+    """blocks.py as an emission of ``owner`` (another model) left it under -o DIR/."""
+    from muprewrite.emit.block import render_part_header
+
+    head = render_part_header("blocks.py", owner, "mup", "muP", ["output multiplier"], "32")
+    return "\n".join(head) + "\n" + BLOCKS
+
+
 ARGPARSE = '''import argparse
 parser = argparse.ArgumentParser()
 parser.add_argument("--data", required=True)
@@ -217,6 +254,7 @@ class Case:
     modes: dict[str, int] = field(default_factory=dict)  # chmod before the run
     fifos: tuple[str, ...] = ()  # named pipes made before the run (nobody writes to them)
     code: int = 1  # expected exit status on failure (2: a usage error, as click has it)
+    real: bool = False  # run the installed script in a subprocess, not a forked child
 
 
 def analyze(*args: str, **kw) -> tuple[str, ...]:  # noqa: ANN003
@@ -316,11 +354,11 @@ CASES = [
                            "-o", "out.py"), model=INJECT, changes=frozenset({"out.py"})),
     # --- files -------------------------------------------------------------------------
     Case("fifo-emit", ("pipe.py", *M, "--base", "Net(width=32)", "-o", "out.py"),
-         r"pipe\.py is not a regular file", fifos=("pipe.py",)),
+         r"pipe\.py is not a regular file", fifos=("pipe.py",), real=True),
     Case("fifo-analyze", ("analyze", "pipe.py", *M), r"not a Python source file",
-         fifos=("pipe.py",)),
+         fifos=("pipe.py",), real=True),
     Case("dev-zero-emit", ("zero.py", *M, "--base", "Net(width=32)", "-o", "out.py"),
-         r"zero\.py is not a regular file", links={"zero.py": "/dev/zero"}),
+         r"zero\.py is not a regular file", links={"zero.py": "/dev/zero"}, real=True),
     Case("symlink-in-place", ("src/link.py", *M, "--base", "Net(width=32)", "--in-place"),
          files={"src/real.py": NET}, links={"src/link.py": "real.py"},
          changes=frozenset({"src/real.py"})),
@@ -339,6 +377,42 @@ CASES = [
     Case("output-folder-missing", ("coord-check", "model.py", "--model", "Net(width={width})",
                                    "--widths", "16,32", "-o", "no/such/dir/cc.png"),
          r"does not exist"),
+    # --- outputs never replace what the model reads, nor leave their folder by a link -------
+    Case("coord-json-imported", ("coord-check", "model.py", "--model", "Net(width={width})",
+                                 "--widths", "16,32", "--json", "blocks.py", "--force"),
+         r"--json blocks\.py is the same file as a file MODEL_FILE imports",
+         model=HEADED, files={"blocks.py": BLOCKS}),
+    Case("spectra-link-out", ("spectra", "model.py", "--model", "Net(width={width})", "--widths",
+                              "16,32", "--steps", "1", "--out", "res", "--force"),
+         r"spectra_mup\.json is a symbolic link to .*blocks\.py, outside the output folder",
+         model=HEADED, files={"blocks.py": BLOCKS, "res/keep.txt": ""},
+         links={"res/spectra_mup.json": "../blocks.py"}),
+    Case("spectra-linked-folder", ("spectra", "model.py", "--model", "Net(width={width})",
+                                   "--widths", "16,32", "--steps", "1", "--out", "res",
+                                   "--force"),
+         r"spectra_mup\.json is the same file as a file MODEL_FILE imports",
+         model=HEADED, files={"blocks.py": BLOCKS},
+         links={"res": ".", "spectra_mup.json": "blocks.py"}),
+    Case("emit-link-out", ("model.py", *M, "--base", "Net(width=32)", "-o", "out/net.py",
+                           "--force"),
+         r"out/net\.py is a symbolic link to .*sentinel\.txt, outside the output folder",
+         files={"out/keep.txt": ""}, links={"out/net.py": "../sentinel.txt"}),
+    Case("tree-of-another-model", ("model.py", *M, "--base", "Net(width=32)", "-o", "out/",
+                                   "--force"),
+         r"out/blocks\.py belongs to the muP tree of other\.py.*another folder",
+         model=HEADED, files={"blocks.py": BLOCKS, "out/blocks.py": _other_tree("other.py")}),
+    Case("tree-symlinked-import", ("model.py", "--model", "Headed(width=64)", "--base",
+                                   "Headed(width=32)", "-o", "out/"),
+         model=HEADED, files={"lib/impl.py": BLOCKS}, links={"blocks.py": "lib/impl.py"},
+         changes=frozenset({"out/model.py", "out/blocks.py"})),
+    Case("in-place-shared-file", ("model.py", "--model", "Headed(width=64)", "--base",
+                                  "Headed(width=32)", "--in-place"),
+         r"--in-place would edit .*blocks\.py, which other\.py also import.*--in-place-shared",
+         model=HEADED, files={"blocks.py": BLOCKS, "other.py": "import blocks\n"}),
+    Case("in-place-shared-allowed", ("model.py", "--model", "Headed(width=64)", "--base",
+                                     "Headed(width=32)", "--in-place", "--in-place-shared"),
+         model=HEADED, files={"blocks.py": BLOCKS, "other.py": "import blocks\n"},
+         changes=frozenset({"model.py", "blocks.py"})),
     Case("rule-escapes", ("model.py", *M, "--base", "Net(width=32)", "--rule", "../../etc/passwd"),
          r"rule"),
     Case("rule-nan", ("model.py", *M, "--base", "Net(width=32)", "--rule", "nan.toml"),
@@ -369,7 +443,7 @@ class Outcome:
     after: dict
 
 
-def _run(case: Case, root: Path) -> Outcome:
+def _prepare(case: Case, root: Path) -> Path:
     folder = root / case.id
     folder.mkdir()
     (folder / "model.py").write_text(case.model)
@@ -383,19 +457,42 @@ def _run(case: Case, root: Path) -> Outcome:
         (folder / name).chmod(mode)
     for name in case.fifos:
         os.mkfifo(folder / name)
-    before = _snapshot(folder)
+    return folder
+
+
+def _subprocess(case: Case, folder: Path) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if k != "MUPREWRITE_TRACEBACK"}
     proc = subprocess.run([CLI, *case.argv], cwd=folder, capture_output=True, text=True,
                           timeout=300, env=env, stdin=subprocess.DEVNULL)
-    return Outcome(proc.returncode, proc.stdout, proc.stderr, before, _snapshot(folder))
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def _forked(cases: list[Case], root: Path, io: Path) -> dict[str, tuple[int, str, str]]:
+    """Every case in a child forked by one driver process (see cli_driver.py)."""
+    jobs = [{"id": c.id, "cwd": str(root / c.id), "argv": list(c.argv),
+             "stdout": str(io / f"{c.id}.out"), "stderr": str(io / f"{c.id}.err")}
+            for c in cases]
+    proc = subprocess.run([sys.executable, str(DRIVER)], capture_output=True, text=True,
+                          timeout=1800,
+                          input=json.dumps({"jobs": jobs, "workers": 2, "timeout": 300}))
+    assert proc.returncode == 0, proc.stderr
+    codes = json.loads(proc.stdout)
+    return {c.id: (codes[c.id], (io / f"{c.id}.out").read_text(errors="replace"),
+                   (io / f"{c.id}.err").read_text(errors="replace")) for c in cases}
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Outcome]:
     root = tmp_path_factory.mktemp("hostile")
-    with ThreadPoolExecutor(max_workers=3) as pool:
-        futures = {c.id: pool.submit(_run, c, root) for c in CASES}
-        return {k: f.result() for k, f in futures.items()}
+    io = tmp_path_factory.mktemp("hostile_io")  # outside every case folder
+    folders = {c.id: _prepare(c, root) for c in CASES}
+    before = {k: _snapshot(f) for k, f in folders.items()}
+    real = [c for c in CASES if c.real]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        futures = {c.id: pool.submit(_subprocess, c, folders[c.id]) for c in real}
+        results = _forked([c for c in CASES if not c.real], root, io)
+        results.update({k: f.result() for k, f in futures.items()})
+    return {k: Outcome(*results[k], before[k], _snapshot(f)) for k, f in folders.items()}
 
 
 def _interruptible() -> None:
