@@ -184,7 +184,8 @@ def test_a_space_in_the_file_name(tmp_path: Path) -> None:
     source = emit(tmp_path / "my gpt.py", WIDE, BASE).source
     (tmp_path / "my gpt_mup.py").write_text(source)
     result = CliRunner().invoke(cli, ["check", str(tmp_path / "my gpt_mup.py"), "--model", WIDE,
-                                      "--inputs", INPUTS[0], "--steps", "1"])
+                                      "--inputs", INPUTS[0], "--inputs", INPUTS[1],
+                                      "--steps", "1"])
     assert result.exit_code == 0 and "behaves as muprewrite.apply on my gpt.py" in result.output, \
         result.output
 

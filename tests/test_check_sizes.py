@@ -66,7 +66,7 @@ def test_a_deleted_branch_multiplier_checked_at_the_base_depth_fails(folder: Pat
     assert count == 2
     (folder / "nobranch_mup.py").write_text(broken)
     result = check_emitted(folder / "nobranch_mup.py", ["TinyDiT(width=32, heads=2, depth=1)"],
-                           original=folder / "adaln.py", steps=1)
+                           original=folder / "adaln.py", steps=1, derive=True)
     assert not result.passed and result.divergence is not None
     assert "depth=2" in result.divergence.width or "depth=3" in result.divergence.width
 
@@ -103,6 +103,20 @@ def test_a_tree_file_is_never_its_own_original(tmp_path: Path) -> None:
     assert result.exit_code == 1, result.output
     assert "its own original" in result.output and "--original path/to/mypkg/model.py" \
         in result.output
+    # given the original, the edits of mypkg/layers.py are traced too (found through the
+    # modules the emitted file imported); one guarded by a branch no run takes is named
+    layers = out / "mypkg" / "layers.py"
+    text = layers.read_text()
+    line = next(i for i, s in enumerate(text.splitlines()) if "(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5" in s)
+    lines = text.splitlines()
+    indent = lines[line][:len(lines[line]) - len(lines[line].lstrip())]
+    lines[line:line + 1] = [f"{indent}if q.shape[-1] < 0:  # never", f"    {lines[line]}",
+                            f"{indent}else:", f"    {lines[line]}"]
+    layers.write_text("\n".join(lines) + "\n")
+    result = runner.invoke(cli, ["check", str(main), "--model", "Net(ModelConfig(width=64))",
+                                 "--original", str(project / "mypkg/model.py"), "--steps", "1"])
+    assert result.exit_code == 3, result.output
+    assert f"layers.py:{line + 2}:" in result.output and "if q.shape[-1] < 0:" in result.output
 
 
 @pytest.mark.slow

@@ -52,6 +52,7 @@ from ..hparams import HParams, HParamsLike, as_hparams
 from ..input_sets import InputSets, input_sets
 from ..rules import Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
+from ..spec.project import project_root
 from .check_coverage import Edit, edits_of, header_sites, traced, unexercised
 from .check_header import base_call, cross_check, original_of, read_header
 from .check_optim import NAMES, optimizers, training
@@ -68,9 +69,11 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
                   original: str | Path | None = None, rule: str | None = None, steps: int = 5,
                   base: str | None = None, hparams: HParamsLike = None,
                   progress: Callable[[str], None] | None = None,
-                  derive: bool = True) -> SourceCheck:
+                  derive: bool = False) -> SourceCheck:
     """Check the emitted file ``path`` at its base width and at each spec in ``models``
-    (and, with ``derive``, at the widths and depths ``check_specs`` adds).
+    (and, with ``derive``, at the widths and depths ``check_specs`` adds, and a ``--model``
+    at the base width alone is refused: ``muprewrite check`` derives unless told not to;
+    here the caller chooses the sizes).
 
     ``base``: the base ``apply`` gets, when the models are built with options (flags) that
     the emitted file's base call lacks; default that call. Same widths, same parameters.
@@ -81,7 +84,9 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
     text = read_source(path).text
     header = read_header(path, text)
     source = original_of(path, header, original)
-    emitted, user = load_module(path), load_module(source)
+    emitted = load_module(path)
+    files = [path, *_parts(path)]  # before the original's import forgets the tree's modules
+    user = load_module(source)
     written_base = base_call(emitted, path)
     base_text = base or written_base
     result = SourceCheck(path, source, rule or header.rule, hparams=file_hparams(emitted, path))
@@ -98,7 +103,6 @@ def check_emitted(path: str | Path, models: Sequence[str], *, inputs: Sequence[s
         plan = plan_sizes(user, base_text, specs, loaded.has_depth)
         specs += plan.derived
         result.notes += plan.notes
-    files = [path, *_parts(path)]
     edits = [e for f in files for e in _edits(f, path, source)]
     say = progress or (lambda _m: None)
     with traced(files) as seen:
@@ -116,8 +120,9 @@ def _run(result: SourceCheck, emitted: ModuleType, user: ModuleType, base_text: 
          say: Callable[[str], None]) -> str | None:
     """Every size in float64; a model that computes in float32 whatever the default dtype
     (it fails in float64 with a dtype error) is run again in float32. Returns the note."""
+    kept = len(result.compared)  # the card's line, when one was given
     for dtype, tol in ((torch.float64, RTOL), (torch.float32, RTOL_FLOAT32)):
-        result.compared.clear()
+        del result.compared[kept:]
         try:
             with default_dtype(dtype):
                 for n, spec in enumerate(specs):
@@ -145,7 +150,7 @@ def _parts(path: Path) -> list[Path]:
     """The other emitted files of an ``-o DIR/`` tree that the emitted module imported."""
     from ..emit.block import part_of
 
-    here = os.path.realpath(path.parent)
+    here = os.path.realpath(project_root(path))
     out = []
     for module in list(sys.modules.values()):
         file = getattr(module, "__file__", None)
@@ -164,7 +169,9 @@ def _edits(file: Path, main: Path, source: Path) -> list[Edit]:
     lists (mapped from the original file, found beside ``source`` as the file is beside
     ``main``)."""
     text = read_source(file).text
-    original = source if file == main else source.parent / file.relative_to(main.parent)
+    original = source if file == main else (
+        project_root(source) / Path(os.path.realpath(file)).relative_to(
+            os.path.realpath(project_root(main))))
     try:
         before = read_source(original).text if original.is_file() else None
     except MuprewriteError:
