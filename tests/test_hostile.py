@@ -221,6 +221,20 @@ class Headed(Net):
 '''
 
 
+TRAIN = '''def train_trial(run):
+    x = run.model.example_inputs()[0]
+    for step in range(1, run.steps + 1):
+        loss = run.model(x).square().mean()
+        run.optimizer.zero_grad()
+        loss.backward()
+        run.optimizer.step()
+        run.report(step, loss.item())
+    return loss.item()
+'''
+RULE_FILE = (Path(__file__).resolve().parents[1] / "rules" / "mup.toml").read_text().replace(
+    'id = "mup"', 'id = "mine"')  # a rule of the user's, which the card must not replace
+
+
 def _other_tree(owner: str) -> str:
     """blocks.py as an emission of ``owner`` (another model) left it under -o DIR/."""
     from muprewrite.emit.block import render_part_header
@@ -413,6 +427,12 @@ CASES = [
                                      "Headed(width=32)", "--in-place", "--in-place-shared"),
          model=HEADED, files={"blocks.py": BLOCKS, "other.py": "import blocks\n"},
          changes=frozenset({"model.py", "blocks.py"})),
+    Case("tune-card-is-rule", ("tune", "model.py", "--model", "Net(width={width})", "--width",
+                               "16", "--train", "train.py:train_trial", "--trials", "1",
+                               "--steps", "1", "--lr", "1e-3:1e-1", "--rule", "mine.toml", "-o",
+                               "mine.toml", "--force"),
+         r"-o mine\.toml is the same file as input mine\.toml",
+         files={"train.py": TRAIN, "mine.toml": RULE_FILE}),
     Case("rule-escapes", ("model.py", *M, "--base", "Net(width=32)", "--rule", "../../etc/passwd"),
          r"rule"),
     Case("rule-nan", ("model.py", *M, "--base", "Net(width=32)", "--rule", "nan.toml"),

@@ -68,7 +68,8 @@ marked failed and retried once. Browse the trials with
 \b
 Writes -o (the card) and, with --plot, a figure (loss against each hyperparameter)
 and its JSON beside it. An existing card is replaced only if it came from this study,
-or with --force; no output may be MODEL_FILE, the train file or a file they import.
+or with --force; no output may be MODEL_FILE, the train file, a file they import or the
+--rule file, even with --force.
 """
 
 
@@ -177,7 +178,8 @@ def tune_cmd(model_file: str, template: str, width: int | None, base_spec: str |
     try:
         train = FunctionRef.parse(train_ref, model_file)
         outputs = _Outputs(Path(out), Path(plot) if plot else None, storage, study_name)
-        outputs.check([model_file, train.path], force)
+        outputs.check([model_file, train.path, *([rule] if rule.endswith(".toml") else [])],
+                      force)
         module_of(model_file)  # import the files now: fail here, not in every trial
         imported = imported_files(model_file)
         train.resolve()
