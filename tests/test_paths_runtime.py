@@ -11,6 +11,7 @@ weights for ``nn.MultiheadAttention``) and the readout's input x 1/m.
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 from functools import partial
@@ -416,15 +417,22 @@ class Backends(Attention):
         return self.proj(y.reshape(B, N, C))
 
 
-def test_external_kernels_are_refused_at_apply_when_logits_need_a_factor() -> None:
+def test_external_kernels_are_refused_where_reached_when_logits_need_a_factor() -> None:
+    """Not at apply (a model that never takes that path runs): at the call, naming its line."""
     def build(width: int, heads: int = 2) -> nn.Module:
         return nn.Sequential(nn.Linear(IN, width), Backends(width, heads, p=0.0),
                              nn.Linear(width, OUT))
 
     x = torch.randn(2, SEQ, IN)
-    with pytest.raises(MuprewriteError, match=r"1 calls flash_attn_func \(flash-attn\)") as info:
-        muprewrite.apply(build(64), (x,), base=build(32))
-    assert "test_paths_runtime.py:" in info.value.where
+    model = muprewrite.apply(build(64), (x,), base=build(32))
+    assert model(x).shape == (2, SEQ, OUT)  # the captured path, sdpa
+    for backend, name in (("flash", "flash_attn_func"), ("xformers", "memory_efficient_attention")):
+        model[1].backend = backend
+        with pytest.raises(MuprewriteError, match=rf"{name} \(") as info:
+            model(x)
+        line = inspect.getsourcelines(Backends._external)
+        call = next(i for i, text in enumerate(line[0]) if f"= {name}(" in text)
+        assert info.value.where == f"{__file__}:{line[1] + call}"
     model = muprewrite.apply(build(64, 4), (x,), base=build(32))  # heads grow: factor 1
     model[1].backend = "xformers"
     assert model(x).shape == (2, SEQ, OUT)

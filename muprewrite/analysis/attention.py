@@ -21,7 +21,7 @@ from ..dims.registry import Ctx, op_name
 from ..dims.rules.contract import einsum_letters
 
 __all__ = ["AttentionPattern", "find_attention", "heads_marks", "HeadsConvention",
-           "refuse_unplanned_attention",
+           "refuse_unplanned_attention", "attention_host",
            "SDPA_OPS", "SOFTMAX_OPS", "MATMUL_OPS"]
 
 HeadsConvention = Literal["grow", "fixed"]
@@ -31,8 +31,10 @@ SDPA_OPS = frozenset({"scaled_dot_product_attention", "_scaled_dot_product_flash
                       "_scaled_dot_product_flash_attention_for_cpu",
                       "_scaled_dot_product_cudnn_attention"})
 SOFTMAX_OPS = frozenset({"softmax", "_softmax", "_safe_softmax"})
+# ops between q.k^T and softmax (scale, mask, bias, cap, a reshape to add a mask through)
 _PASS = {"div", "mul", "add", "sub", "masked_fill", "where", "_to_copy", "to", "clone",
-         "contiguous", "type_as", "tanh"}  # ops between q.k^T and softmax (scale, mask, cap)
+         "contiguous", "type_as", "tanh", "view", "reshape", "_unsafe_view"}
+_DEPTH = 12  # ops followed back from a softmax
 MATMUL_OPS = frozenset({"matmul", "bmm", "einsum", "baddbmm"})
 
 
@@ -102,6 +104,24 @@ def _kernel_where(node: fx.Node, q: object) -> str:
         f"module {module}"
 
 
+def attention_host(*nodes: fx.Node | None) -> tuple[str, str]:
+    """(path, ``nn_module_stack`` key) of the innermost module whose forward runs all of
+    ``nodes`` (a site's softmax and its q.k^T product): an ``nn.Softmax`` child
+    (vit-pytorch's ``self.attend``) computes the softmax of logits its parent computed, so
+    the parent is the module whose forward holds the attention ('' = the root)."""
+    stacks = [list((n.meta.get("nn_module_stack") or {}).items()) for n in nodes
+              if n is not None]
+    common: list[tuple[str, tuple[str, object]]] = []
+    for items in zip(*stacks):
+        if any(item[0] != items[0][0] for item in items):
+            break
+        common.append(items[0])
+    if not common:
+        return "", ""
+    key, (path, _cls) = common[-1]
+    return str(path), str(key)
+
+
 def _sdpa(node: fx.Node) -> AttentionPattern:
     q, k, v = node.args[:3]
     nq, nk, nv = (a.meta["val"].dim() for a in (q, k, v))
@@ -115,31 +135,45 @@ def _sdpa(node: fx.Node) -> AttentionPattern:
 
 
 def _softmax(node: fx.Node) -> AttentionPattern | None:
-    scale: float | None = None
-    scale_node: str | None = None
-    path: list[str] = []
-    cur = node.args[0]
-    for _ in range(8):
-        if not isinstance(cur, fx.Node) or cur.op != "call_function":
-            return None
-        name = op_name(cur)
-        if name in MATMUL_OPS:
-            break
-        if name not in _PASS:
-            return None
-        path.append(name)
-        if name in ("mul", "div") and isinstance(cur.args[1], (int, float)):
-            value = float(cur.args[1])
-            scale, scale_node = (value if name == "mul" else 1.0 / value), cur.name
-        cur = next((a for a in cur.args if Ctx.is_tensor(a)), None)
-    else:
-        return None
-    found = _einsum_query(cur) if op_name(cur) == "einsum" else _matmul_query(cur)
+    found = _logits_of(node.args[0], _DEPTH, set())
     if found is None:
         return None
-    q_axis, heads = found
+    product, path = found
+    scale: float | None = None
+    scale_node: str | None = None
+    for op in path:  # from the softmax back: the scale nearest the product wins
+        name = op_name(op)
+        if name in ("mul", "div") and isinstance(op.args[1], (int, float)):
+            value = float(op.args[1])
+            scale, scale_node = (value if name == "mul" else 1.0 / value), op.name
+    found_q = _einsum_query(product) if op_name(product) == "einsum" else _matmul_query(product)
+    if found_q is None:
+        return None
+    q_axis, heads = found_q
     return AttentionPattern(node.name, "softmax", q_axis, _value_axis(node), heads,
-                            scale, scale_node, tuple(path), cur.name)
+                            scale, scale_node, tuple(op_name(op) for op in path), product.name)
+
+
+def _logits_of(cur: object, budget: int, seen: set[fx.Node]
+               ) -> tuple[fx.Node, list[fx.Node]] | None:
+    """The q.k^T product a softmax input is computed from, and the ops between them (from
+    the softmax back), through scales, masks, biases and reshapes: Swin adds its window mask
+    to the logits viewed as (B/nW, nW, heads, N, N) and views them back. Of an op with
+    several tensor operands (a mask added, ``torch.where``), the one leading to a product."""
+    if budget <= 0 or not isinstance(cur, fx.Node) or cur.op != "call_function" or cur in seen:
+        return None
+    seen.add(cur)
+    name = op_name(cur)
+    if name in MATMUL_OPS:
+        return cur, []
+    if name not in _PASS:
+        return None
+    for arg in cur.args:
+        if Ctx.is_tensor(arg):
+            found = _logits_of(arg, budget - 1, seen)
+            if found is not None:
+                return found[0], [cur, *found[1]]
+    return None
 
 
 def _matmul_query(product: fx.Node) -> tuple[Axis, tuple[Axis, ...]] | None:

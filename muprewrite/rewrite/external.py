@@ -2,13 +2,17 @@
 
 flash-attn's ``flash_attn_func(q, k, v, softmax_scale=...)`` and xformers'
 ``memory_efficient_attention(q, k, v, scale=...)`` are Python functions, not torch
-functions: a TorchFunctionMode does not see the call, only what it does inside (a
-``torch.ops`` kernel in recent versions, which the runtime edit refuses, or a pybind call
-it never sees). Rewriting their scale argument would mean patching the library, which this
-project does not do. So ``apply`` reads the source of every host with an attention edit
-(its ``forward`` and the methods of its class that ``forward`` calls as ``self.name(...)``)
-and refuses, with the file and line, when it calls one of ``EXTERNAL_ATTENTION``. A kernel
-reached in another way (a function table, another module's helper) is not seen here.
+functions: a TorchFunctionMode does not see the call, only what it does inside. Rewriting
+their scale argument would mean patching the library, which this project does not do. So
+such a call is refused where it is reached, not at ``apply``: U-ViT picks 'flash' (SDPA,
+scaled), 'xformers' or 'math' by a global, and a model that never takes the xformers path
+must not be refused for it. The runtime edit (logits.py) asks ``external_names`` whether a
+host's code calls one of ``EXTERNAL_ATTENTION`` (its class's ``forward`` and the methods it
+calls as ``self.name(...)``, for every module of the host's subtree); only then does it look,
+at each torch call, for a frame of such a function between the call and the host's forward
+(every library touches its tensors through torch functions, ``q.shape`` included), and raise
+naming the user's line that called it. The source emitter passes ``scale=`` to these calls
+instead (emit/attention.py).
 """
 
 from __future__ import annotations
@@ -16,14 +20,12 @@ from __future__ import annotations
 import ast
 import inspect
 import textwrap
+import weakref
 from collections.abc import Callable
 
 from torch import nn
 
-from ..errors import MuprewriteError
-from .plan import Plan
-
-__all__ = ["EXTERNAL_ATTENTION", "refuse_external_calls"]
+__all__ = ["EXTERNAL_ATTENTION", "SCALE_KEYWORDS", "external_names"]
 
 # function name -> library
 EXTERNAL_ATTENTION = {
@@ -33,43 +35,49 @@ EXTERNAL_ATTENTION = {
     **dict.fromkeys(("memory_efficient_attention", "memory_efficient_attention_forward",
                      "memory_efficient_attention_forward_requires_grad"), "xformers"),
 }
-_SCANNED: dict[type, tuple[str, str] | None] = {}
+# the calls whose scale the source emitter sets: name -> (scale keyword, the number of
+# positional arguments that leaves it unset), for a query whose last axis is d_head and a
+# default scale of 1/sqrt(d_head). flash-attn's positions moved between versions (FA3 has
+# no dropout_p): past q, k, v it takes keywords only
+SCALE_KEYWORDS = {**dict.fromkeys(("memory_efficient_attention",
+                                   "memory_efficient_attention_forward",
+                                   "memory_efficient_attention_forward_requires_grad"),
+                                  ("scale", 5)),
+                  "flash_attn_func": ("softmax_scale", 3)}
+_SCANNED: dict[type, tuple[tuple[str, str], ...]] = {}
+_HOSTS: weakref.WeakKeyDictionary[nn.Module, frozenset[str]] = weakref.WeakKeyDictionary()
 
 
-def refuse_external_calls(model: nn.Module, plan: Plan) -> None:
-    """Raise where a host whose attention takes a logit factor calls an external kernel."""
-    for edit in plan.hosts:
-        if edit.logits is None:
-            continue
-        found = external_call(type(model.get_submodule(edit.module)))
-        if found is not None:
-            where, name = found
-            host = edit.module or "the root module"
-            raise MuprewriteError(
-                f"{host} calls {name} ({EXTERNAL_ATTENTION[name]}), whose softmax scale "
-                "muprewrite cannot rewrite, while its attention logits need a factor "
-                f"({edit.logits.planned()})", where=where,
-                fix="call F.scaled_dot_product_attention(q, k, v, ...) on that path "
-                    "(muprewrite scales it), or pass the muP scale yourself there and drop "
-                    "the call from this module's forward")
+def external_names(host: nn.Module) -> frozenset[str]:
+    """The external kernels (``EXTERNAL_ATTENTION`` names) the code of ``host``'s subtree
+    calls; computed once per module."""
+    found = _HOSTS.get(host)
+    if found is None:
+        found = frozenset(name for module in host.modules()  # the class as written
+                          for _, name in _calls(getattr(type(module), "_muprewrite_original",
+                                                        type(module))))
+        _HOSTS[host] = found
+    return found
 
 
-def external_call(cls: type) -> tuple[str, str] | None:
-    """(file:line, function name) of the first external kernel call reachable from
-    ``cls.forward`` through ``self.method(...)`` calls; None if none (or no source)."""
+def _calls(cls: type) -> tuple[tuple[str, str], ...]:
     if cls not in _SCANNED:
-        _SCANNED[cls] = _scan(cls)
+        _SCANNED[cls] = tuple(_scan(cls))
     return _SCANNED[cls]
 
 
-def _scan(cls: type) -> tuple[str, str] | None:
-    todo, done = ["forward"], set()
+def _scan(cls: type) -> list[tuple[str, str]]:
+    """(file:line, name) of each external kernel call reachable from ``cls.forward`` through
+    calls of ``self.<method>(...)`` and of the plain functions of the module the calling code
+    is written in (a helper ``attention(q, k, v)`` beside the class)."""
+    found: list[tuple[str, str]] = []
+    todo = [getattr(cls, "forward", None)]
+    done: set[object] = set()
     while todo:
-        name = todo.pop()
-        done.add(name)
-        func = getattr(cls, name, None)
-        if not inspect.isfunction(func) or func.__module__.startswith("torch."):
+        func = todo.pop()
+        if func in done or not inspect.isfunction(func) or func.__module__.startswith("torch."):
             continue
+        done.add(func)
         tree, where = _parsed(func)
         if tree is None:
             continue
@@ -78,10 +86,12 @@ def _scan(cls: type) -> tuple[str, str] | None:
                 continue
             callee = _callee(node.func)
             if callee in EXTERNAL_ATTENTION:
-                return where(node.lineno), callee
-            if _is_self_method(node.func) and callee not in done:
-                todo.append(callee)
-    return None
+                found.append((where(node.lineno), callee))
+            elif _is_self_method(node.func):
+                todo.append(getattr(cls, callee, None))
+            elif isinstance(node.func, ast.Name):
+                todo.append(func.__globals__.get(callee))
+    return found
 
 
 def _parsed(func: Callable[..., object]) -> tuple[ast.AST | None, Callable[[int], str]]:

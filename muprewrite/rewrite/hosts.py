@@ -54,7 +54,8 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
             for u in edit.uses]
     ledger = None
     if edit.logits is not None and not attention_owned():
-        ledger = Ledger(edit.logits, f"{edit.module or 'the root module'} ({original.__name__})")
+        ledger = Ledger(edit.logits, f"{edit.module or 'the root module'} ({original.__name__})",
+                        self, original.forward)
     with RewriteMode(uses, ledger):
         out = original.forward(self, *args, **kwargs)
     if ledger is not None:

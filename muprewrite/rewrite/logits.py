@@ -17,7 +17,10 @@ takes the factor of its head size d_head:
 Refused with a :class:`MuprewriteError` at the call, never run unscaled: an attention call
 whose head size the capture did not see in this host, a softmax over a product of
 activations whose contracted size is not a planned head size, and the kernels of flash-attn
-and xformers (``EXTERNAL_NAMESPACES``), whose scale argument muprewrite does not rewrite.
+and xformers, whose scale argument muprewrite does not rewrite: their ``torch.ops``
+namespaces (``EXTERNAL_NAMESPACES``), and any torch call made inside one of their Python
+entry points (``flash_attn_func``, ``memory_efficient_attention``: external.py) where the
+host's code calls one, named at the user's line that called it.
 Refused when the host's forward returns (before its output is handed back): a scaled
 product that never reached a softmax, and ``flex_attention`` (its kernel runs under
 torch.compile, where an edit from the mode does not reach it).
@@ -25,15 +28,19 @@ torch.compile, where an edit from the mode does not reach it).
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import CodeType
 from typing import Any, Literal
 
 import torch
+from torch import nn
 
 from ..errors import MuprewriteError
+from .external import EXTERNAL_ATTENTION, external_names
 from .products import contracted, is_weight
 from .table import LogitTable
 
@@ -61,13 +68,39 @@ class Tag:
 
 class Ledger:
     """The attention edit's state for one call of a host's forward; ``name``: the host and
-    its class, for messages."""
+    its class, for messages; ``host`` and its original ``forward``: where the host's code
+    calls an external kernel (flash-attn, xformers) and its logits take a factor, every
+    torch call looks for a frame of that kernel (``external``) below ``forward``."""
 
-    def __init__(self, table: LogitTable, name: str) -> None:
+    def __init__(self, table: LogitTable, name: str, host: nn.Module | None = None,
+                 forward: Callable[..., Any] | None = None) -> None:
         self.table, self.name = table, name
         self.tracked: list[tuple[torch.Tensor, Tag]] = []
         self.scaled: list[Tag] = []
         self.refusals: list[str] = []  # found where raising is not possible (see _flex)
+        self.external = host is not None and any(f != 1.0 for _, f in table.factors) and bool(
+            external_names(host))
+        self.stop: CodeType | None = getattr(forward, "__code__", None)
+
+    def refuse_reached_external(self) -> None:
+        """Raise when this torch call runs inside an external kernel's Python entry point
+        called from the host's forward, naming the line that called it."""
+        frame = sys._getframe(1)
+        outer = None
+        while frame is not None and frame.f_code is not self.stop:
+            if frame.f_code.co_name in EXTERNAL_ATTENTION:
+                outer = frame
+            frame = frame.f_back  # type: ignore[assignment]  # None ends the walk
+        if outer is None:
+            return
+        name, caller = outer.f_code.co_name, outer.f_back
+        where = f"{caller.f_code.co_filename}:{caller.f_lineno}" if caller is not None else ""
+        raise self.error(f"{name} ({EXTERNAL_ATTENTION[name]}) is called here with its own "
+                         "softmax scale, which the runtime edit cannot rewrite, while the logits here "
+                         f"take a factor ({self.table.planned()})",
+                         "take another attention path here (F.scaled_dot_product_attention "
+                         "is scaled), or emit the muP source (muprewrite model.py --model ... "
+                         "--base ...), which passes the scale to this call", where=where)
 
     def factor(self, d_head: int, what: str) -> float:
         factor = self.table.factor(d_head)
@@ -77,9 +110,11 @@ class Ledger:
                              "capture the model on this path, or " + _FIX)
         return factor
 
-    def error(self, what: str, fix: str, at_call: bool = True) -> MuprewriteError:
-        """``where``: the user's line of the call (``at_call``), else the planned sites."""
-        where = _user_line() if at_call else ""
+    def error(self, what: str, fix: str, at_call: bool = True, where: str = ""
+              ) -> MuprewriteError:
+        """``where``: given, else the user's line of the call (``at_call``), else the planned
+        sites."""
+        where = where or (_user_line() if at_call else "")
         planned = ", ".join(self.table.sources)
         return MuprewriteError(f"muprewrite cannot apply the attention logit factor in "
                                f"{self.name}: {what} (the capture saw attention at {planned})",
@@ -144,6 +179,8 @@ def _arg(args: Sequence[Any], kwargs: dict[str, Any], index: int, name: str) -> 
 
 def _sdpa(ledger: Ledger, func: Callable[..., Any], args: Sequence[Any],
           kwargs: dict[str, Any]) -> Any:
+    if ledger.external:
+        ledger.refuse_reached_external()
     query = _arg(args, kwargs, 0, "query")
     factor = ledger.factor(query.shape[-1], "scaled_dot_product_attention")
     if factor == 1.0:
@@ -180,6 +217,8 @@ def _query_rows(tensor: torch.Tensor | None, embed_dim: int, factor: float
 def _packed(ledger: Ledger, func: Callable[..., Any], args: Sequence[Any],
             kwargs: dict[str, Any]) -> Any:
     """Multi-head attention with a packed in-projection: scale its query rows."""
+    if ledger.external:
+        ledger.refuse_reached_external()
     embed, heads, weight, bias = _PACKED[func.__name__]
     args, kwargs = list(args), dict(kwargs)
     embed_dim = args[embed]
@@ -196,6 +235,8 @@ def _packed(ledger: Ledger, func: Callable[..., Any], args: Sequence[Any],
 
 def _product(ledger: Ledger, func: Callable[..., Any], args: Sequence[Any],
              kwargs: dict[str, Any]) -> Any:
+    if ledger.external:
+        ledger.refuse_reached_external()
     found = contracted(func.__name__, args)
     if found is None or not found[0].is_floating_point():
         return func(*args, **kwargs)
@@ -257,6 +298,8 @@ ATTENTION_CALLS: dict[str, Handler] = {
 
 
 def refuse_external(ledger: Ledger, func: Callable[..., Any]) -> None:
+    if ledger.external:
+        ledger.refuse_reached_external()
     namespace = getattr(func, "namespace", None)
     if namespace in EXTERNAL_NAMESPACES:
         raise ledger.error(f"{namespace} kernel {getattr(func, '__name__', func)} has its own "

@@ -19,13 +19,21 @@ from typing import Literal
 
 from torch import fx
 
-from ..analysis.attention import MATMUL_OPS, SDPA_OPS, SOFTMAX_OPS, AttentionPattern, find_attention
+from ..analysis.attention import (
+    MATMUL_OPS,
+    SDPA_OPS,
+    SOFTMAX_OPS,
+    AttentionPattern,
+    attention_host,
+    find_attention,
+)
 from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
 from ..hparams import DEFAULT_HPARAMS, HPARAM_ROWS, HParams, param_class
 from ..rules import Exponents, Rule, RuleError, Scaling
 from .branches import BranchEdit, branch_edits, check_depth_rule
+from .constants import constant_corrections
 from .frozen import frozen_diagnostics, frozen_projections
 from .table import LogitTable, logit_tables, within
 
@@ -141,8 +149,12 @@ def param_factors(report: Report, rule: Rule, hparams: HParams = DEFAULT_HPARAMS
     :mod:`muprewrite.hparams`); frozen and unused parameters take none of them either.
     """
     check_depth_rule(report, rule)  # a base of another depth needs a depth rule
-    return {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
-            else with_hparams(rule_factors(info, rule), info, hparams) for info in report}
+    plans = {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
+             else with_hparams(rule_factors(info, rule), info, hparams) for info in report}
+    for name, (readout, lookup) in constant_corrections(report).items():  # the model's own
+        plans[name] = replace(plans[name], multiplier=plans[name].multiplier * readout,
+                              gather=plans[name].gather * lookup)  # width constants
+    return plans
 
 
 def with_hparams(plan: ParamPlan, info: ParamInfo, hparams: HParams) -> ParamPlan:
@@ -252,7 +264,7 @@ def _attention_edits(report: Report, graph: fx.Graph, rule: Rule, diags: list[Di
         factor = multiplier * (rule.attention_scale(site.d_head, site.d_head_base, True)
                                if grows and site.d_head_base is not None else 1.0)
         family, target = _logit_call(pattern)
-        host, key = _innermost(nodes[target])
+        host, key = attention_host(nodes[target], nodes.get(pattern.logits or ""))
         ordinal = _ordinal(graph, nodes[target], family, key)
         hosts.setdefault(host, []).append(
             AttentionEdit(pattern.node, site.source, family, ordinal, factor))
@@ -286,14 +298,6 @@ def _logit_call(pattern: AttentionPattern) -> tuple[Family, str]:
     if all(op in _HOMOGENEOUS for op in pattern.path) or pattern.logits is None:
         return "softmax", pattern.node
     return "matmul", pattern.logits  # an additive bias or a soft cap sits between
-
-
-def _innermost(node: fx.Node) -> tuple[str, str]:
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return "", ""
-    key, (path, _cls) = list(stack.items())[-1]
-    return str(path), str(key)
 
 
 def _ordinal(graph: fx.Graph, target: fx.Node, family: Family, key: str) -> int:
