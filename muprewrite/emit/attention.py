@@ -5,6 +5,11 @@ method of the classes of the attention module's MRO written in the file (all but
 ``__init__``) and the file's top-level functions they call, and finds:
 
 - each ``scaled_dot_product_attention`` call (``F.``, ``torch.nn.functional.`` or bare);
+- each call of an external kernel whose scale argument it can set (``SCALE_KEYWORDS``:
+  xformers' ``memory_efficient_attention(q, k, v, ..., scale=)``, flash-attn's
+  ``flash_attn_func(q, k, v, ..., softmax_scale=)``), d_head on the query's last axis as in
+  SDPA; the other kernels of ``EXTERNAL_ATTENTION`` are refused (``apply`` refuses them only
+  where they are reached, so a model that never takes that path still runs at runtime);
 - each softmax (``x.softmax(-1)``, ``F.softmax(x, -1)``, ``torch.softmax``, an ``nn.Softmax``
   attribute called) and, by following the names it reads back through their assignments
   (``attn = q @ k.transpose(-2, -1)``; ``attn = attn.masked_fill(...)``), the q.k^T product it
@@ -20,6 +25,7 @@ from collections.abc import Mapping, Sequence
 
 import libcst as cst
 
+from ..rewrite.external import EXTERNAL_ATTENTION, SCALE_KEYWORDS
 from .source import Found, Refusal, Scan, SourceFile, callee_name, chain, root_name
 from .trace import Ambiguous, Trace, query_of
 
@@ -56,6 +62,8 @@ def scan_attention(src: SourceFile, functions: Sequence[cst.FunctionDef],
             assert isinstance(node, cst.Call)
             if callee_name(node.func) == "scaled_dot_product_attention":
                 _sdpa(src, node, scan)
+            elif callee_name(node.func) in EXTERNAL_ATTENTION and chain(node.func) is None:
+                _external(src, node, scan)
             elif children.get(chain(node.func) or "") == "mha":
                 scan.refusals.append(Refusal(node, f"self.{chain(node.func)} is an "
                                              "nn.MultiheadAttention: torch computes its "
@@ -96,6 +104,34 @@ def _sdpa(src: SourceFile, call: cst.Call, scan: Scan) -> None:
                                      fix="pass it as scale=..."))
     else:
         scan.found.append(Found(call, "sdpa", "scaled_dot_product_attention(...)",
+                                query=src.code(query)))
+
+
+def _external(src: SourceFile, call: cst.Call, scan: Scan) -> None:
+    """A flash-attn / xformers call: its scale keyword set like SDPA's (forms.py)."""
+    name = callee_name(call.func)
+    library = EXTERNAL_ATTENTION[name]
+    if name not in SCALE_KEYWORDS:
+        scan.refusals.append(Refusal(call, f"{name} ({library}) computes attention here, and "
+                                     "the emitter does not set its softmax scale",
+                                     fix="call F.scaled_dot_product_attention (or "
+                                         "memory_efficient_attention / flash_attn_func) there, "
+                                         "or use muprewrite.apply(model, ...) at runtime"))
+        return
+    keyword, at = SCALE_KEYWORDS[name]
+    query = call.args[0].value if call.args and not call.args[0].keyword else None
+    if not isinstance(query, _QUERY):
+        scan.refusals.append(Refusal(call, f"the query of {name} is not a plain name passed "
+                                     "first, so its head size cannot be read",
+                                     fix=f"assign the query to a variable first: q = ...; "
+                                         f"{name}(q, k, v)"))
+    elif sum(1 for a in call.args if not a.keyword) > at:
+        scan.refusals.append(Refusal(call, f"{name} is given more positional arguments than "
+                                     f"q, k, v and the ones before its {keyword}",
+                                     fix=f"pass the arguments after v by keyword "
+                                         f"({keyword}=...)"))
+    else:
+        scan.found.append(Found(call, "sdpa", f"{name}(...) ({library})",
                                 query=src.code(query)))
 
 

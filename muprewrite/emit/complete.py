@@ -218,12 +218,22 @@ def _unmatched(src: SourceFile, site: Site, why: str) -> EmitError:
                      f"attention's logits take {site.multiplier})")
         elif site.multiplier:
             needs = f" (with base hyperparameters its logits also take {site.multiplier})"
+        if site.scope:  # the attention's module is the user's: the code is elsewhere
+            classes = ", ".join(dict.fromkeys(name for _, name in site.scope))
+            whose = (f"in the methods of {classes} or the functions of this file they call "
+                     "(it is computed in code the emitter does not follow, such as a function "
+                     "of another file)")
+            fix = (f"compute the attention in a method of {classes} or a function of "
+                   f"{site.file.name or 'this file'}, or use muprewrite.apply(model, ...) at "
+                   "runtime")
+        else:
+            whose = "in this file (a library module computes it)"
+            fix = ("call F.scaled_dot_product_attention in your own module, or use "
+                   "muprewrite.apply(model, ...) at runtime")
         return EmitError(f"line {site.line}: the attention there is not a "
-                         "scaled_dot_product_attention call or a softmax over q.k^T written in "
-                         "this file (a library module computes it), so its scale cannot be set "
-                         f"here{needs}", where=where,
-                         fix="call F.scaled_dot_product_attention in your own module, or use "
-                             "muprewrite.apply(model, ...) at runtime")
+                         "scaled_dot_product_attention call or a softmax over q.k^T written "
+                         f"{whose}, so its scale cannot be set here{needs}", where=where,
+                         fix=fix)
     how = f"self.{site.callee}(x)" if site.callee else f"F.linear(x, self.{site.param_attr})"
     return EmitError(f"line {site.line}: no call of self.{site.callee or site.param_attr} in "
                      f"{site.host_class} to put the output multiplier on"

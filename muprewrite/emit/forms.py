@@ -9,6 +9,8 @@ Each form equals what ``muprewrite.apply`` does at run time:
 - ``F.scaled_dot_product_attention(q, k, v)`` -> ``scale=MUP_D_HEAD_BASE ** 0.5 /
   q.shape[-1]``, or a given ``scale=s`` times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``
   (a name, attribute or call that may hold None, SDPA's default, gets both, by ``s is None``);
+  the same for xformers' ``memory_efficient_attention`` (``scale=``) and flash-attn's
+  ``flash_attn_func`` (``softmax_scale=``), whose default is SDPA's;
 - an explicit q.k^T product -> times ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5``, the head size
   read off the axis of q that the product contracts (``q.shape[-2]`` for
   ``torch.einsum("bhdn,bhdm->bhnm", q, k)``, q of shape (B, heads, d_head, tokens));
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 import libcst as cst
 
+from ..rewrite.external import SCALE_KEYWORDS
 from .sites import EmitError
 from .source import callee_name
 
@@ -138,9 +141,12 @@ def _default_scale(edit: NodeEdit) -> str:
 
 
 def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
+    """SDPA's ``scale=`` set, or the scale keyword of an external kernel (``softmax_scale=``
+    of flash-attn's ``flash_attn_func``)."""
+    keyword = SCALE_KEYWORDS.get(callee_name(call.func), ("scale", 0))[0]
     args = list(call.args)
     for i, arg in enumerate(args):
-        if arg.keyword and arg.keyword.value == "scale":
+        if arg.keyword and arg.keyword.value == keyword:
             scaled = times(arg.value, cst.parse_expression(_logit_factor(edit)))
             if not isinstance(arg.value, _NEVER_NONE):  # scale=self.scale may hold None
                 scaled = cst.IfExp(  # type: ignore[assignment]  # an expression all the same
@@ -149,7 +155,7 @@ def _scale_attention(call: cst.Call, edit: NodeEdit) -> cst.Call:
             args[i] = arg.with_changes(value=scaled)
             return call.with_changes(args=args)
     new = cst.Arg(cst.parse_expression(_default_scale(edit)),
-                  keyword=cst.Name("scale"),
+                  keyword=cst.Name(keyword),
                   equal=cst.AssignEqual(cst.SimpleWhitespace(""), cst.SimpleWhitespace("")))
     if args and isinstance(args[-1].comma, cst.Comma):  # a trailing comma: one arg a line
         between = args[-2].comma if len(args) > 1 else args[-1].comma
