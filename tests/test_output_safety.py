@@ -200,6 +200,16 @@ def test_emit_o_file_never_writes_through_a_link_out_of_its_folder(tiny: Path) -
             "--force")
 
 
+def test_emit_tree_never_writes_through_a_link_out_of_the_tree(tiny: Path) -> None:
+    """out/model.py, an earlier tree's link to notes.py beside the project: the muP model
+    would be written into notes.py."""
+    (tiny / "notes.py").write_text("# notes, imported by nothing\n")
+    (tiny / "out").mkdir()
+    (tiny / "out" / "model.py").symlink_to("../notes.py")
+    refused(tiny, r"out/model\.py is a symbolic link to .*notes\.py, outside the output "
+            r"folder", "model.py", *ARGS, "-o", "out/", "--force")
+
+
 @pytest.fixture(scope="module")
 def two_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """model.py and other.py, two models of one project, both importing blocks.py, and the
