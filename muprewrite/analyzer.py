@@ -33,10 +33,12 @@ from .analysis.depth import (
     pair_with_base,
 )
 from .analysis.diagnose import (
+    attention_nodes,
     base_disagreements,
     constant_diagnostics,
     routing_diagnostics,
     solver_diagnostics,
+    width_constant_diagnostics,
 )
 from .analysis.empty import check_zero_size, zero_size_notes
 from .analysis.guesses import guess_diagnostics
@@ -48,6 +50,7 @@ from .dims import Dims, build_axis_graph, solve
 from .dims.align import Alignment, layer_pattern
 from .dims.constants import width_sized_constants
 from .dims.diff import base_sizes, with_base
+from .dims.width_constants import width_constants
 from .errors import CaptureError, MuprewriteError, UsageError
 from .input_sets import InputSet, input_sets
 from .optim import unwrap
@@ -144,6 +147,11 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
             cap, axes, dims, marks, sites, params,
             [d.where for d in diags if d.code == "width-sized-constant"])
     params = in_branches(params, depths)
+    found = tuple(width_constants(
+        cap, base_cap, pairing, {n: p.role for n, p in params.items()},
+        [n for n, p in params.items() if p.tied], attention_nodes(sites))
+        ) if base_cap is not None else ()
+    param_diags += width_constant_diagnostics(found)
     report = Report(
         model=type(model).__name__,
         mode="base" if base is not None else "single",
@@ -158,6 +166,7 @@ def analyze_with_capture(model: nn.Module, example_inputs: Any = None, *,
         depth_base=depths.depth_base,
         branch_depths=MappingProxyType(dict(depths.branches)),
         base_names=MappingProxyType(dict(pairing.params) if pairing is not None else {}),
+        width_constants=found,
     )
     return report, cap
 

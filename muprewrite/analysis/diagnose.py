@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from torch import fx
 
 from ..dims import AxisGraph, Dims
 from ..dims.constants import SizedConstant
 from ..dims.registry import op_name
+from ..dims.width_constants import WidthConstant
+from .attention import AttentionPattern
 from .report import Diagnostic
 from .source import node_module, node_source
 
 __all__ = ["solver_diagnostics", "base_disagreements", "routing_diagnostics",
-           "constant_diagnostics"]
+           "constant_diagnostics", "width_constant_diagnostics", "attention_nodes",
+           "accounting"]
 
 _SEVERITY = {"ambiguous-split": "info", "square-map": "info", "isolated-axis": "info", "finite-constant": "info", "mark-overridden": "info",
              "width-constant": "warning", "width-output": "warning"}
@@ -129,3 +134,30 @@ def _module_site(node: fx.Node | None) -> str:
     module = node_module(node)
     src = node_source(node)
     return (module or node.name) + (f" ({src.file}:{src.line})" if src else "")
+
+
+_HOW = {"readout": "accounted: the readout multiplier is the rule's divided by {r:.6g}",
+        "input": "accounted: the input multiplier is divided by {r:.6g}",
+        "none": "scales no parameter's path: nothing to account for",
+        "unaccounted": "not on a readout or an input: apply refuses it"}
+
+
+def accounting(item: WidthConstant) -> str:
+    """How a width-dependent constant is accounted for, in words."""
+    return _HOW[item.account].format(r=item.ratio)
+
+
+def width_constant_diagnostics(found: Iterable[WidthConstant]) -> list[Diagnostic]:
+    """One diagnostic per width-dependent constant: where, both values, how accounted."""
+    return [Diagnostic(
+        "warning" if c.account == "unaccounted" else "info", "width-dependent-constant",
+        c.source, f"a constant in forward is {c.model:.6g} here and {c.base:.6g} in the base "
+        f"(ratio {c.ratio:.6g})" + (f", at {c.param!r}" if c.param else "") + "; "
+        + accounting(c),
+        "make the constant independent of the width, or move it onto the readout or the "
+        "input" if c.account == "unaccounted" else "") for c in found]
+
+
+def attention_nodes(sites: Iterable[AttentionPattern]) -> set[str]:
+    """Nodes of attention logits (their scale belongs to the attention analysis)."""
+    return {n for s in sites for n in (s.scale_node, s.logits, *s.path) if n}

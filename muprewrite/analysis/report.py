@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from .uses import Kind, Use
 
 if TYPE_CHECKING:
+    from ..dims.width_constants import WidthConstant
     from .residual import ResidualStream
 
 __all__ = ["Role", "ParamInfo", "BufferInfo", "AttentionSite", "Diagnostic", "Report"]
@@ -108,6 +109,8 @@ class Report:
     # where the base has another depth (blocks paired by position in the repeated block)
     branch_depths: Mapping[str, float] = field(default_factory=dict)  # m_L of each branch
     # add's residual stream (add node name; with a base, see analysis/streams.py)
+    width_constants: tuple[WidthConstant, ...] = ()  # scalars in forward that differ from
+    # the base's (with base; see dims/width_constants.py)
 
     @property
     def depth(self) -> int:
@@ -176,6 +179,7 @@ class Report:
             "attention": [asdict(a) for a in self.attention],
             "buffers": [asdict(b) for b in self.buffers],
             "diagnostics": [asdict(d) for d in self.diagnostics],
+            "width_constants": [asdict(c) for c in self.width_constants],
             "depth": self.depth, "depth_base": self.depth_base,
             "residuals": {**asdict(self.residuals), "inside": sorted(self.residuals.inside)}
             if self.residuals is not None else None,

@@ -25,6 +25,7 @@ from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
 from ..hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
+from ..rewrite.constants import refuse_width_constants
 from ..rewrite.plan import make_plan, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
@@ -102,6 +103,7 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     report, cap = analyze_with_capture(model, inputs, base=base, heads=heads, progress=progress)
     names = aliases(model)
     plan = make_plan(report, cap.graph, rule, names, tuned or DEFAULT_HPARAMS)
+    refuse_width_constants(report)
     if progress:
         progress("locating the edits in the source")
     nodes = {n.name: n for n in cap.graph.nodes}
