@@ -89,6 +89,9 @@ def test_streams_that_deepen_differently_get_their_own_m_l(seq2seq: tuple) -> No
         got = model(*inputs)
         want = by_hand(*inputs, s_enc=(8 / 2) ** -1.0, s_dec=1.0)
     torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    plan = plan_of(model)
+    assert plan is not None  # the table shows the m_L in force, not one global 10 / 4
+    assert "base 4 blocks, m_L per residual stream = 4, 1" in plan.report.table()
 
 
 def test_optimizer_factors_follow_the_stream_of_each_parameter(seq2seq: tuple) -> None:

@@ -89,7 +89,6 @@ def render_table(report: Report, collapse: bool = True) -> str:
     lines.append(f"{len(report)} parameters: " + ", ".join(f"{counts[r]} {r}" for r in sorted(counts)))
     lines += _attention_lines(report, collapse)
     lines += _residual_lines(report, collapse)
-    lines += _constant_lines(report)
     if report.buffers:
         lines.append("")
         lines.append("buffers (not trained): " + ", ".join(
@@ -129,8 +128,10 @@ def _residual_lines(report: Report, collapse: bool) -> list[str]:
     stream = report.residuals
     if stream is None or not stream.branches:
         return []
-    base = f"; base {report.depth_base} blocks, m_L = {report.depth_ratio:g}" \
-        if report.depth_base else ""
+    per_stream = list(dict.fromkeys(report.branch_depths.values()))  # streams, graph order
+    m_l = (f"m_L per residual stream = {', '.join(f'{r:g}' for r in per_stream)}"
+           if len(per_stream) > 1 else f"m_L = {report.depth_ratio:g}")
+    base = f"; base {report.depth_base} blocks, {m_l}" if report.depth_base else ""
     norms = sorted({b.norm for b in stream.branches})
     rows: list[tuple[str, ...]] = [
         ((b.module or f"{b.block} (inline, no module output)") + ".", f"({b.norm}-norm)",
@@ -144,14 +145,3 @@ def _residual_lines(report: Report, collapse: bool) -> list[str]:
     if stream.long_skips:
         lines.append(f"  long skips (not branches): {', '.join(stream.long_skips)}")
     return lines
-
-
-def _constant_lines(report: Report) -> list[str]:
-    """Width-dependent constants of the forward: where, model vs base value, accounting."""
-    from .diagnose import accounting
-
-    if not report.width_constants:
-        return []
-    rows = dict.fromkeys(f"  {c.source.rsplit('/', 1)[-1]}: {c.model:.6g} here, {c.base:.6g} "
-                         f"in the base; {accounting(c)}" for c in report.width_constants)
-    return ["", "width-dependent constants in forward (vs the base):", *rows]
