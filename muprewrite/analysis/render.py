@@ -89,6 +89,7 @@ def render_table(report: Report, collapse: bool = True) -> str:
     lines.append(f"{len(report)} parameters: " + ", ".join(f"{counts[r]} {r}" for r in sorted(counts)))
     lines += _attention_lines(report, collapse)
     lines += _residual_lines(report, collapse)
+    lines += _constant_lines(report)
     if report.buffers:
         lines.append("")
         lines.append("buffers (not trained): " + ", ".join(
@@ -145,3 +146,14 @@ def _residual_lines(report: Report, collapse: bool) -> list[str]:
     if stream.long_skips:
         lines.append(f"  long skips (not branches): {', '.join(stream.long_skips)}")
     return lines
+
+
+def _constant_lines(report: Report) -> list[str]:
+    """Width-dependent constants of the forward: where, model vs base value, accounting."""
+    from .diagnose import accounting
+
+    if not report.width_constants:
+        return []
+    rows = dict.fromkeys(f"  {c.source.rsplit('/', 1)[-1]}: {c.model:.6g} here, {c.base:.6g} "
+                         f"in the base; {accounting(c)}" for c in report.width_constants)
+    return ["", "width-dependent constants in forward (vs the base):", *rows]
