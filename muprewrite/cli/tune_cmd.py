@@ -232,6 +232,8 @@ class _Outputs:
                        [("input", Path(p)) for p in inputs])
         for label, path in named:
             check_output(path, force=force, may_exist=self._ours(path), option=label)
+        if journal:  # resumed, so it may exist; optuna writes it, through no link out
+            check_output(journal, force=True, may_exist=True, option="--storage")
         if self.plot is not None:
             from ..verify.plots import image_format
 
