@@ -129,8 +129,8 @@ def test_every_shifted_and_unshifted_window_attention_is_a_site(
     x = (torch.randn(2, 3, 8, 8, device="meta"),)
     sites = analyze(model, x, base=base).attention
     assert [(s.d_head, s.d_head_base, s.d_head_grows) for s in sites] == [(64, 16, True)] * 2
-    assert sorted(s.module.rpartition(".")[0] for s in sites) == ["blocks.0.attn",
-                                                                   "blocks.1.attn"]
+    for i, site in enumerate(sorted(sites, key=lambda s: s.module)):  # or its softmax child
+        assert site.module.startswith(f"blocks.{i}.attn"), site.module
 
 
 def test_xformers_is_refused_only_where_it_is_reached(
