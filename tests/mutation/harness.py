@@ -196,13 +196,20 @@ def _compare_state(spec: str, ours: torch.nn.Module, theirs: torch.nn.Module) ->
     for name in a.keys() | b.keys():
         if name not in a or name not in b or not torch.equal(a[name], b[name]):
             return f"{spec}: {name} after init"
-    if getattr(ours, "mup_factors", None) != getattr(theirs, "mup_factors", None):
+    if _used_factors(ours) != _used_factors(theirs):
         return f"{spec}: mup_factors"
     for (name, m), (_n, r) in zip(ours.named_modules(), theirs.named_modules()):
         for attr in (k for k in vars(m) if k.startswith("mup_") and k != "mup_factors"):
             if getattr(m, attr) != getattr(r, attr, None):
                 return f"{spec}: {name}.{attr}"
     return None
+
+
+def _used_factors(model: torch.nn.Module) -> dict[str, dict[str, float]]:
+    """The factors that reach training: the init factor shows in the parameters after init
+    (a zero-initialised parameter stays zero whatever its factor), the rest are read here."""
+    factors = getattr(model, "mup_factors", None) or {}
+    return {name: {q: v for q, v in f.items() if q != "init"} for name, f in factors.items()}
 
 
 def _compare_outputs(spec: str, ours: torch.nn.Module, theirs: torch.nn.Module) -> str | None:

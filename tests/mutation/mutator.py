@@ -229,11 +229,13 @@ class _Finder(cst.CSTVisitor):
         for ret in _walk(node, cst.Return):
             if ret.value is None:
                 continue
-            for number in _walk(ret.value, cst.Integer):
-                changed = _changed_number(number)
-                assert changed is not None
-                self._add(number, changed, "base-changed",
-                          f"mup_base_model(): {number.value} -> {_code(changed)}")
+            for arg in _walk(ret.value, cst.Arg):
+                changed = _changed_number(arg.value)
+                if changed is None or not isinstance(arg.value, cst.Integer):
+                    continue
+                name = f"{arg.keyword.value}=" if arg.keyword is not None else ""
+                self._add(arg.value, changed, "base-changed",
+                          f"mup_base_model(): {name}{_code(arg.value)} -> {_code(changed)}")
 
     # -- the user's code ---------------------------------------------------------------
     def visit_BinaryOperation(self, node: cst.BinaryOperation) -> None:
