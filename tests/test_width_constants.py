@@ -187,3 +187,28 @@ def test_coordinate_check_is_flat(T5) -> None:
                         inputs=lambda model: model.example_inputs(), rule="mup", steps=3,
                         lr=1e-2, seeds=2)
     assert abs(check.slope("", 0)) < 0.3 and abs(check.slope("")) < 0.3, check.rms[""]
+
+
+class WidthInit(nn.Module):
+    """Init code reading the width (std = width ** -0.5 on the hidden layer)."""
+
+    def __init__(self, width: int = 32) -> None:
+        super().__init__()
+        self.inp, self.hid, self.out = (nn.Linear(5, width), nn.Linear(width, width),
+                                        nn.Linear(width, 3))
+        nn.init.normal_(self.hid.weight, std=width ** -0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hid(torch.relu(self.inp(x)))))
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_init_reading_the_width_is_not_scaled_twice(m: int) -> None:
+    """apply rescales each draw to the rule's factor times the *base's* RMS, so a width read
+    in the user's init is measured, not multiplied in again: hidden RMS = base RMS x m^-1/2."""
+    x = torch.randn(2, 5, dtype=torch.float64)
+    torch.manual_seed(0)
+    base = WidthInit(16).double()
+    model = muprewrite.apply(WidthInit(16 * m).double(), x, base=base)
+    ratio = model.hid.weight.square().mean().sqrt() / base.hid.weight.square().mean().sqrt()
+    assert abs(float(ratio) - m ** -0.5) < 1e-10
