@@ -84,6 +84,11 @@ def test_a_base_that_is_not_the_headers_fails(folder: Path) -> None:
     assert result.divergence is not None and result.divergence.what == "header"
     assert "TinyDiT(width=8, heads=2)" in result.divergence.detail
     assert BASE in result.divergence.detail
+    (folder / "rerule_mup.py").write_text(source.replace('MUP_RULE = "mup"', 'MUP_RULE = "sp"'))
+    result = check_emitted(folder / "rerule_mup.py", ["TinyDiT(width=32, heads=2)"],
+                           original=folder / "adaln.py", steps=1)
+    assert result.divergence is not None and result.divergence.what == "header"
+    assert "MUP_RULE" in result.divergence.where and "'sp'" in result.divergence.detail
 
 
 @pytest.mark.slow
