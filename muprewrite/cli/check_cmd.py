@@ -10,7 +10,8 @@ __all__ = ["NOT_EXERCISED", "check_cmd"]
 
 NOT_EXERCISED = 3  # exit status: passed what it ran, some emitted edits no run reached
 
-_HELP = """Check an emitted muP file by running it: exit 1 at the first divergence.
+_HELP = """Check an emitted muP file by running it: exit 1 at the first divergence, 3 when
+it passed what it ran but some emitted edits never ran.
 
 \b
   muprewrite check dit_mup.py --model "DiT(hidden_size=256, num_heads=2)" \\
@@ -95,10 +96,12 @@ def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...
     for line in result.notes:
         click.echo(f"note: {line}")
     if result.divergence is not None:
+        restore = ("restore what the header says there" if result.divergence.what == "header"
+                   else "restore the muP factor there")
         raise click.ClickException(
             f"{result.file}: {result.divergence.line()}; fix: regenerate it with `muprewrite "
             f"{result.original.name} --model ... --base ... -o {result.file.name}`, or if the "
-            "edit was yours, restore the muP factor there")
+            f"edit was yours, {restore}")
     if result.unexercised:
         for line in result.unexercised:
             click.echo(f"not exercised: {line}")
