@@ -26,8 +26,9 @@ def constant_corrections(report: Report) -> Mapping[str, tuple[float, float]]:
         if c.account == "unaccounted" or c.param is None:
             on = f" on the path of {c.param!r}" if c.param else ""
             raise MuprewriteError(
-                f"a width-dependent constant at {c.source} scales{on} by {c.model:.6g} here "
-                f"and {c.base:.6g} in the base; μP cannot account for it there",
+                f"a constant at {c.source} scales{on} by {c.model:.6g} here and "
+                f"{c.base:.6g} in the base (it depends on the width or depth); the rule's "
+                "factors cannot account for it there",
                 where=c.source,
                 fix="make the constant independent of the width (tune it on the base as a "
                     "constant), or move it onto the readout or the input embedding")
