@@ -212,3 +212,24 @@ def test_init_reading_the_width_is_not_scaled_twice(m: int) -> None:
     model = muprewrite.apply(WidthInit(16 * m).double(), x, base=base)
     ratio = model.hid.weight.square().mean().sqrt() / base.hid.weight.square().mean().sqrt()
     assert abs(float(ratio) - m ** -0.5) < 1e-10
+
+
+class HandReadout(nn.Module):
+    """Hand-written μP readout (``out(h) * base_width / width``, nanoGPT-mup style)."""
+
+    def __init__(self, width: int = 32, base_width: int = 16) -> None:
+        super().__init__()
+        self.mult = base_width / width
+        self.inp, self.hid, self.out = (nn.Linear(5, width), nn.Linear(width, width),
+                                        nn.Linear(width, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.relu(self.hid(torch.relu(self.inp(x))))) * self.mult
+
+
+@pytest.mark.parametrize("m", [2, 4])
+def test_hand_written_readout_multiplier_is_not_applied_twice(m: int) -> None:
+    x = torch.randn(2, 5, dtype=torch.float64)
+    torch.manual_seed(0)
+    model = muprewrite.apply(HandReadout(16 * m).double(), x, base=HandReadout(16).double())
+    assert abs(plan_of(model)["out.weight"].multiplier - 1.0) < 1e-10  # the model has 1/m

@@ -9,8 +9,9 @@ ratio ``r = c_model / c_base`` is already part of the scaling: the tool applies
 Stages: (1) pair the nodes of the two captures (same program, or the depth alignment);
 (2) at every ``mul`` / ``div`` by a Python scalar, compare the scalars; (3) trace the
 scaled tensor to the weight it feeds or comes from, through views and other scalar
-multiplies: a readout use (an output weight, or a tied weight's readout) or an input use
-(an embedding lookup, an input weight) is *accounted*; a constant that scales no
+multiplies: a readout use (an output weight, or a tied weight's readout; the constant on its
+input or on its output, as a hand-written ``out(h) * base_width / width``) or an input use
+(the output of an embedding lookup or an input weight) is *accounted*; a constant that scales no
 parameter's path (sinusoid frequencies ``arange(half) / half``) needs nothing; any other is
 *unaccounted* and ``apply`` refuses it, naming the line. Constants at or flowing into an
 attention logit (``q * scale`` before ``q @ k^T``) are the attention analysis's, not listed.
@@ -132,7 +133,7 @@ def _traced(cap: Capture, node: fx.Node, tensor: fx.Node | None, model: float, b
         param, use, reads = found
         role = roles.get(param, "")
         readout = role == "output" or param in tied and _tied_readout(cap, use)
-        if reads == "into" and readout:
+        if readout:  # on the readout's input or its output: a readout multiplier
             return WidthConstant(node.name, _source(node), model, base, "readout", param, use)
         if reads == "from" and (role == "input" or param in tied and not readout):
             return WidthConstant(node.name, _source(node), model, base, "input", param, use)
