@@ -152,6 +152,7 @@ def test_xformers_is_refused_only_where_it_is_reached(
     assert "in_block.attn" in str(refused.value) and refused.value.fix
 
 
+@pytest.mark.slow
 def test_coord_check_runs_on_nn_softmax_attention(files: dict[str, ModuleType]) -> None:
     """It crashed: the first forward of the applied model raised."""
     vit = files["vit"].ViT
