@@ -76,6 +76,8 @@ def run_cli(args: list[str]) -> tuple[int, str]:
             main(args)
         except SystemExit as exc:
             code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    if code in (130, 143):  # the CLI's Ctrl-C and SIGTERM: stop here, no verdict
+        raise KeyboardInterrupt(f"muprewrite {' '.join(args[:2])} was interrupted ({code})")
     return code, out.getvalue()
 
 
