@@ -22,7 +22,7 @@ from typing import Any
 from torch import nn
 
 from .branches import install_branches
-from .logits import Ledger
+from .logits import Ledger, looks_external
 from .mode import RewriteMode, attention_owned
 from .plan import HostEdit, Plan
 from .table import within
@@ -34,6 +34,7 @@ PLAN_ATTR = "_muprewrite_plan"
 INIT_ATTR = "_muprewrite_init_rms"  # target RMS per parameter, kept for meta-built models
 PENDING_ATTR = "_muprewrite_init_pending"  # built on meta, rescale_init not yet called
 INPUT_FACTOR_ATTR = "_muprewrite_input_factor"
+EXTERNAL_ATTR = "_muprewrite_external"  # the host's code calls flash-attn/xformers (logits.py)
 _GENERATED: dict[type, type] = {}
 # leaf layers whose forward is linear in its input apart from the bias: a multiplier on the
 # weight is a multiplier on the input, with no TorchFunctionMode needed (cheaper in eager)
@@ -55,7 +56,7 @@ def _forward(self: nn.Module, *args: Any, **kwargs: Any) -> Any:
     ledger = None
     if edit.logits is not None and not attention_owned():
         ledger = Ledger(edit.logits, f"{edit.module or 'the root module'} ({original.__name__})",
-                        self, original.forward)
+                        original.forward if getattr(self, EXTERNAL_ATTR) else None)
     with RewriteMode(uses, ledger):
         out = original.forward(self, *args, **kwargs)
     if ledger is not None:
@@ -88,6 +89,8 @@ def install(model: nn.Module, plan: Plan) -> None:
             raise AssertionError(f"module {edit.module!r} is already rewritten")
         object.__setattr__(host, HOST_ATTR, edit)
         object.__setattr__(host, INPUT_FACTOR_ATTR, _input_factor(host, edit))
+        object.__setattr__(host, EXTERNAL_ATTR, edit.logits is not None
+                           and looks_external(host, edit.logits))
         host.__class__ = _subclass(type(host))
     install_branches(model, plan.branches)
     object.__setattr__(model, PLAN_ATTR, plan)

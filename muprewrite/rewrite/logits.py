@@ -68,18 +68,18 @@ class Tag:
 
 class Ledger:
     """The attention edit's state for one call of a host's forward; ``name``: the host and
-    its class, for messages; ``host`` and its original ``forward``: where the host's code
-    calls an external kernel (flash-attn, xformers) and its logits take a factor, every
-    torch call looks for a frame of that kernel (``external``) below ``forward``."""
+    its class, for messages; ``forward``: the host's original forward, given only where the
+    host's code calls an external kernel (flash-attn, xformers) and its logits take a factor
+    (``looks_external``, decided once at install): then every torch call looks for a frame
+    of that kernel (``external``) below ``forward``."""
 
-    def __init__(self, table: LogitTable, name: str, host: nn.Module | None = None,
+    def __init__(self, table: LogitTable, name: str,
                  forward: Callable[..., Any] | None = None) -> None:
         self.table, self.name = table, name
         self.tracked: list[tuple[torch.Tensor, Tag]] = []
         self.scaled: list[Tag] = []
         self.refusals: list[str] = []  # found where raising is not possible (see _flex)
-        self.external = host is not None and any(f != 1.0 for _, f in table.factors) and bool(
-            external_names(host))
+        self.external = forward is not None
         self.stop: CodeType | None = getattr(forward, "__code__", None)
 
     def refuse_reached_external(self) -> None:
@@ -163,6 +163,13 @@ class Ledger:
                     "softmax", "if it is attention, end it in a softmax (or call "
                     "F.scaled_dot_product_attention); if it is not, compute it outside this "
                     "module's forward", False)
+
+
+def looks_external(host: nn.Module, table: LogitTable) -> bool:
+    """Whether ``host``'s attention edit must watch for external kernels: its logits take a
+    factor and its code calls one. Decided at install, not per forward (the source scan and
+    its cache are nothing torch.compile should trace)."""
+    return any(f != 1.0 for _, f in table.factors) and bool(external_names(host))
 
 
 def _user_line() -> str:
