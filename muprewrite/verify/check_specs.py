@@ -133,18 +133,19 @@ def plan_sizes(user: ModuleType, base: str, models: list[str], depth_rule: bool)
     leaf_ratio = ratios.pop()
     base_tree = ast.parse(base, mode="eval")
     base_values = {i: _int(leaf) for i, leaf in _leaves(base_tree)}
-    need_widths = max(0, 2 - len(wider))
+    # every derived width is a factor of _WIDTH_FACTORS, none a power of two: one is added
+    # when the widths given are all powers of two, so that a factor right only there fails
     odd = any(not _power_of_two(r) for r in widths)
+    need_widths = max(2 - len(wider), 0 if odd else 1)
     new_widths = _widths(user, base, ref, base_values, width_leaves, leaf_ratio,
                          need_widths, widths)
-    if need_widths and len(new_widths) < need_widths:
+    if len(wider) + len(new_widths) < 2:
         plan.notes.append(f"checked at {len(wider) + len(new_widths)} width(s) only: no "
                           "other width builds; pass a second --model")
-    if not need_widths and not odd:
-        suggestion = _widths(user, base, ref, base_values, width_leaves, leaf_ratio, 1, widths)
-        hint = f", e.g. --model {_with(base, suggestion[0])!r}" if suggestion else ""
-        plan.notes.append("every width checked is a power-of-two multiple of the base; a "
-                          f"factor wrong only at other widths would not show: add one{hint}")
+    if not odd and not new_widths:
+        plan.notes.append("every width checked is a power-of-two multiple of the base (no "
+                          "other width builds); a factor wrong only at other widths would not "
+                          "show: add a --model at 1.5x or 3x the base width")
     extra_depths: list[int] = []
     depth_leaf = None
     if depth_rule:
