@@ -31,8 +31,11 @@ demo: $(STAMP)
 		--model "DiT(depth=2, hidden_size={width}, num_heads={width} // 32)" \
 		--widths 64,128,256,512 --rule mup --rule sp --seeds 1
 
+# two pytest-xdist workers (CI has two cores), one test file per worker at a time, so that a
+# file's module fixtures are built once; JOBS=0 runs everything in this one process
+JOBS    ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=15
+	$(BIN)/python -m pytest -q -n $(JOBS) --dist loadfile --durations=15
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

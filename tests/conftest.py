@@ -24,6 +24,11 @@ for _name, _n in (("ci", 20), ("thorough", 500)):
                               suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
+# `make test` runs two pytest-xdist workers on CI's two cores: one torch thread each, so that
+# the workers do not fight over the cores (torch would start one thread per core in each)
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
+
 
 @dataclass(frozen=True)
 class ExampleSpec:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import signal
 import subprocess
@@ -34,9 +35,13 @@ def test_two_workers_finish_n_trials_with_the_one_worker_best(tmp_path, monkeypa
     monkeypatch.setenv("BARRIER_DIR", str(tmp_path / "barrier"))
     monkeypatch.setenv("BARRIER_WORKERS", "2")
     (tmp_path / "barrier").mkdir()
-    two = tune(h.mlp, h.train_together, workers=2, n_trials=6, enqueue=POINTS,
+    # a model file loaded from tests/ by another test (muprewrite.spec forgets a project's
+    # modules before it imports) may have dropped tune_helpers from sys.modules; a worker
+    # gets functions pickled by module and name, so take them from the module imported now
+    fresh = importlib.import_module("tune_helpers")
+    two = tune(fresh.mlp, fresh.train_together, workers=2, n_trials=6, enqueue=POINTS,
                storage=str(tmp_path / "two.journal"), **SETTINGS)
-    one = tune(h.mlp, h.train, workers=1, n_trials=6, enqueue=POINTS,
+    one = tune(fresh.mlp, fresh.train, workers=1, n_trials=6, enqueue=POINTS,
                storage=str(tmp_path / "one.journal"), **SETTINGS)
     for result in (one, two):
         assert [t.state.name for t in result.study.trials] == ["COMPLETE"] * 6
