@@ -159,3 +159,19 @@ def test_coord_check_runs_on_nn_softmax_attention(files: dict[str, ModuleType]) 
     check = coord_check(lambda w: vit(w), [BASE, 4 * BASE], inputs=lambda m: m.example_inputs(),
                         steps=1, seeds=1)
     assert abs(check.slope("")) < 0.3
+
+
+@pytest.mark.slow
+def test_coord_check_is_flat_on_shifted_window_attention(files: dict[str, ModuleType]) -> None:
+    """Issue 24's acceptance: Swin's two blocks (one shifted, its mask added through a view
+    of the logits) under mup, heads fixed and d_head growing: the output's RMS after each of
+    three Adam steps stays flat in width (at init it shrinks with the readout multiplier
+    base/width, as muP's output does until training moves it). Its position-bias table is
+    *input* from the base's one capture and *fixed* from two: at the base every factor is 1
+    either way, and the sweep is not refused for it."""
+    swin = files["swin"].Swin
+    check = {rule: coord_check(lambda w: swin(w).double(), [BASE, 2 * BASE, 4 * BASE],
+                               inputs=lambda m: tuple(t.double() for t in m.example_inputs()),
+                               rule=rule, steps=3, seeds=2) for rule in ("mup", "sp")}
+    assert all(abs(check["mup"].slope("", step)) < 0.3 for step in (1, 2, 3)), check["mup"].rms
+    assert check["sp"].slope("", 1) > 0.5, check["sp"].rms[""]  # the check can tell

@@ -24,16 +24,25 @@ def test_coordinates_stay_flat_under_mup_and_logits_grow_under_sp(name: str) -> 
 
 
 def test_roles_that_differ_between_widths_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The base width takes its roles from one capture; a sweep refuses to compare widths
-    whose roles differ (the base would train with other factors, or another optimizer)."""
+    """The base width takes its roles from one capture; under a Muon rule a sweep refuses to
+    compare widths whose roles differ (the base would step them with another optimizer);
+    under another rule every factor is 1 at the base, whatever the role."""
     from types import SimpleNamespace
 
     from muprewrite import MuprewriteError
     from muprewrite.verify import coordcheck
 
-    plans = iter([SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="input")]),
-                  SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="input")]),
-                  SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role="hidden")])])
+    def plans_of(optimizer: str):
+        return iter([SimpleNamespace(report=[SimpleNamespace(name="fc.weight", role=role)],
+                                     optimizer=optimizer)
+                     for role in ("input", "input", "hidden")])
+
+    plans = plans_of("adam")
+    monkeypatch.setattr(coordcheck, "plan_of", lambda model: next(plans))
+    check = coordcheck.RoleCheck()
+    for width in (32, 64, 128):
+        check.check(width, None)  # type: ignore[arg-type]
+    plans = plans_of("muon")
     monkeypatch.setattr(coordcheck, "plan_of", lambda model: next(plans))
     check = coordcheck.RoleCheck()
     check.check(32, None)  # type: ignore[arg-type]

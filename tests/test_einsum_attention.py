@@ -159,3 +159,18 @@ def test_analyze_reports_the_contracted_head_size(build) -> None:  # type: ignor
     assert site.d_head_axis == (-1 if build is _matmul else -2)  # of q.transpose(-2, -1)
     (single,) = analyze(model, images, heads="fixed").attention
     assert (single.d_head, single.d_head_grows) == (64, True)
+
+
+@pytest.mark.slow
+def test_coord_check_is_flat_on_head_size_first_attention() -> None:
+    """Issue 24's acceptance: ADM's legacy attention (einsum "bct,bcs->bts", the head size
+    before the sequence axis) under mup, heads fixed and d_head growing: the output's RMS at
+    each of three Adam steps stays flat in width (at init it shrinks with the readout
+    multiplier base/width, as muP's output does until training moves it)."""
+    from muprewrite.verify.coordcheck import coord_check
+
+    check = {rule: coord_check(lambda w: _adm(w).double(), [BASE, 2 * BASE, 4 * BASE],
+                               inputs=lambda m: _images(), rule=rule, steps=3, seeds=2)
+             for rule in ("mup", "sp")}
+    assert all(abs(check["mup"].slope("", step)) < 0.3 for step in (1, 2, 3)), check["mup"].rms
+    assert check["sp"].slope("", 1) > 0.5, check["sp"].rms[""]  # the check can tell

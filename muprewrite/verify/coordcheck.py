@@ -238,17 +238,20 @@ def _check(build: Callable[[int], nn.Module], sizes: tuple[int, ...], axis: Axis
 
 
 class RoleCheck:
-    """Across a width sweep, every width must give each parameter the same role. The base
-    width, where nothing is measured to grow, takes its roles from one capture; a role that
-    differs from the wider widths' would train the base with other factors (another
-    optimizer, under a Muon rule) than the widths it is meant to transfer to."""
+    """Across a width sweep under a Muon rule, every width must give each parameter the same
+    role. The base width, where nothing is measured to grow, takes its roles from one
+    capture; under a Muon rule a role that differs from the wider widths' would step the
+    parameter with another optimizer at the base than at the widths it is meant to transfer
+    to. Under any other rule every factor is 1 at the base whatever the role (m = 1), so a
+    role guessed otherwise there trains the base exactly the same (Swin's position-bias
+    table: *input* from one capture, *fixed* from two) and is not refused."""
 
     def __init__(self) -> None:
         self.first: tuple[int, dict[str, str]] | None = None
 
     def check(self, size: int, model: nn.Module) -> None:
         plan = plan_of(model)
-        if plan is None:
+        if plan is None or plan.optimizer != "muon":
             return
         roles: dict[str, str] = {info.name: info.role for info in plan.report}
         if self.first is None:
