@@ -215,7 +215,8 @@ def test_emitted_source_passes_the_behavioural_check(project: Path) -> None:
             result = CliRunner().invoke(cli, args)
             # the path flash= does not take is named as not exercised (exit 3)
             assert result.exit_code == 3, result.output
-            assert result.output.count("ok: ") == 3 and "if self.flash:`" in result.output
+            # the base, the two widths given and 1.5x the base (added by check)
+            assert result.output.count("ok: ") == 4 and "if self.flash:`" in result.output
 
 
 def test_width_tied_to_depth_needs_a_depth_rule(project: Path) -> None:

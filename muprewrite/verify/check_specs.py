@@ -37,11 +37,15 @@ class Plan:
 
 
 def _shapes(user: ModuleType, text: str) -> dict[str, tuple[int, ...]] | None:
-    try:
-        model = build_model(user, text, "a derived --model", device="meta")
-    except MuprewriteError:
-        return None
-    return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    """Parameter shapes of ``text`` built on the meta device, or on the CPU where the
+    constructor cannot run on meta (it reads a value: ``.item()``); None if it does not build."""
+    for device in ("meta", "cpu"):
+        try:
+            model = build_model(user, text, "a derived --model", device=device)
+        except MuprewriteError:
+            continue
+        return {n: tuple(p.shape) for n, p in model.named_parameters()}
+    return None
 
 
 def _leaves(node: ast.AST) -> list[tuple[int, ast.Constant]]:
