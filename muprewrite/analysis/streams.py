@@ -26,7 +26,7 @@ no single m_L: refused, named.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Set
 from dataclasses import dataclass
 
 from torch import fx
@@ -115,18 +115,10 @@ def find_streams(cap: Capture, residuals: ResidualStream) -> Streams:
     operands = {b.branch for b in branches}
     for i, b in enumerate(branches):
         start = by_name.get(b.stream)
-        stack, seen = ([start] if start is not None else []), set()
-        while stack:
-            node = stack.pop()
-            if node.name in seen:
-                continue
-            seen.add(node.name)
+        for node in _stops([start] if start is not None else [], adds.keys() | operands,
+                           lambda n: n.all_input_nodes):
             if node.name in adds:
                 union.join(i, adds[node.name])
-                continue
-            if node.name in operands:
-                continue
-            stack.extend(node.all_input_nodes)
     members: dict[int, list[int]] = {}
     for i in range(len(branches)):
         members.setdefault(union.find(i), []).append(i)
@@ -134,6 +126,22 @@ def find_streams(cap: Capture, residuals: ResidualStream) -> Streams:
     labels = [_INLINE if b.block == b.add else b.block for b in branches]
     calls = tuple(tuple(dict.fromkeys((keys[i], labels[i]) for i in g)) for g in groups)
     return Streams(tuple(groups), calls)
+
+
+def _stops(starts: Iterable[fx.Node], stops: Set[str],
+           step: Callable[[fx.Node], Iterable[fx.Node]]) -> Iterator[fx.Node]:
+    """The nodes named in ``stops`` that a walk from ``starts`` along ``step`` (inputs or
+    users) reaches without passing another of them; each node is visited once."""
+    stack, seen = list(starts), set()
+    while stack:
+        node = stack.pop()
+        if node.name in seen:
+            continue
+        seen.add(node.name)
+        if node.name in stops:
+            yield node
+        else:
+            stack.extend(step(node))
 
 
 def stream_ratios(model: str, ours: Streams, theirs: Streams) -> tuple[float, ...]:
@@ -168,17 +176,8 @@ def param_ratios(cap: Capture, residuals: ResidualStream, streams: Streams,
         name = cap.params.get(node.name) if node.op == "placeholder" else None
         if name is None or name not in residuals.inside:
             continue
-        found = reached.setdefault(name, set())
-        stack, seen = [node], set()
-        while stack:
-            cur = stack.pop()
-            if cur.name in seen:
-                continue
-            seen.add(cur.name)
-            if cur.name in stream_of:
-                found.add(stream_of[cur.name])
-                continue
-            stack.extend(cur.users)
+        reached.setdefault(name, set()).update(
+            stream_of[hit.name] for hit in _stops([node], stream_of.keys(), lambda n: n.users))
     out: dict[str, float] = {}
     for name, found in reached.items():
         values = sorted({ratios[s] for s in found})
