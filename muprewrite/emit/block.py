@@ -90,6 +90,14 @@ def collapse(values: Mapping[str, _V | None]) -> dict[str, _V]:
     return out
 
 
+def _width_axes_table(axes: Mapping[str, tuple[int, ...]]) -> list[str]:
+    """``MUP_WIDTH_AXES``: the axes of each parameter that grow with width."""
+    out = ["# axes that grow with width, per parameter (layer index: *); every other axis keeps "
+           "its base size", "MUP_WIDTH_AXES = {"]
+    out += [f"    {string(name)}: {_tuple(a)}," for name, a in axes.items()]
+    return [*out, "}"]
+
+
 def render_header(file: str, rule: str, title: str, changes: Sequence[str],
                   base: str) -> list[str]:
     """The comment lines that open the emitted file (without newlines)."""
@@ -151,7 +159,8 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
                  d_head: Mapping[str, int], training: Training, imports: Sequence[str],
                  elsewhere: Sequence[tuple[str, int, str]] = (),
                  depth: DepthBlock | None = None, tuned: TunedBlock | None = None,
-                 guard: tuple[Sequence[str], str] = ((), "")) -> str:
+                 guard: tuple[Sequence[str], str] = ((), ""),
+                 width_axes: Mapping[str, tuple[int, ...]] | None = None) -> str:
     """The module-level code added after the file's imports. ``training``: the optimizer
     the rule is for (``mup_param_groups``, ``mup_optimizer``); ``elsewhere``: (constant,
     size, file) of the head size constants that only other files use (defined there);
@@ -159,7 +168,9 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     then keyed by the base's parameters, each with its m_L exponent); ``tuned``: the base
     hyperparameters, when the file is emitted with them (see ``tuned.py``); ``guard``: the
     table and the function with which ``mup_init`` refuses a head size that an unedited
-    attention cannot take (see ``head_guard.py``; width rules only)."""
+    attention cannot take (see ``head_guard.py``; width rules only); ``width_axes``: per
+    parameter (the base's, under a depth rule) the axes that grow with width, every other
+    axis held to its base size by ``mup_factors`` (None: no such check, for old callers)."""
     out = [*imports, "" if imports else None, "",
            f'# ---- muP (written by muprewrite, rule "{comment_text(rule)}") ' + "-" * 40, "",
            f"MUP_RULE = {string(rule)}",
@@ -194,6 +205,7 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
         inner = ", ".join(f"{string(identifier(a))}: {string(p)}" for a, p in attrs.items())
         out.append(f"    {string(module)}: {{{inner}}},")
     out.append("}")
+    out += _width_axes_table(width_axes or {})
     middle = _WIDTH.format() if depth is None else depth_functions()
     parts = [_PREAMBLE.format(base_call=base_call)]
     if guard[1] and depth is None:
@@ -226,6 +238,24 @@ def _mup_entry(name: str) -> tuple | None:
 
 def _mup_rms(t: torch.Tensor) -> float:
     return float(t.detach().double().square().mean().sqrt()) if t.numel() else 0.0
+
+
+def _mup_check_axes(pairs) -> None:
+    """Refuse a parameter whose size differs from its base partner's along an axis that does
+    not grow with width (MUP_WIDTH_AXES): the factors measure width only, so another vocabulary,
+    patch grid or option would be read as a width ratio. ``pairs``: (name, shape, base shape,
+    its key in the tables)."""
+    wrong = []
+    for name, shape, base_shape, key in pairs:
+        grows = MUP_WIDTH_AXES.get(key) or MUP_WIDTH_AXES.get(re.sub(r"(^|\\.)\\d+(?=\\.)", r"\\1*", key), ())
+        wrong += [f"{{name}} axis {{a}}: {{shape[a]}} (base {{base_shape[a]}})"
+                  for a in range(len(shape)) if a not in grows and shape[a] != base_shape[a]]
+    if wrong:
+        raise ValueError(
+            f"muP: the model differs from its base (mup_base_model()) along axes that do not grow "
+            f"with width: {{'; '.join(wrong[:5])}}; muP's factors account for width only, so "
+            "build the model with the base's other sizes and options (vocabulary, image and "
+            "patch size, pooling), or emit the file again from a --base that has them")
 '''
 
 _WIDTH = '''def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict[str, float]]:
@@ -239,6 +269,7 @@ _WIDTH = '''def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> di
             f"muP: the model and its base (mup_base_model()) differ in {{len(unmatched)}} "
             f"parameter(s), e.g. {{', '.join(unmatched[:10])}}; build the model with the base's "
             "structure (depth, heads layout, options), changing only its width")
+    _mup_check_axes((name, p.shape, base_shapes[name], name) for name, p in model.named_parameters())
     factors = {{}}
     for name, p in model.named_parameters():
         entry = _mup_entry(name)

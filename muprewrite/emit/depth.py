@@ -88,6 +88,8 @@ def mup_factors(model: torch.nn.Module, base: torch.nn.Module) -> dict[str, dict
             f"muP: the model and its base (mup_base_model()) differ in {len(unmatched)} "
             f"parameter(s), e.g. {', '.join(unmatched[:10])}; build the model with the base's "
             "structure (heads layout, options), changing only its width and number of blocks")
+    _mup_check_axes((name, p.shape, base_params[partners[name]].shape, partners[name])
+                    for name, p in ours.items())
     m_depth = mup_depth_ratio(model, base)
     factors = {}
     for name, p in ours.items():

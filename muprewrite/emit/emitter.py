@@ -187,14 +187,27 @@ def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: s
         entries = collapse(base_entries(report, rule, partners, _entry))
         unused = sorted({partners[i.name] for i in report if i.role == "unused"})
     imports = [f"import {m}" for m in ("re", "torch") if not _imports(module, m)]
+    width_axes = _width_axes(report, partners)
 
     def block(d_head: Mapping[str, int], elsewhere: Sequence[tuple[str, int, str]]) -> str:
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
                             training=_training(rule), imports=imports,
-                            elsewhere=elsewhere, depth=depth, tuned=tuned, guard=guard)
+                            elsewhere=elsewhere, depth=depth, tuned=tuned, guard=guard,
+                            width_axes=width_axes)
 
     return block
+
+
+def _width_axes(report: Report, partners: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+    """Per parameter (its base partner under a depth rule), the axes that grow with width:
+    the emitted ``mup_factors`` holds every other axis to the base's size."""
+    axes: dict[str, tuple[int, ...] | None] = {}
+    for info in report:
+        key = partners.get(info.name, info.name)
+        union = set(axes.get(key) or ()) | set(info.width_axes)
+        axes[key] = tuple(sorted(union)) or None
+    return collapse(axes)
 
 
 def _training(rule: Rule) -> Training:
