@@ -125,10 +125,24 @@ def test_attention_scale_on_a_call_with_one_argument_a_line(tmp_path: Path) -> N
             "            v,\n            scale=MUP_D_HEAD_BASE ** 0.5 / q.shape[-1],\n        )\n") in out
 
 
-def test_no_attention_edit_when_heads_grow_at_fixed_head_size(tmp_path: Path) -> None:
+def test_fixed_head_size_with_an_attribute_is_guarded_not_edited(tmp_path: Path) -> None:
+    """Heads grow at a fixed head size: factor 1 at both widths. With an attribute holding
+    the head size, mup_init checks it (head_guard.py) and the attention is left as written."""
+    src = NET.replace("        self.heads = heads\n",
+                      "        self.heads = heads\n        self.head_dim = width // heads\n")
+    out = _emit(tmp_path, src, model="Net(width=64, heads=4)")
+    assert [old for old, _new in _changed(src, out)] == ["        return self.out(h)  # logits"]
+    assert "MUP_D_HEAD_BASE" not in out and '"attn": ("head_dim", 16)' in out
+
+
+def test_fixed_head_size_without_an_attribute_is_edited(tmp_path: Path) -> None:
+    """With no attribute to check, the attention takes the runtime factor, 1 at the emitted
+    widths (its base head size is the emitted one), right at any other head size."""
     out = _emit(tmp_path, NET, model="Net(width=64, heads=4)")
-    assert [old for old, _new in _changed(NET, out)] == ["        return self.out(h)  # logits"]
-    assert "MUP_D_HEAD_BASE" not in out
+    assert [old for old, _new in _changed(NET, out)] == [
+        "        y = F.scaled_dot_product_attention(q, k, v)  # (B, H, N, Dh)",
+        "        return self.out(h)  # logits"]
+    assert "MUP_D_HEAD_BASE = 16" in out and "MUP_HEAD_SIZES" not in out
 
 
 @pytest.mark.parametrize("readout, expected", [

@@ -41,3 +41,54 @@ def test_widths_that_keep_the_head_size_build(heads_grow: ModuleType) -> None:
     model = heads_grow.GPT(**SIZE, n_head=8, n_embd=128)  # d_head 16, as emitted
     assert model.transformer.h[0].attn.head_dim == 16
     assert model(torch.randint(0, 64, (1, 8))).isfinite().all()
+
+
+NANO = ROOT / "tests" / "mutation" / "models" / "nano_gpt.py"  # no attribute holds d_head
+NANO_BASE = "GPT(GPTConfig(n_embd=32, n_head=2))"
+
+
+def _check(path: Path, model: str, flash: bool = True) -> None:
+    """The emitted ``path`` behaves as apply on the original at ``model`` (CheckError if not)."""
+    from muprewrite.verify.source_check import check_emitted
+
+    base = None if flash else NANO_BASE.replace("n_head=2)", "n_head=2, flash=False)")
+    result = check_emitted(path, [model], original=NANO, base=base, steps=2)
+    assert result.divergence is None, result.divergence
+    assert result.passed
+
+
+@pytest.mark.parametrize("rule", ["mup", "completep", "mup+hparams"])
+def test_unguarded_attention_takes_the_factor_anyway(tmp_path: Path, rule: str) -> None:
+    """nanoGPT keeps no head_dim attribute: the attention with a fixed head size is edited
+    (its factor 1 at the emitted widths), so the file is right at a width whose head size
+    differs too, on both paths of self.flash. Before, it had no edit and only a warning:
+    at head size 32 its logits were off by sqrt(32/16) from apply's."""
+    model = "GPT(GPTConfig(n_embd=64, n_head=4, n_layer=4))" if rule == "completep" else \
+        "GPT(GPTConfig(n_embd=64, n_head=4))"
+    hparams = {"output_multiplier": 2.0, "attention_multiplier": 0.5} if "+" in rule else None
+    emission = emit(NANO, model, NANO_BASE, rule=rule.partition("+")[0], hparams=hparams)
+    assert not any("WARNING" in c for c in emission.changes), emission.changes
+    assert any("at line(s) 39, 41" in c for c in emission.changes), emission.changes
+    assert "(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5" in emission.source
+    path = tmp_path / "nano_mup.py"
+    path.write_text(emission.source)
+    wider = "GPT(GPTConfig(n_embd=64, n_head=2{}))"  # head size 32: the base's was 16
+    _check(path, wider.format(", n_layer=3" if rule == "completep" else ""))
+    _check(path, wider.format(", flash=False"), flash=False)
+
+
+def test_an_attention_that_cannot_be_edited_is_named(tmp_path: Path) -> None:
+    """Where the source cannot take the edit either (the logits come from a function of
+    another file) and no attribute holds the head size, the emission says so."""
+    helper = tmp_path / "logits.py"
+    helper.write_text("def logits(q, k):\n    return q @ k.transpose(-2, -1)\n")
+    text = NANO.read_text().replace(
+        "import torch\n", "import torch\nfrom logits import logits\n", 1).replace(
+        "att = (q @ k.transpose(-2, -1)) *", "att = logits(q, k) *")
+    model = tmp_path / "nano.py"
+    model.write_text(text)
+    emission = emit(model, "GPT(GPTConfig(n_embd=64, n_head=4, flash=False))",
+                    "GPT(GPTConfig(n_embd=32, n_head=2, flash=False))")
+    line = text.splitlines().index("            y = F.softmax(att, dim=-1) @ v") + 1
+    warning = [c for c in emission.changes if "WARNING" in c]
+    assert warning and f"{model}:{line} " in warning[0] and "self.head_dim" in warning[0], warning

@@ -72,7 +72,9 @@ CASES = {
     "gpt-heads": Case("gpt", "GPT", (dict(n_embd=32, n_head=2, **GPT),
                                      dict(n_embd=64, n_head=4, **GPT),
                                      dict(n_embd=128, n_head=8, **GPT)),
-                      edits=("scale=MUP_ATTENTION_MULTIPLIER / q.shape[-1] ** 0.5",)),
+                      # a fixed head size takes the factor too: 1 here, right at any other
+                      edits=("scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / "
+                             "q.shape[-1]",)),
     "dit": Case("dit", "DiT", (dict(hidden_size=32, num_heads=2, **DIT),
                                dict(hidden_size=64, num_heads=2, **DIT),
                                dict(hidden_size=128, num_heads=2, **DIT)),

@@ -20,13 +20,13 @@ import libcst as cst
 import torch
 
 from ..analysis.attention import HeadsConvention, find_attention
-from ..analysis.report import ParamInfo, Report
+from ..analysis.report import AttentionSite, ParamInfo, Report
 from ..analysis.source import node_source
 from ..analyzer import analyze_with_capture
 from ..capture import aliases
 from ..hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..rewrite.constants import refuse_width_constants
-from ..rewrite.plan import make_plan, tied_multiplier, vector_like
+from ..rewrite.plan import make_plan, multiplied_uses, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
@@ -109,12 +109,36 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     nodes = {n.name: n for n in cap.graph.nodes}
     logits = {p.node: str(node_source(nodes[p.logits]) or "") for p in find_attention(cap.graph)
               if p.kind == "softmax" and p.logits is not None}
-    sites = (locate(model, project, plan, names, logits) if tuned is None else
-             locate_tuned(model, project, plan, cap.graph, rule, names, logits))
     deep = rule.has_depth and report.residuals is not None and bool(report.residuals.branches)
-    if deep:  # the residual adds take m_L^-alpha, at any depth the file is built at
-        sites = replace(sites, branches=locate_branches(model, project, report, cap.graph))
-    edits = _main_first(project.main, complete(project, sites))  # every path of the hosts
+    # attention with a fixed head size: guarded in mup_init by an attribute, or else edited
+    guards, unguarded = (head_guards(model, base, report, rule, attributes=not deep)
+                         if tuned is None else ({}, []))
+
+    def locate_all(fixed: Sequence[AttentionSite]) -> tuple[Sites, dict[Path, Edits]]:
+        if tuned is not None:
+            found = locate_tuned(model, project, plan, cap.graph, rule, names, logits)
+        elif fixed:  # those take the head size factor too (1 at the emitted widths)
+            every = make_plan(report, cap.graph, rule, names,
+                              replace(plan.hparams, attention_multiplier=2.0))  # every site
+            growing = {s.node for s in report.attention if s.d_head_grows}
+            found = locate(model, project, every, names, logits,
+                           uses=multiplied_uses(report, plan.params),
+                           growing=growing | {s.node for s in fixed})
+        else:
+            found = locate(model, project, plan, names, logits)
+        if deep:  # the residual adds take m_L^-alpha, at any depth the file is built at
+            found = replace(found, branches=locate_branches(model, project, report, cap.graph))
+        return found, _main_first(project.main, complete(project, found))  # every path
+
+    unedited: list[str] = []
+    try:
+        sites, edits = locate_all(unguarded)
+    except EmitError as error:
+        if not unguarded:
+            raise
+        sites, edits = locate_all(())  # the sites that need no edit stay as they are
+        unedited = list(dict.fromkeys(f"{s.source or s.node} ({error.message})"
+                                      for s in unguarded))
     base_call = _call_text(base_expr)
     depth = depth_block(model, base, report, rule, project, edits, sites,
                         cap) if deep else None
@@ -122,8 +146,6 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
     tuned_block = None if tuned is None else TunedBlock(
         tuned, rule.id, collapse(classes_of(report, partners)), sites.lookups,
         bool(sites.attention), depth is not None, card_name(hparams))
-    guards, unguarded = (head_guards(model, base, report, rule) if depth is None and tuned is None
-                         else ({}, []))  # attention left unedited: mup_init checks its head size
     block = _block_for(report, rule, sites, seed, base_call, project.parsed(path).wrapper.module,
                        depth, partners, tuned_block,
                        (render_guards(guards), GUARD_FUNCTION if guards else ""))
@@ -135,12 +157,13 @@ def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule 
                                   "as muprewrite.apply(..., hparams=...) does"))
     first = files[0]
     unused = report.uncaptured({n: tuple(p.shape) for n, p in base.named_parameters()})
-    if unguarded:
-        changes = (*changes, f"WARNING: attention at {', '.join(unguarded[:5])} has no logit "
-                   "edit (its head size is the same in --base and --model), and no attribute "
-                   "of its module holds its head size for mup_init to check: the file is right "
-                   "only at widths that keep that head size; emit from a --base and --model "
-                   "whose head sizes differ to edit it")
+    if unedited:
+        changes = (*changes, f"WARNING: attention at {', '.join(unedited[:3])} has no logit "
+                   "edit (its head size is the same in --base and --model), its source cannot "
+                   "take one, and no attribute of its module holds its head size for mup_init "
+                   "to check: the file is right only at widths that keep that head size; add "
+                   "an int attribute holding the head size to its module (self.head_dim = ...), "
+                   "or use muprewrite.apply(model, ...) at runtime")
     if unused:  # no factor for them: the forward may use them on a path no capture ran
         changes = (*changes, f"WARNING: {len(unused)} trainable parameter(s) that grow with "
                    f"width are used by no captured op and get no muP factor: "

@@ -15,9 +15,10 @@ Each form equals what ``muprewrite.apply`` does at run time:
   read off the axis of q that the product contracts (``q.shape[-2]`` for
   ``torch.einsum("bhdn,bhdm->bhnm", q, k)``, q of shape (B, heads, d_head, tokens));
 - with base hyperparameters every attention factor also takes ``MUP_ATTENTION_MULTIPLIER``
-  (``scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / q.shape[-1]``), and where
-  d_head does not grow the attention takes only that (``scale=MUP_ATTENTION_MULTIPLIER /
-  q.shape[-1] ** 0.5``, the logits times ``MUP_ATTENTION_MULTIPLIER``);
+  (``scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / q.shape[-1]``); an attention
+  whose d_head did not grow takes the same form with its own head size as the base's (1 at
+  the emitted widths, see ``head_guard.py``), and under a rule that leaves attention
+  unchanged only the multiplier (``scale=MUP_ATTENTION_MULTIPLIER / q.shape[-1] ** 0.5``);
 - a residual add ``x + f(x)`` (``x += f(x)``, ``f(x) + x``) -> ``x + self.mup_branch_multiplier
   * f(x)``, the branch operand parenthesised where ``*`` would bind tighter.
 """

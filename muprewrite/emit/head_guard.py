@@ -1,14 +1,17 @@
-"""The emitted file's guard on attention it left unedited: ``mup_init`` refuses a width at
-which such an attention would need a logit edit.
+"""Attention whose head size is the same in the base and the emitted model (heads grow, d_head
+fixed) needs no logit factor at the emitted widths; built later at a width whose head size
+differs (another heads layout), it needs one. The emitted file either carries the factor
+anyway or refuses such a width in ``mup_init``:
 
-An attention whose head size is the same in the base and the emitted model (heads grow,
-d_head fixed) gets no logit edit: its factor is 1 at both widths. Built later at a width
-whose head size differs (another heads layout), the file would run it at 1/sqrt(d_head)
-with no alarm. Parameters do not tell a head size (n_head x d_head is all their shapes
-show), so the guard reads the module attribute that holds it: an int attribute of the
-attention's module, or of a module above it, equal to the head size in both the model and
-the base (nanoGPT's ``head_dim``, timm's ``head_dim``). An attention with no such attribute
-cannot be guarded: the emitter says so among its changes (a warning with the site).
+- **a guard**: the module attribute that holds the head size (an int attribute of the
+  attention's module, or of a module above it, equal to the head size in both the model and
+  the base: nanoGPT's ``head_dim``, timm's ``head_dim``), read by ``mup_init``
+  (``MUP_HEAD_SIZES``; width rules without base hyperparameters only);
+- **an edit**: where no attribute holds it (or under a depth rule), the site takes the same
+  runtime factor as a growing one, ``(MUP_D_HEAD_BASE / q.shape[-1]) ** 0.5`` with the
+  emitted head size as base, which is 1 at the emitted widths (``emitter.py``);
+- where the source cannot take that edit either, the emitter says so among its changes
+  (a warning with the site): the file is right only at widths that keep the head size.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from collections.abc import Mapping
 
 from torch import nn
 
-from ..analysis.report import Report
+from ..analysis.report import AttentionSite, Report
 from ..rules import Rule
 from .block import module_pattern
 from .literals import identifier, string
@@ -30,20 +33,21 @@ HeadGuards = Mapping[str, tuple[str, int]]
 GUARD_CALL = "    _mup_check_head_sizes(model)\n"
 
 
-def head_guards(model: nn.Module, base: nn.Module, report: Report, rule: Rule
-                ) -> tuple[dict[str, tuple[str, int]], list[str]]:
+def head_guards(model: nn.Module, base: nn.Module, report: Report, rule: Rule,
+                attributes: bool = True) -> tuple[dict[str, tuple[str, int]], list[AttentionSite]]:
     """(guards, sites that no attribute guards) for the attention sites with no logit edit
-    because their head size did not change between ``base`` and ``model``."""
+    because their head size did not change between ``base`` and ``model``;
+    ``attributes=False``: no guards, every such site unguarded."""
     guards: dict[str, tuple[str, int]] = {}
-    unguarded: list[str] = []
+    unguarded: list[AttentionSite] = []
     if rule.attention == "unchanged":
         return guards, unguarded
     for site in report.attention:
         if site.d_head_grows or site.d_head_base not in (None, site.d_head):
             continue
-        found = _attribute(model, base, site.module, site.d_head)
+        found = _attribute(model, base, site.module, site.d_head) if attributes else None
         if found is None:
-            unguarded.append(site.source or site.node)
+            unguarded.append(site)
         else:
             guards.setdefault(module_pattern(found[0]), (found[1], site.d_head))
     return guards, unguarded

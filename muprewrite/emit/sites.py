@@ -109,8 +109,11 @@ def locate(model: nn.Module, project: Project, plan: Plan,
            growing: Collection[str] | None = None, attention_multiplier: str = "") -> Sites:
     """``logits``: explicit-softmax site -> source of its q.k^T product. ``uses``: the uses
     that take a forward multiplier (default: those whose factor in ``plan`` is not 1);
-    ``growing``: the attention sites whose d_head grows (default: every site ``plan`` edits);
-    ``attention_multiplier``: a constant every attention edit multiplies in too."""
+    ``growing``: the attention sites that take the head size factor (default: every site
+    ``plan`` edits), those whose d_head grows and those whose d_head is fixed but that take it
+    so that a width with another head size is right too (their size is the base's, so the
+    factor is 1 at the emitted widths); ``attention_multiplier``: a constant every attention
+    edit multiplies in too."""
     readouts: dict[tuple, ReadoutSite] = {}
     multipliers: dict[str, dict[str, str]] = {}
     lookups: dict[str, dict[str, str]] = {}
@@ -236,9 +239,12 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
                             where=site.source or site.node,
                             fix="use muprewrite.apply(model, ...) at runtime")
         grows = growing is None or site.node in growing
-        assert site.d_head_base is not None or not grows  # make_plan checked it
+        if not grows and not multiplier:
+            continue  # d_head fixed, no constant: nothing to write there
+        size = site.d_head_base if site.d_head_grows else site.d_head_base or site.d_head
+        assert size is not None or not grows  # make_plan checked it
         key = (file, line, kind)
-        bases.setdefault(key, set()).add(site.d_head_base if grows else None)
+        bases.setdefault(key, set()).add(size if grows else None)
         axes.setdefault(key, set()).add(site.d_head_axis)
         module = model.get_submodule(hosts[site.node])
         scopes.setdefault(key, {}).update(dict.fromkeys(_scope(module, project)))

@@ -80,11 +80,13 @@ def locate_tuned(model: nn.Module, project: Project, plan: Plan, graph: fx.Graph
                  names: Mapping[str, tuple[str, ...]], logits: Mapping[str, str]) -> Sites:
     """The sites of ``plan`` (made with the base hyperparameters), and also every use of an
     input or output weight and every attention site whatever its d_head, so that each
-    constant has its uses whatever its value."""
+    constant has its uses whatever its value; every attention takes the head size factor
+    (where d_head is fixed, with that size as the base's: 1 at the emitted widths), so that
+    a width with another head size is right too."""
     every = make_plan(plan.report, graph, rule, names,
                       replace(plan.hparams, attention_multiplier=2.0))  # every site: not 1
-    growing = {s.node for s in plan.report.attention
-               if rule.attention != "unchanged" and s.d_head_grows}
+    growing = {s.node for s in plan.report.attention  # a fixed head size takes it too (1
+               if rule.attention != "unchanged"}       # there), right at any head size
     return locate(model, project, every, names, logits, uses=tuned_uses(plan.report, plan.params),
                   growing=growing, attention_multiplier=ATTENTION)
 
