@@ -26,8 +26,8 @@ from depth_stacks import FirstAgain, RepeatedList, Seq2Seq, SharedBlock, TiedMLP
 import muprewrite
 from muprewrite import MuprewriteError, UsageError
 from muprewrite.emit import emit
-from muprewrite.emit.sites import EmitError
-from muprewrite.optim import plan_of
+from muprewrite.emit.errors import EmitError
+from muprewrite.rewrite.attached import plan_of
 from muprewrite.verify.source_check import float64
 
 STACKS = Path(__file__).with_name("depth_stacks.py")

@@ -29,8 +29,8 @@ from libcst.metadata import MetadataWrapper
 import muprewrite
 from muprewrite.emit import EmitError, emit
 from muprewrite.emit.attention import scan_attention
+from muprewrite.emit.cst.source import SourceFile
 from muprewrite.emit.forms import NodeEdit, apply_edit
-from muprewrite.emit.source import SourceFile
 
 pytestmark = pytest.mark.slow
 

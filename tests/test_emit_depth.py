@@ -25,8 +25,8 @@ import muprewrite
 from muprewrite import MuprewriteError
 from muprewrite.cli.main import cli
 from muprewrite.emit import emit
-from muprewrite.emit.sites import EmitError
-from muprewrite.optim import plan_of
+from muprewrite.emit.errors import EmitError
+from muprewrite.rewrite.attached import plan_of
 from muprewrite.verify.source_check import check_emitted
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from muprewrite.emit.block import Entry, render_block
-from muprewrite.emit.literals import comment_text, identifier, string, strings_tuple
+from muprewrite.emit.cst.literals import comment_text, identifier, string, strings_tuple
+from muprewrite.emit.errors import EmitError
 from muprewrite.emit.optimizer_block import Training
-from muprewrite.emit.sites import EmitError
 
 HOSTILE = ['a"b', "a'b", "a'\"b", "x\\", "\\n", "line\nbreak", "cr\rx", "\x00nul", "\u2028",
            "\u202e", "\x1b[2J", '"""', "'''", "é\U0001f600", "\ud800", "{}", "#", ""]

@@ -299,7 +299,7 @@ def test_importers_are_found_through_the_project_not_through_the_model(tmp_path:
 def test_a_project_too_big_to_scan_is_refused(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from muprewrite.emit import importers
-    from muprewrite.emit.sites import EmitError
+    from muprewrite.emit.errors import EmitError
 
     write_project(tmp_path, {"blocks.py": "X = 1\n", "model.py": "import blocks\n",
                              "a/b.py": "", "a/c.py": ""})

@@ -19,6 +19,7 @@ from ..files import (
     split_lines,
     write_files,
 )
+from .printing import stage_printer
 
 __all__ = ["emit_cmd"]
 
@@ -124,7 +125,6 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
              device: str, output: str | None, show_diff: bool, in_place: bool, shared: bool,
              force: bool, check: bool) -> None:
     from ..emit import emit
-    from .main import _stage_printer
 
     path = Path(model_file)
     if check:
@@ -144,7 +144,7 @@ def emit_cmd(model_file: str, model_expr: str | None, base_expr: str | None, rul
     try:
         emission = emit(path, model_expr, base_expr, rule=rule, inputs_expr=inputs_expr,
                         seed=seed, heads=heads, device=device, hparams=hparams,  # type: ignore[arg-type]
-                        progress=_stage_printer())
+                        progress=stage_printer())
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     if show_diff:
@@ -239,8 +239,8 @@ def _check_all(planned: list[Output], emission: Emission, where: _Where, rule: s
 
 def _check_unshared(emission: Emission) -> None:
     """Refuse to edit in place a project file that files outside the model's imports import."""
+    from ..emit.errors import EmitError
     from ..emit.importers import other_importers
-    from ..emit.sites import EmitError
 
     assert emission.root is not None
     found = other_importers([f.path for f in emission.files], main=emission.files[0].path,

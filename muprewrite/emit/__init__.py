@@ -12,6 +12,6 @@ changed file), ``outputs.py`` (where each file goes: one file, a mirrored tree, 
 """
 
 from .emitter import Emission, EmittedFile, emit, emitted_rule, is_emitted
-from .sites import EmitError
+from .errors import EmitError
 
 __all__ = ["Emission", "EmitError", "EmittedFile", "emit", "emitted_rule", "is_emitted"]

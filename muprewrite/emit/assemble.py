@@ -19,8 +19,9 @@ from ..rules import Rule
 from .block import emitted_rule, render_constants, render_header, render_part_header
 from .complete import Edits
 from .depth import BRANCH_ATTRIBUTE
+from .errors import EmitError
 from .project import Parsed, Project
-from .sites import EmitError, Sites
+from .sites import Sites
 from .transform import SourceEdits, rewrite
 
 __all__ = ["EmittedFile", "assemble"]

@@ -26,8 +26,8 @@ from collections.abc import Mapping, Sequence
 import libcst as cst
 
 from ..rewrite.external import EXTERNAL_ATTENTION, SCALE_KEYWORDS
-from .source import Found, Refusal, Scan, SourceFile, callee_name, chain, root_name
-from .trace import Ambiguous, Trace, query_of
+from .cst.source import Found, Refusal, Scan, SourceFile, callee_name, chain, root_name
+from .cst.trace import Ambiguous, Trace, query_of
 
 __all__ = ["scan_attention", "attention_functions"]
 

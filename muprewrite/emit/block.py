@@ -15,9 +15,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from .cst.literals import comment_text, identifier, string, string_set
+from .cst.literals import number as _number
 from .depth import DepthBlock, depth_constants, depth_functions
-from .literals import comment_text, identifier, string, string_set
-from .literals import number as _number
 from .optimizer_block import Training, flag_comments, optimizer_functions
 from .tuned import TunedBlock, patch
 

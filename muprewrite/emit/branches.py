@@ -31,10 +31,11 @@ import libcst as cst
 from torch import fx, nn
 
 from ..analysis.report import Report
-from ..analysis.source import node_module
-from .sites import EmitError, Scope, _scope, place
-from .source import Found, Refusal, Scan, SourceFile, chain
-from .trace import Trace
+from ..capture.source import node_module
+from .cst.source import Found, Refusal, Scan, SourceFile, chain
+from .cst.trace import Trace
+from .errors import EmitError
+from .sites import Scope, _scope, place
 
 if TYPE_CHECKING:
     from .project import Project

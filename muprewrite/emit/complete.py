@@ -26,11 +26,12 @@ import libcst as cst
 from ..errors import first_few
 from .attention import attention_functions, scan_attention
 from .branches import scan_branches
+from .cst.source import FIX, Found, Refusal, Scan, SourceFile
 from .depth import BRANCH_ATTRIBUTE
+from .errors import EmitError
 from .forms import NodeEdit
 from .readouts import scan_readout
-from .sites import AttentionScaleSite, EmitError, ReadoutSite, Sites, by_file
-from .source import FIX, Found, Refusal, Scan, SourceFile
+from .sites import AttentionScaleSite, ReadoutSite, Sites, by_file
 
 if TYPE_CHECKING:
     from .project import Project

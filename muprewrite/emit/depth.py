@@ -18,7 +18,7 @@ from __future__ import annotations
 import inspect
 from dataclasses import dataclass
 
-from .literals import strings_tuple
+from .cst.literals import strings_tuple
 from .runtime import SOURCES
 
 __all__ = ["BRANCH_ATTRIBUTE", "DepthBlock", "depth_constants", "depth_functions"]

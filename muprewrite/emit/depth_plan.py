@@ -21,13 +21,14 @@ from torch import nn
 
 from ..analysis.report import ParamInfo, Report
 from ..analysis.streams import find_streams
-from ..capture import Capture
+from ..capture.export import Capture
 from ..errors import first_few
 from ..rules import Rule
 from .block import Entry, module_pattern
 from .depth import BRANCH_ATTRIBUTE, DepthBlock
+from .errors import EmitError
 from .runtime import _mup_blocks, _mup_pair
-from .sites import EmitError, Sites
+from .sites import Sites
 
 if TYPE_CHECKING:
     from .complete import Edits

@@ -19,15 +19,15 @@ from types import ModuleType
 import libcst as cst
 import torch
 
+from ..analysis.analyze import analyze_with_capture
 from ..analysis.attention import HeadsConvention, find_attention
 from ..analysis.report import AttentionSite, ParamInfo, Report
-from ..analysis.source import node_source
-from ..analyzer import analyze_with_capture
-from ..capture import aliases
-from ..hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
+from ..capture.export import aliases
+from ..capture.source import node_source
 from ..rewrite.constants import refuse_width_constants
 from ..rewrite.plan import make_plan, multiplied_uses, tied_multiplier, vector_like
 from ..rules import Exponents, Rule, load_rule
+from ..rules.hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
 from .block import Entry, collapse, emitted_rule, render_block
@@ -35,10 +35,11 @@ from .branches import locate_branches
 from .complete import Edits, complete
 from .depth import DepthBlock
 from .depth_plan import base_entries, depth_block, partners_of
+from .errors import EmitError
 from .head_guard import GUARD_FUNCTION, head_guards, render_guards
 from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
 from .project import Project
-from .sites import EmitError, Sites, locate
+from .sites import Sites, locate
 from .tuned import TunedBlock, card_name, classes_of, locate_tuned
 
 __all__ = ["Emission", "EmittedFile", "emit", "is_emitted", "emitted_rule"]

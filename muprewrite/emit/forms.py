@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import libcst as cst
 
 from ..rewrite.external import SCALE_KEYWORDS
-from .sites import EmitError
-from .source import callee_name
+from .cst.source import callee_name
+from .errors import EmitError
 
 __all__ = ["NodeEdit", "paren", "times", "apply_edit", "scale_branch"]
 

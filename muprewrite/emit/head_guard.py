@@ -23,8 +23,8 @@ from torch import nn
 from ..analysis.report import AttentionSite, Report
 from ..rules import Rule
 from .block import module_pattern
-from .literals import identifier, string
-from .literals import number as _number
+from .cst.literals import identifier, string
+from .cst.literals import number as _number
 
 __all__ = ["HeadGuards", "head_guards", "render_guards", "GUARD_CALL"]
 

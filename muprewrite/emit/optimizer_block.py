@@ -1,7 +1,7 @@
 """The optimizer part of the emitted block: ``mup_param_groups`` and ``mup_optimizer`` for the
 rule's optimizer family (AdamW, SGD, or Muon on the hidden matrices and AdamW on the rest), and
 the flags in ``MUP_PARAMS`` they read. Emitted files are standalone: the Muon class here is a
-short copy of ``muprewrite.optimizers.MuonWithAdamW``, not an import of it."""
+short copy of ``muprewrite.training.optimizer.MuonWithAdamW``, not an import of it."""
 
 from __future__ import annotations
 

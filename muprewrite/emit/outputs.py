@@ -26,7 +26,7 @@ from ..spec.project import project_root
 from .assemble import EmittedFile
 from .block import emitted_rule, part_of
 from .emitter import Emission
-from .sites import EmitError
+from .errors import EmitError
 
 __all__ = ["Output", "check_tree", "is_folder", "named", "tree_target", "outputs"]
 

@@ -29,8 +29,8 @@ from libcst.metadata import MetadataWrapper
 
 from ..files import SourceError, SourceText, read_source
 from ..spec.project import is_project_file, project_root
-from .sites import EmitError
-from .source import SourceFile
+from .cst.source import SourceFile
+from .errors import EmitError
 from .transform import class_spans
 
 __all__ = ["Parsed", "Project"]

@@ -23,8 +23,8 @@ from collections.abc import Sequence
 
 import libcst as cst
 
+from .cst.source import Found, Refusal, Scan, SourceFile, callee_name, chain
 from .sites import ReadoutSite
-from .source import Found, Refusal, Scan, SourceFile, callee_name, chain
 
 __all__ = ["scan_readout"]
 

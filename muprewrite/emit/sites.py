@@ -25,24 +25,20 @@ from typing import TYPE_CHECKING
 from torch import nn
 
 from ..analysis.uses import Use
-from ..errors import MuprewriteError
 from ..rewrite.plan import Plan, multiplied_uses
+from .errors import EmitError
 
 if TYPE_CHECKING:
     from .branches import BranchSite
     from .project import Project
 
-__all__ = ["EmitError", "ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "by_file",
+__all__ = ["ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "by_file",
            "locate", "split_source", "place"]
 
 Scope = tuple[tuple[Path, str], ...]  # (resolved file, top-level class name)
 
 
 _ATTRIBUTE_CHARS = re.compile(r"[^A-Za-z0-9_]")
-
-
-class EmitError(MuprewriteError):
-    """The model file cannot be rewritten into muP as source."""
 
 
 @dataclass(frozen=True)

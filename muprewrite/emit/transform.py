@@ -16,8 +16,8 @@ import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
 from .complete import Edits
+from .errors import EmitError
 from .forms import MULTIPLICATIVE, apply_edit, paren, scale_branch
-from .sites import EmitError
 
 __all__ = ["class_spans", "SourceEdits", "rewrite"]
 

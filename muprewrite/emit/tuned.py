@@ -22,12 +22,13 @@ from torch import fx, nn
 
 from ..analysis.report import ParamInfo, Report
 from ..analysis.uses import Use
-from ..hparams import HPARAM_NAMES, HPARAM_ROWS, Card, HParams, HParamsLike, hparam_class
-from ..hparams import param_class as classify
 from ..rewrite.plan import ParamPlan, Plan, make_plan
 from ..rules import Rule
-from .literals import comment_text, identifier, number, string
-from .sites import EmitError, Sites, locate
+from ..rules.hparams import HPARAM_NAMES, HPARAM_ROWS, Card, HParams, HParamsLike, hparam_class
+from ..rules.hparams import param_class as classify
+from .cst.literals import comment_text, identifier, number, string
+from .errors import EmitError
+from .sites import Sites, locate
 
 if TYPE_CHECKING:
     from .project import Project

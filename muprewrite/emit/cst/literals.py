@@ -14,7 +14,7 @@ from collections.abc import Iterable
 
 import libcst as cst
 
-from .sites import EmitError
+from ..errors import EmitError
 
 __all__ = ["string", "strings_tuple", "string_set", "comment_text", "identifier", "number"]
 
