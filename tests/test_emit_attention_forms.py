@@ -28,8 +28,8 @@ from libcst.metadata import MetadataWrapper
 
 import muprewrite
 from muprewrite.emit import EmitError, emit
-from muprewrite.emit.attention import scan_attention
 from muprewrite.emit.cst.source import SourceFile
+from muprewrite.emit.find.attention import scan_attention
 from muprewrite.emit.forms import NodeEdit, apply_edit
 
 pytestmark = pytest.mark.slow

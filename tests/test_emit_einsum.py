@@ -24,7 +24,7 @@ from emitted import float64, import_without_muprewrite
 import muprewrite
 from muprewrite.cli.main import cli
 from muprewrite.emit import EmitError, emit
-from muprewrite.emit.attention import _head_axis
+from muprewrite.emit.find.attention import _head_axis
 
 pytestmark = pytest.mark.slow
 

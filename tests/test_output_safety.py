@@ -20,7 +20,7 @@ from click.testing import CliRunner
 from emit_projects import import_tree, write_project
 
 from muprewrite.cli.main import cli
-from muprewrite.emit.importers import other_importers
+from muprewrite.emit.find.importers import other_importers
 from muprewrite.files import OutputError, check_output, write_file, write_files
 
 TINY = '''import torch
@@ -298,8 +298,8 @@ def test_importers_are_found_through_the_project_not_through_the_model(tmp_path:
 
 def test_a_project_too_big_to_scan_is_refused(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from muprewrite.emit import importers
     from muprewrite.emit.errors import EmitError
+    from muprewrite.emit.find import importers
 
     write_project(tmp_path, {"blocks.py": "X = 1\n", "model.py": "import blocks\n",
                              "a/b.py": "", "a/c.py": ""})

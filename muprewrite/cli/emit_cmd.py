@@ -240,7 +240,7 @@ def _check_all(planned: list[Output], emission: Emission, where: _Where, rule: s
 def _check_unshared(emission: Emission) -> None:
     """Refuse to edit in place a project file that files outside the model's imports import."""
     from ..emit.errors import EmitError
-    from ..emit.importers import other_importers
+    from ..emit.find.importers import other_importers
 
     assert emission.root is not None
     found = other_importers([f.path for f in emission.files], main=emission.files[0].path,

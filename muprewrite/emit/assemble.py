@@ -18,10 +18,9 @@ from ..files import SourceText, split_lines
 from ..rules import Rule
 from .block import emitted_rule, render_constants, render_header, render_part_header
 from .complete import Edits
-from .depth import BRANCH_ATTRIBUTE
 from .errors import EmitError
-from .project import Parsed, Project
-from .sites import Sites
+from .find.project import Parsed, Project
+from .find.sites import BRANCH_ATTRIBUTE, Sites
 from .transform import SourceEdits, rewrite
 
 __all__ = ["EmittedFile", "assemble"]

@@ -24,17 +24,17 @@ from typing import TYPE_CHECKING
 import libcst as cst
 
 from ..errors import first_few
-from .attention import attention_functions, scan_attention
-from .branches import scan_branches
-from .cst.source import FIX, Found, Refusal, Scan, SourceFile
-from .depth import BRANCH_ATTRIBUTE
+from .cst.source import SourceFile
 from .errors import EmitError
+from .find.attention import attention_functions, scan_attention
+from .find.branches import scan_branches
+from .find.readouts import scan_readout
+from .find.scan import FIX, Found, Refusal, Scan
+from .find.sites import BRANCH_ATTRIBUTE, AttentionScaleSite, ReadoutSite, Sites, by_file
 from .forms import NodeEdit
-from .readouts import scan_readout
-from .sites import AttentionScaleSite, ReadoutSite, Sites, by_file
 
 if TYPE_CHECKING:
-    from .project import Project
+    from .find.project import Project
 
 __all__ = ["Edits", "complete"]
 

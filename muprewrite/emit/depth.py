@@ -19,12 +19,10 @@ import inspect
 from dataclasses import dataclass
 
 from .cst.literals import strings_tuple
+from .find.sites import BRANCH_ATTRIBUTE
 from .runtime import SOURCES
 
-__all__ = ["BRANCH_ATTRIBUTE", "DepthBlock", "depth_constants", "depth_functions"]
-
-BRANCH_ATTRIBUTE = "mup_branch_multiplier"
-
+__all__ = ["DepthBlock", "depth_constants", "depth_functions"]
 
 @dataclass(frozen=True)
 class DepthBlock:

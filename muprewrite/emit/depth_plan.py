@@ -25,14 +25,14 @@ from ..capture.export import Capture
 from ..errors import first_few
 from ..rules import Rule
 from .block import Entry, module_pattern
-from .depth import BRANCH_ATTRIBUTE, DepthBlock
+from .depth import DepthBlock
 from .errors import EmitError
+from .find.sites import BRANCH_ATTRIBUTE, Sites
 from .runtime import _mup_blocks, _mup_pair
-from .sites import Sites
 
 if TYPE_CHECKING:
     from .complete import Edits
-    from .project import Project
+    from .find.project import Project
 
 __all__ = ["depth_block", "partners_of", "base_entries"]
 

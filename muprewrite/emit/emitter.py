@@ -31,15 +31,16 @@ from ..rules.hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
 from .block import Entry, collapse, emitted_rule, render_block
-from .branches import locate_branches
 from .complete import Edits, complete
 from .depth import DepthBlock
 from .depth_plan import base_entries, depth_block, partners_of
 from .errors import EmitError
+from .find.branches import locate_branches
+from .find.locate import locate
+from .find.project import Project
+from .find.sites import Sites
 from .head_guard import GUARD_FUNCTION, head_guards, render_guards
 from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
-from .project import Project
-from .sites import Sites, locate
 from .tuned import TunedBlock, card_name, classes_of, locate_tuned
 
 __all__ = ["Emission", "EmittedFile", "emit", "is_emitted", "emitted_rule"]

@@ -19,16 +19,9 @@ from .complete import Edits
 from .errors import EmitError
 from .forms import MULTIPLICATIVE, apply_edit, paren, scale_branch
 
-__all__ = ["class_spans", "SourceEdits", "rewrite"]
+__all__ = ["SourceEdits", "rewrite"]
 
 _COOKIE = re.compile(r"[ \t\f]*#.*?coding[:=]")  # PEP 263: must stay on line 1 or 2
-
-
-def class_spans(wrapper: MetadataWrapper) -> dict[str, tuple[int, int]]:
-    """Top-level class name -> (first line, last line)."""
-    positions = wrapper.resolve(PositionProvider)
-    return {stmt.name.value: (positions[stmt].start.line, positions[stmt].end.line)
-            for stmt in wrapper.module.body if isinstance(stmt, cst.ClassDef)}
 
 
 class SourceEdits(cst.CSTTransformer):

@@ -28,10 +28,11 @@ from ..rules.hparams import HPARAM_NAMES, HPARAM_ROWS, Card, HParams, HParamsLik
 from ..rules.hparams import param_class as classify
 from .cst.literals import comment_text, identifier, number, string
 from .errors import EmitError
-from .sites import Sites, locate
+from .find.locate import locate
+from .find.sites import Sites
 
 if TYPE_CHECKING:
-    from .project import Project
+    from .find.project import Project
 
 __all__ = ["CONSTANTS", "ATTENTION", "TunedBlock", "param_class", "tuned_uses", "locate_tuned",
            "classes_of", "card_name", "patch"]

@@ -9,47 +9,12 @@ calls are in these functions, whether or not a capture ran them.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import libcst as cst
 from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvider
 
-__all__ = ["SourceFile", "Found", "Refusal", "Scan", "chain", "callee_name", "root_name",
-           "Walker"]
-
-FIX = "use muprewrite.apply(model, ...) at runtime for this model"
-
-
-@dataclass(frozen=True)
-class Found:
-    """A node to edit. ``kind``: "call" (``self.m(x)``), "functional" (``F.linear(x,
-    self.w)``), "matmul" (``x @ self.w.t()``), "sdpa", "logits" (the q.k^T product),
-    "branch" (a residual add ``x + f(x)`` or ``x += f(x)``)."""
-
-    node: cst.CSTNode
-    kind: str
-    what: str  # for people: "readout call self.lm_head(...)"
-    scale_input: bool = True  # kind "call": scale the input (False: the output, a lookup)
-    query: str = ""  # kinds "sdpa", "logits": the code of the query, to read d_head from
-    axis: int | None = -1  # kinds "sdpa", "logits": q's d_head axis as written (None: unseen)
-    operand: int = 1  # kind "branch": the operand of the + that is the residual branch
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A use the emitter cannot edit with certainty."""
-
-    node: cst.CSTNode
-    message: str
-    fix: str = FIX
-
-
-@dataclass
-class Scan:
-    found: list[Found] = field(default_factory=list)
-    refusals: list[Refusal] = field(default_factory=list)
-
+__all__ = ["SourceFile", "chain", "callee_name", "root_name", "Walker"]
 
 def chain(node: cst.CSTNode) -> str | None:
     """``self.a.b`` -> ``"a.b"``; None for anything else."""

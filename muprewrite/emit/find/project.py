@@ -25,13 +25,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import libcst as cst
-from libcst.metadata import MetadataWrapper
+from libcst.metadata import MetadataWrapper, PositionProvider
 
-from ..files import SourceError, SourceText, read_source
-from ..spec.project import is_project_file, project_root
-from .cst.source import SourceFile
-from .errors import EmitError
-from .transform import class_spans
+from ...files import SourceError, SourceText, read_source
+from ...spec.project import is_project_file, project_root
+from ..cst.source import SourceFile
+from ..errors import EmitError
 
 __all__ = ["Parsed", "Project"]
 
@@ -96,6 +95,13 @@ class Project:
         parsed = self.parsed(Path(file))
         span = parsed.spans.get(cls.__name__)
         return (Path(file).resolve(), span) if span else None
+
+
+def class_spans(wrapper: MetadataWrapper) -> dict[str, tuple[int, int]]:
+    """Top-level class name -> (first line, last line)."""
+    positions = wrapper.resolve(PositionProvider)
+    return {stmt.name.value: (positions[stmt].start.line, positions[stmt].end.line)
+            for stmt in wrapper.module.body if isinstance(stmt, cst.ClassDef)}
 
 
 def _parse(path: Path) -> Parsed:

@@ -23,7 +23,8 @@ from collections.abc import Sequence
 
 import libcst as cst
 
-from .cst.source import Found, Refusal, Scan, SourceFile, callee_name, chain
+from ..cst.source import SourceFile, callee_name, chain
+from .scan import Found, Refusal, Scan
 from .sites import ReadoutSite
 
 __all__ = ["scan_readout"]

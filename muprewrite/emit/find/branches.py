@@ -23,37 +23,28 @@ emitter, like ``apply``, only scales branches it can name by their module.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import libcst as cst
 from torch import fx, nn
 
-from ..analysis.report import Report
-from ..capture.source import node_module
-from .cst.source import Found, Refusal, Scan, SourceFile, chain
-from .cst.trace import Trace
-from .errors import EmitError
-from .sites import Scope, _scope, place
+from ...analysis.report import Report
+from ...capture.source import node_module
+from ..cst.source import SourceFile, chain
+from ..cst.trace import Trace
+from ..errors import EmitError
+from .places import place, scope_of
+from .scan import Found, Refusal, Scan
+from .sites import BranchSite, Scope
 
 if TYPE_CHECKING:
     from .project import Project
 
-__all__ = ["BranchSite", "locate_branches", "scan_branches"]
+__all__ = ["locate_branches", "scan_branches"]
 
 _FIX = "use muprewrite.apply(model, ..., rule=...) at runtime, or emit with a width-only rule"
 _Frame = tuple[str, SourceFile, cst.FunctionDef, "int | None"]  # (self's path, file, method, line)
-
-
-@dataclass(frozen=True)
-class BranchSite:
-    """Residual adds of the branch modules ``self.<m>`` (m in ``modules``) in the methods of
-    ``scope``; ``verified``: the ``+`` nodes some capture ran."""
-
-    scope: Scope
-    modules: tuple[str, ...]
-    verified: tuple[cst.CSTNode, ...]
 
 
 def locate_branches(model: nn.Module, project: Project, report: Report, graph: fx.Graph
@@ -81,7 +72,7 @@ def locate_branches(model: nn.Module, project: Project, report: Report, graph: f
                     if f.operand == operand and (on_line is None or src.contains(f.node, on_line))]
             if hits:
                 modules, verified = groups.setdefault(
-                    _scope(model.get_submodule(path), project), (set(), {}))
+                    scope_of(model.get_submodule(path), project), (set(), {}))
                 modules.add(rel)
                 verified.update(dict.fromkeys(hits))
                 found = True
@@ -109,7 +100,7 @@ def _frames(model: nn.Module, project: Project, host: str, file: Path, line: int
     """The method of ``host`` holding ``line``, and the methods that line calls on ``self``
     or on its submodules, transitively (each with the path of its ``self``)."""
     src = project.parsed(file).src
-    classes = [name for f, name in _scope(model.get_submodule(host), project) if f == file]
+    classes = [name for f, name in scope_of(model.get_submodule(host), project) if f == file]
     out: list[_Frame] = [(host, src, fn, line) for fn in src.methods(classes)
                          if src.contains(fn, line)]
     todo = list(out)
@@ -125,7 +116,7 @@ def _frames(model: nn.Module, project: Project, host: str, file: Path, line: int
                 module = model.get_submodule(sub)
             except AttributeError:
                 continue
-            for f, cls in _scope(module, project):
+            for f, cls in scope_of(module, project):
                 there = project.parsed(f).src
                 for m in there.methods([cls]):
                     frame = (sub, there, m, None)

@@ -29,7 +29,7 @@ import stat
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from .errors import EmitError
+from ..errors import EmitError
 
 __all__ = ["other_importers"]
 

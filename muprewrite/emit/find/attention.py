@@ -25,9 +25,10 @@ from collections.abc import Mapping, Sequence
 
 import libcst as cst
 
-from ..rewrite.external import EXTERNAL_ATTENTION, SCALE_KEYWORDS
-from .cst.source import Found, Refusal, Scan, SourceFile, callee_name, chain, root_name
-from .cst.trace import Ambiguous, Trace, query_of
+from ...rewrite.external import EXTERNAL_ATTENTION, SCALE_KEYWORDS
+from ..cst.source import SourceFile, callee_name, chain, root_name
+from ..cst.trace import Ambiguous, Trace, query_of
+from .scan import Found, Refusal, Scan
 
 __all__ = ["scan_attention", "attention_functions"]
 

@@ -18,85 +18,23 @@ from __future__ import annotations
 
 import re
 from collections.abc import Collection, Iterable, Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..analysis.uses import Use
-from ..rewrite.plan import Plan, multiplied_uses
-from .errors import EmitError
+from ...analysis.uses import Use
+from ...rewrite.plan import Plan, multiplied_uses
+from ..errors import EmitError
+from .places import place, scope_of
+from .sites import AttentionScaleSite, ReadoutSite, Sites
 
 if TYPE_CHECKING:
-    from .branches import BranchSite
     from .project import Project
 
-__all__ = ["ReadoutSite", "AttentionScaleSite", "Sites", "Scope", "by_file",
-           "locate", "split_source", "place"]
-
-Scope = tuple[tuple[Path, str], ...]  # (resolved file, top-level class name)
-
+__all__ = ["locate"]
 
 _ATTRIBUTE_CHARS = re.compile(r"[^A-Za-z0-9_]")
-
-
-@dataclass(frozen=True)
-class ReadoutSite:
-    """Multiply at ``line``: the input of ``self.<callee>(...)`` (or, for a functional use,
-    the call taking ``self.<param_attr>``) by ``self.<attribute>``."""
-
-    line: int
-    host_class: str
-    callee: str  # attribute chain after ``self.``; "" for a functional use in the host itself
-    param_attr: str  # chain after ``self.`` to the parameter (functional uses)
-    attribute: str
-    scale_input: bool  # False: scale the call's result (an embedding lookup)
-    file: Path = Path()  # the resolved file holding ``line``
-    scope: Scope = ()  # classes of the host's MRO written in the project
-    weights: tuple[str, ...] = ()  # every chain after ``self.`` to the parameter
-    owners: tuple[tuple[str, str], ...] = ()  # (chain to the module owning it, call kind)
-    tied: bool = False  # a tied embedding/readout weight: its lookups stay unscaled
-    lookup: bool = False  # a tied weight's lookups (its input multiplier): its readouts stay
-    fronts: tuple[str, ...] = ()  # nn.Sequential chains whose first layer is the readout
-
-
-@dataclass(frozen=True)
-class AttentionScaleSite:
-    """``kind="sdpa"``: set ``scale=`` of the SDPA call at ``line``; ``"logits"``: multiply
-    the q.k^T product at ``line`` (explicit softmax attention)."""
-
-    line: int
-    constant: str  # name of the base head size constant
-    kind: str = "sdpa"
-    file: Path = Path()  # the resolved file holding ``line``
-    scope: Scope = ()  # classes of the attention module's MRO written in the project
-    children: tuple[tuple[str, str], ...] = ()  # (``self.<name>``, "softmax" | "mha")
-    multiplier: str = ""  # the constant of a base hyperparameter the logits take too
-    d_head_axis: int = -1  # the query's axis holding d_head, from the end (AttentionSite's)
-
-
-@dataclass(frozen=True)
-class Sites:
-    readouts: tuple[ReadoutSite, ...]
-    attention: tuple[AttentionScaleSite, ...]
-    multipliers: Mapping[str, Mapping[str, str]]  # host path -> {attribute: parameter}
-    d_head: Mapping[str, int]  # constant name -> base head size
-    branches: tuple[BranchSite, ...] = ()  # residual adds (depth rules), see branches.py
-    lookups: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # tied lookups
-
-
-def split_source(source: str) -> tuple[str, int]:
-    file, _, line = source.rpartition(":")
-    return file, int(line) if line.isdigit() else 0
-
-
-def by_file(scope: Scope) -> dict[Path, tuple[str, ...]]:
-    """The classes of ``scope`` grouped by their file (in order of first appearance)."""
-    out: dict[Path, tuple[str, ...]] = {}
-    for file, name in scope:
-        out[file] = (*out.get(file, ()), name)
-    return out
 
 
 def locate(model: nn.Module, project: Project, plan: Plan,
@@ -134,7 +72,7 @@ def locate(model: nn.Module, project: Project, plan: Plan,
         weights = _under(aliases.get(name, (name,)), host)
         owners = _owners(model, host, weights, tied, lookup)
         site = ReadoutSite(line, cls, callee, param_attr, attribute, scale_input, file,
-                           _scope(model.get_submodule(host), project), weights, owners, tied,
+                           scope_of(model.get_submodule(host), project), weights, owners, tied,
                            lookup, _fronts(model, host, owners, callee if scale_input else ""))
         readouts.setdefault((file, line, cls, callee, param_attr, lookup), site)
         if taken.setdefault((host, attribute), (name, lookup)) != (name, lookup):
@@ -144,16 +82,6 @@ def locate(model: nn.Module, project: Project, plan: Plan,
     attention, d_head = _attention_sites(model, project, plan, logits, growing,
                                          attention_multiplier)
     return Sites(tuple(readouts.values()), attention, multipliers, d_head, lookups=lookups)
-
-
-def _scope(module: nn.Module, project: Project) -> Scope:
-    """The classes of ``module``'s MRO that are written in the project, with their files."""
-    out = []
-    for cls in type(module).__mro__:
-        found = project.class_site(cls)
-        if found is not None:
-            out.append((found[0], cls.__name__))
-    return tuple(out)
 
 
 def _attention_children(module: nn.Module) -> list[tuple[str, str]]:
@@ -243,7 +171,7 @@ def _attention_sites(model: nn.Module, project: Project, plan: Plan, logits: Map
         bases.setdefault(key, set()).add(size if grows else None)
         axes.setdefault(key, set()).add(site.d_head_axis)
         module = model.get_submodule(hosts[site.node])
-        scopes.setdefault(key, {}).update(dict.fromkeys(_scope(module, project)))
+        scopes.setdefault(key, {}).update(dict.fromkeys(scope_of(module, project)))
         children.setdefault(key, {}).update(dict.fromkeys(_attention_children(module)))
     _one_per_line(bases, axes)
     distinct = sorted({size for s in bases.values() for size in s if size is not None})
@@ -278,23 +206,6 @@ def _one_per_line(bases: Mapping[_Key, set[int | None]], axes: Mapping[_Key, set
                             where=f"{file}:{line}",
                             fix="compute each layout on a line of its own, or use "
                                 "muprewrite.apply(model, ...) at runtime for this model")
-
-
-def place(source: str, project: Project, what: str) -> tuple[Path, int]:
-    """(resolved file, line) of a captured ``file:line``, refused outside the project."""
-    where, line = split_source(source)
-    if not where or not line:
-        raise EmitError(f"{what} has no source line to edit", where=source or "?",
-                        fix="use muprewrite.apply(model, ...) at runtime")
-    if not project.owns(where):
-        main = project.main.name
-        raise EmitError(f"{what} belongs at {where}:{line}, outside your project (the files "
-                        f"under {project.root} that are not an installed library), so it "
-                        "cannot be edited", where=f"{where}:{line}",
-                        fix=f"define that module in your project (a local subclass in {main} "
-                            "whose forward you write), or use muprewrite.apply(model, ...) at "
-                            "runtime")
-    return Path(where).resolve(), line
 
 
 def _host(model: nn.Module, project: Project, module: str, file: Path, line: int, source: str,
