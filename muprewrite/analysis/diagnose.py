@@ -6,13 +6,13 @@ from collections.abc import Iterable
 
 from torch import fx
 
+from ..capture.source import node_module, node_source
 from ..dims import AxisGraph, Dims
 from ..dims.constants import SizedConstant
 from ..dims.registry import op_name
 from ..dims.width_constants import WidthConstant
 from .attention import AttentionPattern
-from .report import Diagnostic
-from .source import node_module, node_source
+from .diagnostic import Diagnostic
 
 __all__ = ["solver_diagnostics", "base_disagreements", "routing_diagnostics",
            "constant_diagnostics", "width_constant_diagnostics", "attention_nodes",

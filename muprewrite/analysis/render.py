@@ -7,12 +7,51 @@ when everything else on the row agrees; ``collapse=False`` lists every parameter
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Protocol
+
+from .diagnostic import Diagnostic
+from .records import AttentionSite, BufferInfo, ParamInfo
 
 if TYPE_CHECKING:
-    from .report import Report
+    from ..dims.width_constants import WidthConstant
+    from .residual import ResidualStream
 
-__all__ = ["GUESSES", "render_table"]
+__all__ = ["GUESSES", "Tabled", "render_table"]
+
+
+class Tabled(Protocol):
+    """What the table reads of a :class:`~muprewrite.analysis.report.Report` (report.py
+    imports this module to render itself; this module does not import it back)."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def mode(self) -> str: ...
+    @property
+    def heads(self) -> str: ...
+    @property
+    def params(self) -> Mapping[str, ParamInfo]: ...
+    @property
+    def attention(self) -> tuple[AttentionSite, ...]: ...
+    @property
+    def buffers(self) -> tuple[BufferInfo, ...]: ...
+    @property
+    def diagnostics(self) -> tuple[Diagnostic, ...]: ...
+    @property
+    def residuals(self) -> ResidualStream | None: ...
+    @property
+    def depth_base(self) -> int | None: ...
+    @property
+    def branch_depths(self) -> Mapping[str, float]: ...
+    @property
+    def width_constants(self) -> tuple[WidthConstant, ...]: ...
+    @property
+    def depth_ratio(self) -> float: ...
+    @property
+    def assumptions(self) -> tuple[str, ...]: ...
+    def __iter__(self) -> Iterator[ParamInfo]: ...
+    def __len__(self) -> int: ...
 
 _INDEX = re.compile(r"(?<=\.)\d+(?=\.)|^\d+(?=\.)")
 
@@ -63,7 +102,7 @@ GUESSES = frozenset({"width-sized-constant", "constant-pinned", "heads-guess",
                      "free-table-guess", "routing-width"})
 
 
-def render_table(report: Report, collapse: bool = True) -> str:
+def render_table(report: Tabled, collapse: bool = True) -> str:
     rows: list[tuple[str, ...]] = []
     for p in report:
         notes = ", ".join(n for n, on in (("tied", p.tied), ("frozen", not p.trainable),
@@ -108,7 +147,7 @@ def render_table(report: Report, collapse: bool = True) -> str:
     return "\n".join(lines)
 
 
-def _attention_lines(report: Report, collapse: bool) -> list[str]:
+def _attention_lines(report: Tabled, collapse: bool) -> list[str]:
     if not report.attention:
         return []
     rows: list[tuple[str, ...]] = []
@@ -124,7 +163,7 @@ def _attention_lines(report: Report, collapse: bool) -> list[str]:
     return ["", "attention sites:"] + [f"  {m} {text}  [{src}]" for m, text, src in rows]
 
 
-def _residual_lines(report: Report, collapse: bool) -> list[str]:
+def _residual_lines(report: Tabled, collapse: bool) -> list[str]:
     """The residual stream: block count (vs the base's), each branch's module and line."""
     stream = report.residuals
     if stream is None or not stream.branches:
@@ -148,9 +187,9 @@ def _residual_lines(report: Report, collapse: bool) -> list[str]:
     return lines
 
 
-def _constant_lines(report: Report) -> list[str]:
+def _constant_lines(report: Tabled) -> list[str]:
     """Width-dependent constants of the forward: where, model vs base value, accounting."""
-    from .diagnose import accounting
+    from .diagnose import accounting  # diagnose loads dims: only when a table is made
 
     if not report.width_constants:
         return []

@@ -1,4 +1,7 @@
-"""The Report: an immutable value keyed by parameter name. Nothing is stored on tensors."""
+"""The Report: an immutable value keyed by parameter name. Nothing is stored on tensors.
+
+Its records (ParamInfo, BufferInfo, AttentionSite, Diagnostic) live in records.py and
+diagnostic.py, its text table in render.py; all three are re-exported here."""
 
 from __future__ import annotations
 
@@ -7,89 +10,14 @@ from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from .uses import Kind, Use
+from .diagnostic import Diagnostic
+from .records import AttentionSite, BufferInfo, ParamInfo, Role
 
 if TYPE_CHECKING:
     from ..dims.width_constants import WidthConstant
     from .residual import ResidualStream
 
 __all__ = ["Role", "ParamInfo", "BufferInfo", "AttentionSite", "Diagnostic", "Report"]
-
-Role = Literal["input", "hidden", "output", "fixed", "unused"]
-
-
-@dataclass(frozen=True)
-class ParamInfo:
-    """What the analysis derived for one parameter.
-
-    ``width_axes``: the axes that grow with width. ``fan_in`` / ``fan_out``: axes the
-    parameter contracts over / produces at its main use. ``m_in`` / ``m_out``: width
-    multipliers of those axes relative to ``base`` (None without ``base``). ``in_branch``:
-    the parameter acts on the residual stream only through residual branches; ``m_depth``:
-    for those, the model's blocks over the base's (None without ``base``, or outside).
-    """
-
-    name: str
-    shape: tuple[int, ...]
-    role: Role
-    kind: Kind
-    width_axes: tuple[int, ...]
-    fan_in: tuple[int, ...]
-    fan_out: tuple[int, ...]
-    m_in: float | None
-    m_out: float | None
-    tied: bool
-    trainable: bool
-    uses: tuple[Use, ...]
-    in_branch: bool = False  # inside a residual branch (see Report.residuals)
-    m_depth: float | None = None  # blocks / base blocks, for a parameter inside a branch
-
-    @property
-    def consumers(self) -> tuple[str, ...]:
-        return tuple(u.node for u in self.uses)
-
-    @property
-    def source(self) -> str:
-        return self.uses[0].source if self.uses else ""
-
-
-@dataclass(frozen=True)
-class BufferInfo:
-    name: str
-    shape: tuple[int, ...]
-    width_axes: tuple[int, ...]
-
-
-@dataclass(frozen=True)
-class AttentionSite:
-    """An SDPA call or an explicit ``softmax(q k^T)``; muP rescales its logits iff d_head grows.
-
-    ``d_head_axis``: the axis that q.k^T contracts in its left operand, counted from the end:
-    -1 for SDPA and ``q @ k.transpose(-2, -1)`` (also ``q.transpose(-2, -1) @ k``); -2 for an
-    einsum on q that keeps the head size before the sequence (ADM's ``bct,bcs->bts`` on
-    (B*heads, ch, T))."""
-
-    node: str
-    kind: str
-    module: str
-    source: str
-    d_head: int
-    heads: int | None
-    d_head_grows: bool
-    heads_grow: bool | None
-    scale: float | None
-    scale_node: str | None
-    d_head_base: int | None
-    d_head_axis: int = -1
-
-
-@dataclass(frozen=True)
-class Diagnostic:
-    severity: Literal["info", "warning", "error"]
-    code: str
-    where: str
-    message: str
-    fix: str = ""
 
 
 @dataclass(frozen=True)
@@ -190,7 +118,7 @@ class Report:
 
     def table(self, collapse: bool = True) -> str:
         """Aligned text table; rows differing only in a layer index merge unless ``collapse=False``."""
-        from .render import render_table
+        from .render import render_table  # the table's code, loaded when first asked for
 
         return render_table(self, collapse)
 

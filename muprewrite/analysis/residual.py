@@ -73,12 +73,12 @@ from typing import TYPE_CHECKING, Literal
 import torch
 from torch import fx
 
+from ..capture.source import node_source
 from ..dims.registry import op_name
-from .source import node_source
+from .diagnostic import Diagnostic
 
-if TYPE_CHECKING:  # report.py imports this module: no import cycle at run time
-    from ..capture import Capture
-    from .report import Diagnostic
+if TYPE_CHECKING:
+    from ..capture.export import Capture
 
 __all__ = ["Norm", "ResidualBranch", "ResidualStream", "find_residuals"]
 
@@ -449,8 +449,6 @@ def _source(node: fx.Node) -> str:
 
 
 def _diagnostics(branches: tuple[ResidualBranch, ...]) -> tuple[Diagnostic, ...]:
-    from .report import Diagnostic
-
     if not branches:
         return (Diagnostic(
             "info", "no-residual", "",
