@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from ..errors import MuprewriteError
+from .printing import stage_printer
 
 __all__ = ["NOT_EXERCISED", "check_cmd"]
 
@@ -83,12 +84,11 @@ def check_cmd(emitted_file: str, models: tuple[str, ...], inputs: tuple[str, ...
               original: str | None, base: str | None, rule: str | None, hparams: str | None,
               steps: int, no_derive: bool) -> None:
     from ..verify.source_check import check_emitted
-    from .main import _stage_printer
 
     try:
         result = check_emitted(emitted_file, models, inputs=inputs, original=original,
                                rule=rule, steps=steps, base=base, hparams=hparams,
-                               progress=_stage_printer(), derive=not no_derive)
+                               progress=stage_printer(), derive=not no_derive)
     except MuprewriteError as exc:
         raise click.ClickException(exc.one_line()) from None
     for line in result.compared:
