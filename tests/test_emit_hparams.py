@@ -39,8 +39,8 @@ import muprewrite
 from muprewrite import HParams, MuprewriteError
 from muprewrite.cli.main import cli
 from muprewrite.emit import emit
-from muprewrite.emit.tuned import CONSTANTS
-from muprewrite.hparams import Card
+from muprewrite.emit.plan.tuned import CONSTANTS
+from muprewrite.rules.hparams import Card
 
 pytestmark = pytest.mark.slow
 

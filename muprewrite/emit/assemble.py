@@ -17,10 +17,10 @@ from pathlib import Path
 from ..files import SourceText, split_lines
 from ..rules import Rule
 from .block import emitted_rule, render_constants, render_header, render_part_header
-from .complete import Edits
 from .errors import EmitError
 from .find.project import Parsed, Project
 from .find.sites import BRANCH_ATTRIBUTE, Sites
+from .plan.edits import Edits
 from .transform import SourceEdits, rewrite
 
 __all__ = ["EmittedFile", "assemble"]

@@ -9,92 +9,29 @@ exactly what ``muprewrite.apply`` does with the base it is given.
 
 from __future__ import annotations
 
-import re
 import textwrap
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, TypeVar
 
-from .cst.literals import comment_text, identifier, string, string_set
+from .cst.literals import comment_text, identifier, numbers_tuple, string, string_set
 from .cst.literals import number as _number
-from .depth import DepthBlock, depth_constants, depth_functions
+from .depth import depth_constants, depth_functions
 from .optimizer_block import Training, flag_comments, optimizer_functions
+from .plan.depth import DepthBlock
+from .plan.entries import Entry
 from .tuned import TunedBlock, patch
 
-__all__ = ["Entry", "layer_pattern", "module_pattern", "collapse", "render_block",
-           "render_header", "render_part_header", "render_constants", "emitted_rule", "part_of",
-           "MARKER"]
+__all__ = ["render_block", "render_header", "render_part_header", "render_constants",
+           "emitted_rule", "part_of", "MARKER"]
 
 MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
 _PART = "part of the muP version of "  # the header of another file of the project says this
-
-# flags in a parameter's exponents (factor 1, so mup_factors keeps them as they are): stepped
-# by torch.optim.Muon (a Muon rule's hidden matrix); no weight decay (vector_weight_decay "none")
-
-_V = TypeVar("_V")
-_INDEX = re.compile(r"(^|\.)\d+(?=\.)")
-_MODULE_INDEX = re.compile(r"(^|\.)\d+(?=\.|$)")
-
-
-def layer_pattern(name: str) -> str:
-    """``blocks.3.attn.qkv.weight`` -> ``blocks.*.attn.qkv.weight`` (the emitted lookup)."""
-    return _INDEX.sub(r"\1*", name)
-
-
-def module_pattern(path: str) -> str:
-    """``blocks.3`` -> ``blocks.*``: a module path with every layer index collapsed."""
-    return _MODULE_INDEX.sub(r"\1*", path)
-
-
-@dataclass(frozen=True)
-class Entry:
-    """One parameter's line in ``MUP_PARAMS``: fan axes and the nonzero exponents."""
-
-    fan_in: tuple[int, ...]
-    fan_out: tuple[int, ...]
-    # (quantity, exponent of m_in, of m_out[, of m_L under a depth rule])
-    exponents: tuple[tuple[Any, ...], ...]
-    in_branch: bool | None = None  # inside a residual branch (None: a width-only rule)
-
-    def code(self) -> str:
-        exps = ", ".join(f'{string(q)}: ({", ".join(_number(x) for x in xs)})'
-                         for q, *xs in self.exponents)
-        branch = "" if self.in_branch is None else f" {self.in_branch},"
-        return f"({_tuple(self.fan_in)}, {_tuple(self.fan_out)},{branch} {{{exps}}})"
-
-
-def _tuple(axes: tuple[int, ...]) -> str:
-    return "(" + ", ".join(_number(a) for a in axes) + ("," if len(axes) == 1 else "") + ")"
-
-
-def collapse(values: Mapping[str, _V | None]) -> dict[str, _V]:
-    """Merge names that differ only in layer indices when every such name has the same value.
-
-    ``values`` holds every parameter (None: no entry), so that a pattern never covers a
-    parameter that should have none.
-    """
-    groups: dict[str, list[str]] = {}
-    for name in values:
-        groups.setdefault(layer_pattern(name), []).append(name)
-    out: dict[str, _V] = {}
-    for pattern, names in groups.items():
-        first = values[names[0]]
-        if len(names) > 1 and all(values[n] == first for n in names):
-            if first is not None:
-                out[pattern] = first
-            continue
-        for n in names:
-            entry = values[n]
-            if entry is not None:
-                out[n] = entry
-    return out
 
 
 def _width_axes_table(axes: Mapping[str, tuple[int, ...]]) -> list[str]:
     """``MUP_WIDTH_AXES``: the axes of each parameter that grow with width."""
     out = ["# axes that grow with width, per parameter (layer index: *); every other axis keeps "
            "its base size", "MUP_WIDTH_AXES = {"]
-    out += [f"    {string(name)}: {_tuple(a)}," for name, a in axes.items()]
+    out += [f"    {string(name)}: {numbers_tuple(a)}," for name, a in axes.items()]
     return [*out, "}"]
 
 

@@ -16,21 +16,13 @@ multiplier takes its place).
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
 
 from .cst.literals import strings_tuple
 from .find.sites import BRANCH_ATTRIBUTE
-from .runtime import SOURCES
+from .plan.depth import DepthBlock
+from .plan.runtime import SOURCES
 
-__all__ = ["DepthBlock", "depth_constants", "depth_functions"]
-
-@dataclass(frozen=True)
-class DepthBlock:
-    """What the emitted file needs to measure m_L and to place the branch multipliers."""
-
-    alpha: float
-    blocks: tuple[str, ...]  # module patterns of the residual blocks
-    hosts: tuple[str, ...]  # module patterns of the modules holding a residual add
+__all__ = ["depth_constants", "depth_functions"]
 
 
 def depth_constants(depth: DepthBlock) -> list[str]:

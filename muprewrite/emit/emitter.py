@@ -21,32 +21,32 @@ import torch
 
 from ..analysis.analyze import analyze_with_capture
 from ..analysis.attention import HeadsConvention, find_attention
-from ..analysis.report import AttentionSite, ParamInfo, Report
+from ..analysis.report import AttentionSite, Report
 from ..capture.export import aliases
 from ..capture.source import node_source
 from ..rewrite.constants import refuse_width_constants
-from ..rewrite.plan import make_plan, multiplied_uses, tied_multiplier, vector_like
-from ..rules import Exponents, Rule, load_rule
+from ..rewrite.plan import make_plan, multiplied_uses
+from ..rules import Rule, load_rule
 from ..rules.hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..spec import build_model, inputs_for, load_module
 from .assemble import BlockFor, EmittedFile, assemble
-from .block import Entry, collapse, emitted_rule, render_block
-from .complete import Edits, complete
-from .depth import DepthBlock
-from .depth_plan import base_entries, depth_block, partners_of
+from .block import emitted_rule, render_block
 from .errors import EmitError
 from .find.branches import locate_branches
 from .find.locate import locate
 from .find.project import Project
 from .find.sites import Sites
-from .head_guard import GUARD_FUNCTION, head_guards, render_guards
-from .optimizer_block import MUON_FLAG, NO_DECAY_FLAG, Training
-from .tuned import TunedBlock, card_name, classes_of, locate_tuned
+from .head_guard_block import GUARD_FUNCTION, render_guards
+from .optimizer_block import Training
+from .plan.complete import complete
+from .plan.depth import DepthBlock, base_entries, depth_block, partners_of
+from .plan.edits import Edits
+from .plan.entries import collapse, param_entry, width_axes
+from .plan.head_guards import head_guards
+from .plan.tuned import card_name, classes_of, locate_tuned
+from .tuned import TunedBlock
 
 __all__ = ["Emission", "EmittedFile", "emit", "is_emitted", "emitted_rule"]
-
-_QUANTITIES = ("init", "multiplier", "lr", "eps", "weight_decay")
-
 
 @dataclass(frozen=True)
 class Emission:
@@ -206,33 +206,22 @@ def _block_for(report: Report, rule: Rule, sites: Sites, seed: int, base_call: s
     elsewhere. Under a depth rule (``depth``) the entries are keyed by the base's parameters
     (``partners``: model parameter -> base parameter)."""
     if depth is None:
-        entries = collapse({info.name: _entry(info, rule) for info in report})
+        entries = collapse({info.name: param_entry(info, rule) for info in report})
         unused = [i.name for i in report if i.role == "unused"]
     else:
-        entries = collapse(base_entries(report, rule, partners, _entry))
+        entries = collapse(base_entries(report, rule, partners, param_entry))
         unused = sorted({partners[i.name] for i in report if i.role == "unused"})
     imports = [f"import {m}" for m in ("re", "torch") if not _imports(module, m)]
-    width_axes = _width_axes(report, partners)
+    axes = width_axes(report, partners)
 
     def block(d_head: Mapping[str, int], elsewhere: Sequence[tuple[str, int, str]]) -> str:
         return render_block(rule=rule.id, seed=seed, base_call=base_call, entries=entries,
                             unused=unused, multipliers=sites.multipliers, d_head=d_head,
                             training=_training(rule), imports=imports,
                             elsewhere=elsewhere, depth=depth, tuned=tuned, guard=guard,
-                            width_axes=width_axes)
+                            width_axes=axes)
 
     return block
-
-
-def _width_axes(report: Report, partners: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
-    """Per parameter (its base partner under a depth rule), the axes that grow with width:
-    the emitted ``mup_factors`` holds every other axis to the base's size."""
-    axes: dict[str, tuple[int, ...] | None] = {}
-    for info in report:
-        key = partners.get(info.name, info.name)
-        union = set(axes.get(key) or ()) | set(info.width_axes)
-        axes[key] = tuple(sorted(union)) or None
-    return collapse(axes)
 
 
 def _training(rule: Rule) -> Training:
@@ -273,41 +262,6 @@ def _check_base_differs(model: torch.nn.Module, base: torch.nn.Module, model_exp
                         f"parameter size of --model {model_expr.strip()}",
                         fix="pass as --base the model at the width you tune on, e.g. half "
                             "the hidden size")
-
-
-def _entry(info: ParamInfo, rule: Rule, depth: bool = False) -> Entry | None:
-    """A parameter's line of MUP_PARAMS; ``depth``: with its m_L exponents and whether it
-    lies inside a residual branch (such a parameter always has one: its init is rescaled).
-
-    As ``rule_factors``: a matrix Muon steps takes the [muon] row's lr and weight decay (and no
-    eps) and the flag MUON_FLAG; a vector-like parameter under ``vector_weight_decay = "none"``
-    takes NO_DECAY_FLAG (weight decay 0) instead of weight decay exponents. A flag is an
-    exponent-free quantity (factor 1), so it is kept whatever the exponents."""
-    if info.role == "unused":
-        return None
-    row = rule.scaling(info.role, info.kind)
-    exps: dict[str, Exponents] = {q: getattr(row, q) for q in _QUANTITIES}
-    if info.tied:  # its readout use scales as an output weight's
-        exps["multiplier"] = tied_multiplier(rule, row)
-    flags: list[str] = []
-    if rule.muon is not None and rule.steps_with_muon(info.role, info.kind, len(info.shape)):
-        exps.update(lr=rule.muon.lr, weight_decay=rule.muon.weight_decay)
-        del exps["eps"]
-        flags.append(MUON_FLAG)
-    elif rule.vector_weight_decay == "none" and vector_like(info):
-        del exps["weight_decay"]
-        flags.append(NO_DECAY_FLAG)
-    if not depth:
-        kept: tuple[tuple, ...] = tuple(
-            (q, float(e.m_in) + 0.0, float(e.m_out) + 0.0)  # + 0.0: no -0.0 printed
-            for q, e in exps.items() if e.m_in or e.m_out) + tuple((f, 0.0, 0.0) for f in flags)
-        return Entry(info.fan_in, info.fan_out, kept) if kept else None
-    inside = info.in_branch
-    kept = tuple((q, float(e.m_in) + 0.0, float(e.m_out) + 0.0,
-                  float(e.m_depth if inside else 0.0) + 0.0)
-                 for q, e in exps.items() if e.m_in or e.m_out or inside and e.m_depth)
-    kept += tuple((f, 0.0, 0.0, 0.0) for f in flags)
-    return Entry(info.fan_in, info.fan_out, kept, inside) if kept or inside else None
 
 
 def _imports(module: cst.Module, name: str) -> bool:

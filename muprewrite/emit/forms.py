@@ -25,34 +25,18 @@ Each form equals what ``muprewrite.apply`` does at run time:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import libcst as cst
 
 from ..rewrite.external import SCALE_KEYWORDS
 from .cst.source import callee_name
 from .errors import EmitError
+from .plan.edits import NodeEdit
 
-__all__ = ["NodeEdit", "paren", "times", "apply_edit", "scale_branch"]
+__all__ = ["paren", "times", "apply_edit", "scale_branch"]
 
 _SIMPLE = (cst.Name, cst.Attribute, cst.Call, cst.Subscript, cst.Integer, cst.Float)
 _NEVER_NONE = (cst.Integer, cst.Float, cst.BinaryOperation, cst.UnaryOperation)
 MULTIPLICATIVE = (cst.Multiply, cst.Divide, cst.FloorDivide, cst.Modulo, cst.MatrixMultiply)
-
-
-@dataclass(frozen=True)
-class NodeEdit:
-    """One edit of one node. ``kind`` as the scans' ``Found.kind``; ``factor``: the multiplier
-    attribute (``mup_head_multiplier``) or the base head size constant."""
-
-    kind: str
-    factor: str
-    where: str  # path:line
-    scale_input: bool = True
-    query: str = ""
-    operand: int = 1  # kind "branch": the operand of the + that is the branch
-    multiplier: str = ""  # kinds "sdpa", "logits": a constant the logits take too ("": none)
-    axis: int = -1  # kinds "sdpa", "logits": the axis of ``query`` that holds d_head
 
 
 def _factor_first(factor: cst.BaseExpression, value: cst.BaseExpression) -> cst.BinaryOperation:

@@ -7,10 +7,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["MUON_FLAG", "NO_DECAY_FLAG", "Training", "flag_comments", "optimizer_functions"]
+from .plan.entries import MUON_FLAG, NO_DECAY_FLAG
 
-MUON_FLAG = "muon"
-NO_DECAY_FLAG = "no_weight_decay"
+__all__ = ["Training", "flag_comments", "optimizer_functions"]
 
 
 @dataclass(frozen=True)

@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from .complete import Edits
 from .errors import EmitError
 from .forms import MULTIPLICATIVE, apply_edit, paren, scale_branch
+from .plan.edits import Edits
 
 __all__ = ["SourceEdits", "rewrite"]
 

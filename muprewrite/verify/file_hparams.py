@@ -14,9 +14,9 @@ import math
 from pathlib import Path
 from types import ModuleType
 
-from ..emit.tuned import CONSTANTS
+from ..emit.plan.tuned import CONSTANTS
 from ..errors import MuprewriteError
-from ..hparams import HParams
+from ..rules.hparams import HParams
 
 __all__ = ["file_hparams", "constant_lines", "differences"]
 

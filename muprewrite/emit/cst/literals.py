@@ -16,7 +16,8 @@ import libcst as cst
 
 from ..errors import EmitError
 
-__all__ = ["string", "strings_tuple", "string_set", "comment_text", "identifier", "number"]
+__all__ = ["string", "strings_tuple", "string_set", "comment_text", "identifier", "number",
+           "numbers_tuple"]
 
 _MODULE = cst.Module([])
 
@@ -79,3 +80,8 @@ def number(x: object) -> str:
         return repr(x)
     raise EmitError(f"internal: {x!r} is not a number the emitter may write",
                     fix="please report it with the model file")
+
+
+def numbers_tuple(values: tuple[int, ...]) -> str:
+    """A tuple literal of numbers (axes): a one-element tuple keeps its comma."""
+    return "(" + ", ".join(number(a) for a in values) + ("," if len(values) == 1 else "") + ")"

@@ -16,6 +16,7 @@ from libcst.metadata import MetadataWrapper, ParentNodeProvider, PositionProvide
 
 __all__ = ["SourceFile", "chain", "callee_name", "root_name", "Walker"]
 
+
 def chain(node: cst.CSTNode) -> str | None:
     """``self.a.b`` -> ``"a.b"``; None for anything else."""
     parts: list[str] = []

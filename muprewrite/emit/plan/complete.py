@@ -16,37 +16,28 @@ equation shows; where neither says, or they differ, it is an EmitError too. The 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import libcst as cst
 
-from ..errors import first_few
-from .cst.source import SourceFile
-from .errors import EmitError
-from .find.attention import attention_functions, scan_attention
-from .find.branches import scan_branches
-from .find.readouts import scan_readout
-from .find.scan import FIX, Found, Refusal, Scan
-from .find.sites import BRANCH_ATTRIBUTE, AttentionScaleSite, ReadoutSite, Sites, by_file
-from .forms import NodeEdit
+from ...errors import first_few
+from ..cst.source import SourceFile
+from ..errors import EmitError
+from ..find.attention import attention_functions, scan_attention
+from ..find.branches import scan_branches
+from ..find.readouts import scan_readout
+from ..find.scan import FIX, Found, Refusal, Scan
+from ..find.sites import BRANCH_ATTRIBUTE, AttentionScaleSite, ReadoutSite, Sites, by_file
+from .edits import Edits, NodeEdit
 
 if TYPE_CHECKING:
-    from .find.project import Project
+    from ..find.project import Project
 
-__all__ = ["Edits", "complete"]
+__all__ = ["complete"]
 
 Site = ReadoutSite | AttentionScaleSite
-
-
-@dataclass(frozen=True)
-class Edits:
-    nodes: Mapping[cst.CSTNode, NodeEdit]
-    defaults: Mapping[str, tuple[str, ...]]  # class -> the multiplier attributes it declares
-    lines: Mapping[str, tuple[int, ...]]  # "readout" / "attention" / "branch" -> edited lines
-    unverified: tuple[str, ...]  # "file:line: what ... not run by any capture; edited by pattern"
 
 
 def complete(project: Project, sites: Sites) -> dict[Path, Edits]:

@@ -14,29 +14,38 @@ so that a model of any depth finds each parameter's entry through its partner.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from torch import nn
 
-from ..analysis.report import ParamInfo, Report
-from ..analysis.streams import find_streams
-from ..capture.export import Capture
-from ..errors import first_few
-from ..rules import Rule
-from .block import Entry, module_pattern
-from .depth import DepthBlock
-from .errors import EmitError
-from .find.sites import BRANCH_ATTRIBUTE, Sites
+from ...analysis.report import ParamInfo, Report
+from ...analysis.streams import find_streams
+from ...capture.export import Capture
+from ...errors import first_few
+from ...rules import Rule
+from ..errors import EmitError
+from ..find.sites import BRANCH_ATTRIBUTE, Sites
+from .entries import Entry, module_pattern
 from .runtime import _mup_blocks, _mup_pair
 
 if TYPE_CHECKING:
-    from .complete import Edits
-    from .find.project import Project
+    from ..find.project import Project
+    from .edits import Edits
 
-__all__ = ["depth_block", "partners_of", "base_entries"]
+__all__ = ["DepthBlock", "depth_block", "partners_of", "base_entries"]
 
 _FIX = "use muprewrite.apply(model, ..., rule=...) at runtime for this model"
+
+
+@dataclass(frozen=True)
+class DepthBlock:
+    """What the emitted file needs to measure m_L and to place the branch multipliers."""
+
+    alpha: float
+    blocks: tuple[str, ...]  # module patterns of the residual blocks
+    hosts: tuple[str, ...]  # module patterns of the modules holding a residual add
 
 
 def depth_block(model: nn.Module, base: nn.Module, report: Report, rule: Rule,
