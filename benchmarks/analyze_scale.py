@@ -36,8 +36,8 @@ def measure(name: str) -> dict:
     import torch
 
     from muprewrite.analysis.attention import find_attention, heads_marks
-    from muprewrite.analyzer import analyze
-    from muprewrite.capture import capture
+    from muprewrite.analysis.analyze import analyze
+    from muprewrite.capture.export import capture
 
     build = {"sd3_19b": cfg.build_sd3_19b, "llama_70b": cfg.build_llama_70b}[name]
     inputs = {"sd3_19b": cfg.sd3_19b_inputs, "llama_70b": cfg.llama_70b_inputs}[name]
@@ -56,7 +56,7 @@ def measure(name: str) -> dict:
     # The analysis proper, on the capture above (same steps analyze() runs after capture).
     from muprewrite.analysis.classify import classify_params
     from muprewrite.analysis.residual import find_residuals
-    from muprewrite.analyzer import _facts
+    from muprewrite.analysis.analyze import _facts
     from muprewrite.dims import build_axis_graph, solve
 
     t0 = time.perf_counter()

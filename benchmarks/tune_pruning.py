@@ -23,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
-from muprewrite.tuning import tune  # noqa: E402
+from muprewrite.training.tuning import tune  # noqa: E402
 
 LR = (1e-4, 3e-1)
 

@@ -38,8 +38,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "examples")]
 
 import muprewrite  # noqa: E402
-from muprewrite.hparams import Card  # noqa: E402
-from muprewrite.tuning import TrialRun, tune  # noqa: E402
+from muprewrite.rules.hparams import Card  # noqa: E402
+from muprewrite.training.tuning import TrialRun, tune  # noqa: E402
 
 LR = (1e-4, 3e-1)
 

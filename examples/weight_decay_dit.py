@@ -152,9 +152,9 @@ def _report(out: Path) -> None:
 def _sigma_image(loaded: list[dict], sweeps: list[Sweep]) -> bytes:
     """One panel per preset: the hidden matrices' top singular value (geometric mean)
     against width, one line per base weight decay; flat lines are matched gains."""
-    from muprewrite.verify.plots import _image, _pyplot
+    from muprewrite.files.figures import figure_bytes, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(loaded), figsize=(4.2 * len(loaded), 3.4), sharey=True,
                              squeeze=False)
     cmap = plt.get_cmap("plasma")
@@ -174,7 +174,7 @@ def _sigma_image(loaded: list[dict], sweeps: list[Sweep]) -> bytes:
     fig.suptitle("the paper's diagnostic: flat lines = sublayer gains matched across widths "
                  "(legend: slope)", fontsize=10)
     fig.tight_layout()
-    return _image(fig, plt, "png")  # type: ignore[no-any-return]
+    return figure_bytes(fig, plt, "png")
 
 
 if __name__ == "__main__":

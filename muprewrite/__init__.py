@@ -6,19 +6,20 @@ rescale init, install multipliers and attention factors) -> the muP model.
 """
 
 from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
-from .analyzer import analyze
-from .apply import apply, rescale_init
+from .analysis.analyze import analyze
+from .rewrite.apply import apply, rescale_init
 from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
-from .hparams import Card, HParams, load_card
-from .input_sets import InputSets
-from .optim import param_groups, plan_of
-from .optimizers import MuonWithAdamW, optimizer
+from .rules.hparams import Card, HParams, load_card
+from .capture.input_sets import InputSets
+from .rewrite.attached import plan_of
+from .training.param_groups import param_groups
+from .training.optimizer import MuonWithAdamW, optimizer
 from .rules import Rule, load_rule
 
 __all__ = ["analyze", "apply", "HParams", "Card", "load_card", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]
 __version__ = "0.1.0"
 
-from .tuning import tune  # noqa: E402 - the proxy sweep; Optuna is imported only when it runs
+from .training.tuning import tune  # noqa: E402 - the proxy sweep; Optuna is imported only when it runs
 
 __all__ += ["tune"]

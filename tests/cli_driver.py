@@ -33,7 +33,7 @@ def _preload() -> None:
     import torch.export  # noqa: F401
 
     import muprewrite  # noqa: F401
-    import muprewrite.analyzer  # noqa: F401
+    import muprewrite.analysis.analyze  # noqa: F401
     import muprewrite.cli.main  # noqa: F401
     import muprewrite.emit  # noqa: F401
 

@@ -18,7 +18,7 @@ from torch import nn
 from zoo_library import library_zoo_fixed_heads
 
 import muprewrite
-from muprewrite.input_sets import normalize_inputs
+from muprewrite.capture.input_sets import normalize_inputs
 
 Builder = Callable[[int], nn.Module]
 CASES: list[tuple[str, Builder, Callable[[nn.Module], Any]]] = [

@@ -20,9 +20,9 @@ from examples.gpt import GPT
 from examples.mmdit import MMDiT
 from examples.uvit import UViT
 from muprewrite import UsageError
-from muprewrite.capture import capture
+from muprewrite.capture.export import capture
 from muprewrite.dims.align import align_depths
-from muprewrite.input_sets import input_sets
+from muprewrite.capture.input_sets import input_sets
 
 _INDEX = re.compile(r"\.\d+\.")
 

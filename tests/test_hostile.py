@@ -237,7 +237,7 @@ RULE_FILE = (Path(__file__).resolve().parents[1] / "rules" / "mup.toml").read_te
 
 def _other_tree(owner: str) -> str:
     """blocks.py as an emission of ``owner`` (another model) left it under -o DIR/."""
-    from muprewrite.emit.block import render_part_header
+    from muprewrite.emit.write.header import render_part_header
 
     head = render_part_header("blocks.py", owner, "mup", "muP", ["output multiplier"], "32")
     return "\n".join(head) + "\n" + BLOCKS

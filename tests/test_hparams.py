@@ -16,7 +16,7 @@ from torch import nn
 import muprewrite
 from muprewrite import HParams, load_card
 from muprewrite.errors import MuprewriteError, UsageError
-from muprewrite.hparams import Card, as_hparams
+from muprewrite.rules.hparams import Card, as_hparams
 
 VOCAB, SEQ, HEADS, BASE = 11, 6, 2, 16
 TUNED = HParams(output_multiplier=2.5, input_multiplier=0.6, attention_multiplier=1.7,

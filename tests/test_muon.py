@@ -16,7 +16,7 @@ from torch import nn
 
 import muprewrite
 from muprewrite import MuprewriteError, UsageError
-from muprewrite.schedules import check_schedule
+from muprewrite.training.schedules import check_schedule
 
 pytestmark = pytest.mark.skipif(not hasattr(torch.optim, "Muon"),
                                 reason="torch.optim.Muon needs torch >= 2.9")

@@ -18,7 +18,7 @@ from random_arch import BlockSpec, NetSpec, RandomNet, residual_truth
 from torch import nn
 
 from muprewrite.analysis.residual import ResidualStream, find_residuals
-from muprewrite.capture import capture
+from muprewrite.capture.export import capture
 
 
 def _analyse(model: nn.Module, *args: Any, **kwargs: Any) -> ResidualStream:

@@ -20,7 +20,7 @@ from torch.utils.checkpoint import checkpoint, checkpoint_sequential
 
 from muprewrite import analyze
 from muprewrite.analysis.report import Diagnostic, Report
-from muprewrite.capture_inline import inline_subgraphs
+from muprewrite.capture.inline import inline_subgraphs
 
 
 def sinusoid(t: torch.Tensor, dim: int) -> torch.Tensor:

@@ -12,9 +12,9 @@ import torch
 import tune_helpers as h
 
 import muprewrite
-from muprewrite.hparams import load_card
-from muprewrite.tuning import Space, TuneError, tune
-from muprewrite.tuning.study import optuna_memory
+from muprewrite.rules.hparams import load_card
+from muprewrite.training.tuning import Space, TuneError, tune
+from muprewrite.training.tuning.study import optuna_memory
 
 optuna = pytest.importorskip("optuna")
 

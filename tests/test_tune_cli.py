@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from muprewrite.cli.main import cli
-from muprewrite.hparams import load_card
+from muprewrite.rules.hparams import load_card
 
 pytest.importorskip("optuna")
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 import tune_helpers as h
 
-from muprewrite.tuning import Ledger, TrialCost, flops_per_step
-from muprewrite.tuning.ledger import trial_costs
+from muprewrite.training.tuning import Ledger, TrialCost, flops_per_step
+from muprewrite.training.tuning.ledger import trial_costs
 
 
 def test_flops_per_step_is_the_hand_count() -> None:

@@ -9,9 +9,9 @@ import torch
 import tune_helpers as h
 
 import muprewrite
-from muprewrite.tuning import tune, verify_transfer
-from muprewrite.tuning.plots import plot_tuning
-from muprewrite.tuning.study import optuna_memory
+from muprewrite.training.tuning import tune, verify_transfer
+from muprewrite.training.tuning.plots import plot_tuning
+from muprewrite.training.tuning.study import optuna_memory
 
 pytest.importorskip("optuna")
 

@@ -12,7 +12,7 @@ import time
 import pytest
 import tune_helpers as h
 
-from muprewrite.tuning import tune
+from muprewrite.training.tuning import tune
 
 optuna = pytest.importorskip("optuna")
 

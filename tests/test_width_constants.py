@@ -17,7 +17,7 @@ from torch import nn
 
 import muprewrite
 import muprewrite.cli.main
-from muprewrite.apply import plan_of
+from muprewrite.rewrite.attached import plan_of
 from muprewrite.errors import MuprewriteError
 from muprewrite.verify.coordcheck import coord_check
 

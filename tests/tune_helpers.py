@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from muprewrite.tuning import TrialRun
+from muprewrite.training.tuning import TrialRun
 
 WIDTH = 16
 X = torch.randn(64, 4, generator=torch.Generator().manual_seed(0))

@@ -92,7 +92,7 @@ def refuse_unplanned_attention(graph: fx.Graph, grows: Callable[[Axis], bool]) -
 
 def _kernel_where(node: fx.Node, q: object) -> str:
     """A kernel's own trace is its compiled wrapper's: name the module and the query's line."""
-    from .source import node_module, node_source
+    from ..capture.source import node_module, node_source
 
     module = node_module(node) or "<root>"
     src = None

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from ..capture import Capture
+from ..capture.export import Capture
 from ..dims import Dims
 from .report import Diagnostic, ParamInfo, Role
 from .uses import Use, param_uses

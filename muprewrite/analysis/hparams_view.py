@@ -7,7 +7,7 @@
 
 from __future__ import annotations
 
-from ..hparams import HPARAM_HELP, HPARAM_ROWS, HParams, param_class
+from ..rules.hparams import HPARAM_HELP, HPARAM_ROWS, HParams, param_class
 from .report import Report
 
 __all__ = ["render_hparams_table", "render_hparams_reach"]

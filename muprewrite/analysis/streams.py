@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 from torch import fx
 
-from ..capture import Capture
+from ..capture.export import Capture
 from ..dims.align import layer_pattern
 from ..errors import UsageError, first_few
 from .residual import ResidualStream

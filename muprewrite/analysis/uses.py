@@ -17,7 +17,7 @@ from torch import fx
 
 from ..dims.registry import op_name
 from ..dims.rules.contract import einsum_letters
-from .source import node_module, node_source
+from ..capture.source import node_module, node_source
 
 __all__ = ["Kind", "Use", "param_uses"]
 

@@ -121,7 +121,8 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
                     force: bool, show_all: bool) -> None:
     from ..rules import load_rule
     from ..verify import coord_check, coord_check_depth
-    from ..verify.plots import coord_checks_image, image_format
+    from ..files.figures import image_format
+    from ..verify.plots import coord_checks_image
 
     png = Path(out)
     data = Path(json_path) if json_path else png.with_suffix(".json")
@@ -187,7 +188,7 @@ def _check_outputs(model_file: str, rules: tuple[str, ...], png: Path, data: Pat
                    force: bool) -> None:
     """Refuse, before any compute, outputs that clash with an input or each other, cannot be
     written, or name an image format matplotlib lacks."""
-    from ..verify.plots import image_format
+    from ..files.figures import image_format
 
     try:
         check_distinct([("-o", png), ("--json", data)], named_inputs(model_file, rules=rules))

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import click
 
-from ..emit.emitter import Emission, EmittedFile
-from ..emit.outputs import Output, check_tree, is_folder, outputs, tree_target
+from ..emit.write.emission import Emission, EmittedFile
+from ..emit.write.outputs import Output, check_tree, is_folder, outputs, tree_target
 from ..errors import MuprewriteError, printable
 from ..files import (
     check_distinct,
@@ -275,7 +275,7 @@ def _diff(before: str, after: str, old_name: str, new_name: str) -> str:
 
 def _check(path: Path) -> None:
     from ..emit import emitted_rule
-    from ..emit.block import part_of
+    from ..emit.write.header import part_of
 
     try:
         text = read_source(path).text

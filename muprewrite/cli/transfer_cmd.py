@@ -67,10 +67,10 @@ def transfer_cmd(card_path: str, model_file: str, target_spec: str, base_spec: s
                  factors: tuple[float, ...], inputs_expr: str | None, seed: int,
                  trial_timeout: float | None, device: str, out: str, force: bool) -> None:
     from ..files import check_distinct, check_output, write_file
-    from ..hparams import load_card
+    from ..rules.hparams import load_card
     from ..spec import parse_inputs
-    from ..tuning.refs import FunctionRef, SpecBuilder, module_of
-    from ..tuning.transfer import verify_transfer
+    from ..training.tuning.refs import FunctionRef, SpecBuilder, module_of
+    from ..training.tuning.transfer import verify_transfer
     from .tune_cmd import imported_files
 
     try:

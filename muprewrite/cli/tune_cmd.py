@@ -165,7 +165,7 @@ def tune_cmd(model_file: str, template: str, width: int | None, base_spec: str |
              trial_seeds: str, weight_decay: float, trial_timeout: float | None, device: str,
              out: str,
              plot: str | None, force: bool) -> None:
-    from ..tuning.refs import FunctionRef, SpecBuilder, module_of
+    from ..training.tuning.refs import FunctionRef, SpecBuilder, module_of
 
     proxy_spec = _fill(template, width, "--model")
     base_text = _fill(base_spec, width, "--base")
@@ -204,7 +204,7 @@ def _run(proxy: Any, base: Any, target: Any, train: Any, lr: Any, space: Any,
          inputs_expr: str | None, target_inputs_expr: str | None,
          settings: dict[str, Any]) -> Any:
     from ..spec import parse_inputs
-    from ..tuning import tune
+    from ..training.tuning import tune
 
     inputs = parse_inputs(inputs_expr, device="cpu") if inputs_expr else None
     target_inputs = parse_inputs(target_inputs_expr, device="meta") if target_inputs_expr \
@@ -223,7 +223,7 @@ class _Outputs:
 
     def check(self, inputs: list[str], force: bool) -> None:
         from ..files import check_distinct, check_output
-        from ..tuning.storage import storage_file
+        from ..training.tuning.storage import storage_file
 
         named = [("-o", self.card)] + ([("--plot", self.plot), ("--plot JSON", self.plot_json)]
                                        if self.plot and self.plot_json else [])
@@ -235,7 +235,7 @@ class _Outputs:
         if journal:  # resumed, so it may exist; optuna writes it, through no link out
             check_output(journal, force=True, may_exist=True, option="--storage")
         if self.plot is not None:
-            from ..verify.plots import image_format
+            from ..files.figures import image_format
 
             try:
                 image_format(self.plot)
@@ -249,7 +249,7 @@ class _Outputs:
             path = self.plot_json
         try:
             if path.suffix == ".toml":
-                from ..hparams import load_card
+                from ..rules.hparams import load_card
 
                 proxy = load_card(path).extra.get("proxy", {})
             else:
@@ -264,7 +264,7 @@ class _Outputs:
 
         write_file(self.card, result.card.to_toml().encode(), force=force)
         if self.plot is not None:
-            from ..tuning.plots import plot_tuning
+            from ..training.tuning.plots import plot_tuning
 
             best = result.study.best_params
             plot_tuning([(result.card.extra["proxy"]["model"], result)], self.plot,

@@ -29,7 +29,7 @@ from types import MappingProxyType
 import torch
 from torch import fx
 
-from ..capture import Capture
+from ..capture.export import Capture
 
 __all__ = ["Alignment", "align_depths", "layer_pattern"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from ..capture import Capture
+from ..capture.export import Capture
 from .axes import AxisGraph, Strength
 from .registry import Ctx, lookup, op_name
 from .rules import elementwise  # registers every rule family on import

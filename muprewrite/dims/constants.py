@@ -24,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-from ..capture import Capture
+from ..capture.export import Capture
 from .axes import Axis, AxisGraph, Seed, Strength
 from .registry import lookup
 from .rules.create import constant

@@ -12,7 +12,7 @@ from types import MappingProxyType
 
 import torch
 
-from ..capture import Capture
+from ..capture.export import Capture
 from .align import Alignment
 from .axes import Axis, as_int
 from .solve import Dims

@@ -25,7 +25,7 @@ from typing import Literal
 
 from torch import fx
 
-from ..capture import Capture
+from ..capture.export import Capture
 from .align import Alignment
 from .registry import op_name
 
@@ -120,7 +120,7 @@ def _pairs(cap: Capture, base: Capture, alignment: Alignment | None
 
 
 def _source(node: fx.Node) -> str:
-    from ..analysis.source import node_source
+    from ..capture.source import node_source
 
     src = node_source(node)
     return str(src) if src is not None else node.name

@@ -25,7 +25,7 @@ from torch import fx
 
 from ..analysis.attention import SOFTMAX_OPS
 from ..analysis.report import Report
-from ..analysis.source import node_module
+from ..capture.source import node_module
 from ..dims.registry import op_name
 from ..errors import MuprewriteError
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from ..errors import InputSpecError, ModelSpecError
-from ..input_sets import InputSets
+from ..capture.input_sets import InputSets
 from .grammar import Call, parse_arguments
 
 __all__ = ["parse_inputs", "inputs_for", "DTYPES"]

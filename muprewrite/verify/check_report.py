@@ -10,7 +10,7 @@ from typing import Any
 import torch
 
 from ..errors import MuprewriteError
-from ..hparams import HParams
+from ..rules.hparams import HParams
 
 __all__ = ["CheckError", "Divergence", "SourceCheck", "RTOL", "RTOL_FLOAT32", "rel", "tensors"]
 

@@ -40,12 +40,13 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..apply import apply
+from ..rewrite.apply import apply
 from ..errors import MuprewriteError, first_few
 from ..files import write_file
-from ..input_sets import first_set
-from ..optim import param_groups, plan_of
-from ..optimizers import optimizer
+from ..capture.input_sets import first_set
+from ..rewrite.attached import plan_of
+from ..training.param_groups import param_groups
+from ..training.optimizer import optimizer
 from ..rules import Rule, load_rule
 
 __all__ = ["CoordCheck", "coord_check", "coord_check_depth", "paired_names", "SLOPE_THRESHOLD", "OUTPUT",

@@ -1,7 +1,7 @@
 """Figures for coordinate checks and LR sweeps. matplotlib is imported here only.
 
 Each figure is drawn into memory (``*_image``: bytes in the format the file name asks for,
-PNG by default) and written with ``muprewrite.files.write_file``, so a failure never leaves
+PNG by default) and written with ``muprewrite.files.figures.save_figure``, so a failure never leaves
 half an image.
 """
 
@@ -13,39 +13,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..files import OutputError, write_file
+from ..files.figures import figure_bytes, pyplot, save_figure
 from .coordcheck import OUTPUT, SLOPE_THRESHOLD, CoordCheck
 
 if TYPE_CHECKING:
     from .sweep import Sweep
 
-__all__ = ["coord_checks_image", "figure_bytes", "image_format", "panel_steps", "plot_coord_checks", "plot_sweeps",
-           "sweeps_image"]
-
-
-def _pyplot() -> Any:
-    try:
-        import matplotlib
-    except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError("plots need matplotlib: pip install matplotlib") from exc
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def image_format(path: str | Path) -> str:
-    """The image format ``path``'s suffix names ("png" without one); OutputError if
-    matplotlib cannot write it."""
-    fmt = Path(path).suffix[1:].lower() or "png"
-    _pyplot()  # ImportError with the fix if matplotlib is missing
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    supported = FigureCanvasBase.get_supported_filetypes()
-    if fmt not in supported:
-        raise OutputError(f"cannot draw {path}: matplotlib writes {', '.join(sorted(supported))}"
-                          f", not {fmt!r}", fix=f"name the figure {Path(path).stem}.png")
-    return fmt
+__all__ = ["coord_checks_image", "panel_steps", "plot_coord_checks", "plot_sweeps", "sweeps_image"]
 
 
 MAX_PANELS = 6  # steps drawn per row of a coordinate-check figure
@@ -63,7 +37,7 @@ def plot_coord_checks(checks: Sequence[CoordCheck], path: str | Path, title: str
     """Draw ``coord_checks_image`` to ``path`` (its format from the suffix); ``force``
     overwrites a read-only file."""
     data = coord_checks_image(checks, title, threshold, fmt=image_format(path))
-    return _save(data, path, force)
+    return save_figure(data, path, force)
 
 
 def coord_checks_image(checks: Sequence[CoordCheck], title: str = "",
@@ -76,7 +50,7 @@ def coord_checks_image(checks: Sequence[CoordCheck], title: str = "",
     ``MAX_PANELS`` steps, ``MAX_PANELS`` evenly spaced ones are drawn (the first and the last
     among them).
     """
-    plt = _pyplot()
+    plt = pyplot()
     shown = panel_steps(checks[0].steps)
     cols = len(shown)
     fig, axes = plt.subplots(len(checks), cols, figsize=(2.6 * cols, 2.4 * len(checks)),
@@ -120,7 +94,7 @@ def coord_checks_image(checks: Sequence[CoordCheck], title: str = "",
 def plot_sweeps(sweeps: Sequence[Sweep], path: str | Path, title: str = "", *,
                 force: bool = False) -> Path:
     """Draw ``sweeps_image`` to ``path`` (its format from the suffix)."""
-    return _save(sweeps_image(sweeps, title, fmt=image_format(path)), path, force)
+    return save_figure(sweeps_image(sweeps, title, fmt=image_format(path)), path, force)
 
 
 def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> bytes:
@@ -128,7 +102,7 @@ def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> 
     (or depth), each one's optimum marked. The y range starts just below the best loss and stops at
     1.5x it, so the region around the optima is readable; worse or diverged runs leave the
     top of the panel."""
-    plt = _pyplot()
+    plt = pyplot()
     finite = [v for sw in sweeps for row in sw.loss for v in row if math.isfinite(v)]
     low = min(finite) if finite else 1.0
     fig, axes = plt.subplots(1, len(sweeps), figsize=(4.2 * len(sweeps), 3.4), squeeze=False,
@@ -153,19 +127,3 @@ def sweeps_image(sweeps: Sequence[Sweep], title: str = "", fmt: str = "png") -> 
     fig.suptitle(title or "learning-rate transfer", fontsize=10)
     fig.tight_layout()
     return figure_bytes(fig, plt, fmt)
-
-
-def figure_bytes(fig: Any, plt: Any, fmt: str) -> bytes:
-    """The figure drawn into ``fmt`` bytes (110 dpi), closed after."""
-    buffer = io.BytesIO()
-    try:
-        fig.savefig(buffer, format=fmt, dpi=110)
-    finally:
-        plt.close(fig)
-    return buffer.getvalue()
-
-
-def _save(data: bytes, path: str | Path, force: bool) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return write_file(path, data, force=force)

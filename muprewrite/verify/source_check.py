@@ -48,8 +48,8 @@ from torch import nn
 
 from ..errors import MuprewriteError
 from ..files import read_source
-from ..hparams import HParams, HParamsLike, as_hparams
-from ..input_sets import InputSets, input_sets
+from ..rules.hparams import HParams, HParamsLike, as_hparams
+from ..capture.input_sets import InputSets, input_sets
 from ..rules import Rule, load_rule
 from ..spec import build_model, load_module, parse_inputs
 from ..spec.project import project_root
@@ -149,7 +149,7 @@ def _dtype_error(exc: BaseException) -> bool:
 
 def _parts(path: Path) -> list[Path]:
     """The other emitted files of an ``-o DIR/`` tree that the emitted module imported."""
-    from ..emit.block import part_of
+    from ..emit.write.header import part_of
 
     here = os.path.realpath(project_root(path))
     out = []
@@ -214,7 +214,7 @@ def float64() -> contextlib.AbstractContextManager[None]:
 def _check_width(result: SourceCheck, emitted: ModuleType, user: ModuleType, spec: str,
                  base_text: str, inputs: Sequence[str], steps: int, rule: Rule, tol: float,
                  derived: bool) -> Divergence | None:
-    from ..apply import apply
+    from ..rewrite.apply import apply
 
     seed = int(getattr(emitted, "MUP_BASE_SEED", 0))
     torch.manual_seed(seed)

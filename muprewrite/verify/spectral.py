@@ -63,12 +63,13 @@ import torch
 from torch import nn
 
 from ..analysis.report import ParamInfo
-from ..apply import apply
+from ..rewrite.apply import apply
 from ..errors import InputSpecError, MuprewriteError, UsageError, first_few
 from ..files import write_file
-from ..input_sets import first_set
-from ..optim import plan_of, unwrap
-from ..optimizers import optimizer
+from ..capture.input_sets import first_set
+from ..capture.unwrap import unwrap
+from ..rewrite.attached import plan_of
+from ..training.optimizer import optimizer
 from ..rules import Rule
 from .coordcheck import SLOPE_THRESHOLD, _first_tensor, objective_step, rule_id, slope
 from .singular import as_matrix, top_singular

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .coordcheck import SLOPE_THRESHOLD
-from .plots import _pyplot, _save, figure_bytes, image_format
+from ..files.figures import figure_bytes, image_format, pyplot, save_figure
 from .spectral import EXPECT, QUANTITIES, Spectra
 
 __all__ = ["plot_spectra", "spectra_image"]
@@ -23,7 +23,7 @@ def plot_spectra(spectra: Spectra, path: str | Path, title: str = "",
                  threshold: float = SLOPE_THRESHOLD, *, force: bool = False) -> Path:
     """Draw ``spectra_image`` to ``path`` (its format from the suffix); ``force``
     overwrites a read-only file."""
-    return _save(spectra_image(spectra, title, threshold, fmt=image_format(path)), path, force)
+    return save_figure(spectra_image(spectra, title, threshold, fmt=image_format(path)), path, force)
 
 
 def spectra_image(spectra: Spectra, title: str = "", threshold: float = SLOPE_THRESHOLD,
@@ -35,7 +35,7 @@ def spectra_image(spectra: Spectra, title: str = "", threshold: float = SLOPE_TH
     role's geometric mean a thick one, dashed with red markers where it is flagged. A dotted line at the
     narrowest width's value shows what flat would be. Each panel's title gives the slopes.
     """
-    plt = _pyplot()
+    plt = pyplot()
     roles = spectra.roles or ("hidden",)
     flagged = {(r, q) for r, q, _ in spectra.flagged(threshold)}
     fig, axes = plt.subplots(1, len(roles), figsize=(3.6 * len(roles), 3.3), squeeze=False)

@@ -36,7 +36,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..apply import apply
+from ..rewrite.apply import apply
 from ..files import write_file
 from ..rules import Rule
 from .coordcheck import Axis, RoleCheck, depth_base_is_own, rule_id

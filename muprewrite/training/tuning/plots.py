@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..files import write_files
-from ..verify.plots import figure_bytes, image_format
+from ...files import write_files
+from ...files.figures import figure_bytes, image_format
 
 __all__ = ["tuning_data", "tuning_image", "plot_tuning"]
 

@@ -56,28 +56,33 @@ from __future__ import annotations
 
 import os
 import re
-import reprlib
 import stat
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from .errors import MuprewriteError
+from .checks import check_depth, check_unique, check_weight_decay
+from .rule import (
+    KINDS,
+    MAX_EXPONENT,
+    MAX_RULE_BYTES,
+    NAME_PATTERN,
+    QUANTITIES,
+    ROLES,
+    RULES_DIR,
+    SHORT,
+    Exponents,
+    MuonRow,
+    Rule,
+    RuleError,
+    Scaling,
+    error_at,
+    shown,
+)
 
-__all__ = ["RuleError", "Exponents", "Scaling", "Rule", "load_rule", "available_rules",
-           "RULES_DIR", "ROLES", "QUANTITIES", "KINDS", "MAX_EXPONENT", "MAX_RULE_BYTES",
-           "NAME_PATTERN"]
+__all__ = ["load_rule", "available_rules"]
 
-RULES_DIR = Path(__file__).resolve().parent.parent / "rules"
-ROLES = ("input", "hidden", "output", "fixed")
-KINDS = ("weight", "bias", "norm", "embedding", "table")
-QUANTITIES = ("init", "multiplier", "lr", "eps", "weight_decay")
-MAX_EXPONENT = 4
-MAX_RULE_BYTES = 1 << 20
-NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,63}")
 _CHOICES = {
     "status": ("stable", "experimental"),
     "optimizer": ("adam", "sgd", "muon"),
@@ -97,99 +102,7 @@ MAX_ALPHA = 1.0
 _DOC_KEYS = ("what", "when", "example", "known_problems", "references")
 _CONTROL = r"\x00-\x08\x0b-\x1f\x7f-\x9f\u200e\u200f\u2028\u2029\u202a-\u202e\u2066-\u2069"
 _BAD_CHAR = {True: re.compile(f"[{_CONTROL}]"), False: re.compile(f"[{_CONTROL}\t\n]")}
-_SHORT = reprlib.Repr()  # bounded reprs of hostile values in messages
-_SHORT.maxlevel, _SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict = 2, 60, 60, 4, 4
 
-
-class RuleError(MuprewriteError):
-    """A rule file is missing, malformed, or inconsistent."""
-
-
-@dataclass(frozen=True)
-class Exponents:
-    """``factor = m_in ** m_in_exp * m_out ** m_out_exp * m_depth ** m_depth_exp``.
-
-    ``m_depth`` (m_L = blocks / base blocks) applies only to parameters inside residual
-    branches; for every other parameter it is 1."""
-
-    m_in: float = 0.0
-    m_out: float = 0.0
-    m_depth: float = 0.0
-
-    def factor(self, m_in: float, m_out: float, m_depth: float = 1.0) -> float:
-        return float(m_in ** self.m_in * m_out ** self.m_out * m_depth ** self.m_depth)
-
-    def __str__(self) -> str:
-        parts = [f"{name}^{exp:g}" for name, exp in (("m_in", self.m_in), ("m_out", self.m_out),
-                                                      ("m_L", self.m_depth)) if exp]
-        return " ".join(parts) or "1"
-
-
-@dataclass(frozen=True)
-class Scaling:
-    """One row of the table: how each quantity scales for a role (or kind)."""
-
-    init: Exponents = field(default_factory=Exponents)
-    multiplier: Exponents = field(default_factory=Exponents)
-    lr: Exponents = field(default_factory=Exponents)
-    eps: Exponents = field(default_factory=Exponents)
-    weight_decay: Exponents = field(default_factory=Exponents)
-
-
-@dataclass(frozen=True)
-class MuonRow:
-    """``[muon]``: how ``torch.optim.Muon`` steps the hidden 2-D weights under a Muon rule.
-
-    ``adjust_lr_fn`` is the update scaling the exponents were derived for (Muon's own
-    ``adjust_lr_fn``); ``lr`` and ``weight_decay`` replace the hidden row's for those
-    matrices (init and multiplier stay the hidden row's)."""
-
-    adjust_lr_fn: str
-    lr: Exponents
-    weight_decay: Exponents
-
-
-@dataclass(frozen=True)
-class Rule:
-    id: str
-    title: str
-    status: str
-    optimizer: str
-    attention: str
-    weight_decay_convention: str
-    roles: Mapping[str, Scaling]
-    kinds: Mapping[str, Scaling]
-    doc: Mapping[str, Any]
-    path: Path
-    depth_alpha: float | None = None  # residual branch multiplier m_L^-alpha; None: width only
-    weight_decay_coupling: str = "coupled"  # per-step decay lr*wd (torch AdamW, Muon) or wd
-    vector_weight_decay: str = "scaled"  # "none": biases and norm gains get no weight decay
-    muon: MuonRow | None = None  # optimizer "muon": the hidden matrices Muon steps
-
-    @property
-    def has_depth(self) -> bool:
-        return self.depth_alpha is not None
-
-    def branch_multiplier(self, m_depth: float) -> float:
-        """The factor on every residual branch, x + m_L^-alpha * F(x)."""
-        return 1.0 if self.depth_alpha is None else float(m_depth ** -self.depth_alpha)
-
-    def steps_with_muon(self, role: str, kind: str, ndim: int) -> bool:
-        """Whether Muon steps this parameter: a hidden 2-D weight under a Muon rule (conv
-        kernels, embeddings, readouts, biases and norm gains stay on AdamW)."""
-        return self.muon is not None and role == "hidden" and kind == "weight" and ndim == 2
-
-    def scaling(self, role: str, kind: str) -> Scaling:
-        """The row for a parameter: its kind's override if the rule has one, else its role's."""
-        if kind in self.kinds and role != "fixed":
-            return self.kinds[kind]
-        return self.roles.get(role, Scaling())
-
-    def attention_scale(self, d_head: int, d_head_base: int, d_head_grows: bool) -> float:
-        """Factor on the attention logits relative to the model's own 1/sqrt(d_head)."""
-        if self.attention == "unchanged" or not d_head_grows:
-            return 1.0
-        return float((d_head / d_head_base) ** -0.5)  # sqrt(d_base)/d_head over 1/sqrt(d_head)
 
 
 def available_rules(directory: Path = RULES_DIR) -> list[str]:
@@ -199,13 +112,9 @@ def available_rules(directory: Path = RULES_DIR) -> list[str]:
 def load_rule(name: str | Path, directory: Path = RULES_DIR) -> Rule:
     """Load ``rules/<name>.toml`` (or a path to a .toml file) and validate every key."""
     path = _resolve(name, directory)
-    rule = _parse(_toml(_read_bytes(path, name, directory), _shown(path)), path)
-    _check_unique(rule, directory)
+    rule = _parse(_toml(_read_bytes(path, name, directory), shown(path)), path)
+    check_unique(rule, directory)
     return rule
-
-
-def _shown(path: Path | str) -> str:
-    return str(path) if str(path).isprintable() else ascii(str(path))
 
 
 def _others(directory: Path) -> str:
@@ -218,13 +127,13 @@ def _resolve(name: str | Path, directory: Path) -> Path:
     if isinstance(name, Path) or str(name).endswith(".toml"):
         path = Path(name)
         if path.suffix != ".toml" or not NAME_PATTERN.fullmatch(path.stem):
-            raise RuleError(f"{_shown(path)}: a rule file is named <id>.toml, with the id "
-                            f"matching {NAME_PATTERN.pattern}", where=_shown(path),
-                            fix=f"rename it, e.g. to {_shown(path.with_name('my-rule.toml'))} "
+            raise RuleError(f"{shown(path)}: a rule file is named <id>.toml, with the id "
+                            f"matching {NAME_PATTERN.pattern}", where=shown(path),
+                            fix=f"rename it, e.g. to {shown(path.with_name('my-rule.toml'))} "
                                 'with id = "my-rule"')
         return path
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise RuleError(f"{_SHORT.repr(name)} is neither a rule name ({NAME_PATTERN.pattern}) "
+        raise RuleError(f"{SHORT.repr(name)} is neither a rule name ({NAME_PATTERN.pattern}) "
                         "nor a path ending in .toml", where="rule name",
                         fix=_others(directory))
     return directory / f"{name}.toml"
@@ -232,22 +141,22 @@ def _resolve(name: str | Path, directory: Path) -> Path:
 
 def _read_bytes(path: Path, name: str | Path, directory: Path) -> bytes:
     """The file's bytes; a non-regular or huge file is refused before it is read."""
-    shown = _shown(path)
+    where = shown(path)
     try:
         info = os.stat(path)
-        _check_file(info.st_mode, info.st_size, shown)
+        _check_file(info.st_mode, info.st_size, where)
         # O_NONBLOCK: a file swapped for a FIFO after the stat cannot block the open
         with os.fdopen(os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0)), "rb") as fh:
             info = os.fstat(fh.fileno())
-            _check_file(info.st_mode, info.st_size, shown)
+            _check_file(info.st_mode, info.st_size, where)
             raw = fh.read(MAX_RULE_BYTES + 1)
     except FileNotFoundError:
-        raise RuleError(f"no rule {_SHORT.repr(str(name))}", where=shown,
+        raise RuleError(f"no rule {SHORT.repr(str(name))}", where=where,
                         fix=_others(directory)) from None
     except (OSError, ValueError) as exc:
-        raise RuleError(f"cannot read {shown}: {getattr(exc, 'strerror', None) or exc}",
-                        where=shown, fix="pass the path of a readable rule file") from None
-    _check_file(stat.S_IFREG, len(raw), shown)  # it may have grown since the stat
+        raise RuleError(f"cannot read {where}: {getattr(exc, 'strerror', None) or exc}",
+                        where=where, fix="pass the path of a readable rule file") from None
+    _check_file(stat.S_IFREG, len(raw), where)  # it may have grown since the stat
     return raw
 
 
@@ -278,21 +187,16 @@ def _toml(raw: bytes, shown: str) -> dict[str, Any]:
                                          "[role.hidden] lr = { m_in = -1 }") from None
 
 
-def _error(path: Path, key: str, problem: str, fix: str) -> RuleError:
-    return RuleError(f"{_shown(path)}: key {_SHORT.repr(key)}: {problem}",
-                     where=f"{_shown(path)}: {_SHORT.repr(key)}", fix=fix)
-
-
 def _fail(path: Path, key: str, expected: str, got: Any, fix: str) -> RuleError:
-    return _error(path, key, f"expected {expected}, got {type(got).__name__} "
-                             f"{_SHORT.repr(got)}", fix)
+    return error_at(path, key, f"expected {expected}, got {type(got).__name__} "
+                             f"{SHORT.repr(got)}", fix)
 
 
 def _known(path: Path, prefix: str, table: dict[str, Any], what: str,
            allowed: tuple[str, ...]) -> None:
     for key in table:
         if key not in allowed:
-            raise _error(path, prefix + key, f"unknown key: expected {what} in {list(allowed)}",
+            raise error_at(path, prefix + key, f"unknown key: expected {what} in {list(allowed)}",
                          f"remove it or correct its spelling ({', '.join(allowed)})")
 
 
@@ -307,10 +211,10 @@ def _text(path: Path, key: str, value: Any, multiline: bool, limit: int = MAX_RU
         raise _fail(path, key, "a string" if multiline else "a non-empty one-line string",
                     value, f'write {key} = "..."')
     if len(value) > limit:
-        raise _error(path, key, f"{len(value)} characters, over {limit}", "shorten it")
+        raise error_at(path, key, f"{len(value)} characters, over {limit}", "shorten it")
     bad = _BAD_CHAR[multiline].search(value)
     if bad:
-        raise _error(path, key, f"control character {bad.group()!r} at offset {bad.start()}",
+        raise error_at(path, key, f"control character {bad.group()!r} at offset {bad.start()}",
                      "remove it" + ("" if multiline else "; this text is one line"))
     return value
 
@@ -340,8 +244,8 @@ def _parse(data: dict[str, Any], path: Path) -> Rule:
                 MappingProxyType(_doc(data.get("doc"), path)), path,
                 _depth(data.get("depth"), path), **optional,
                 muon=_muon(data.get("muon"), data["optimizer"], path))
-    _check_weight_decay(rule)
-    _check_depth(rule)
+    check_weight_decay(rule)
+    check_depth(rule)
     return rule
 
 
@@ -365,11 +269,11 @@ def _muon(table: Any, optimizer: str, path: Path) -> MuonRow | None:
     example = '[muon] adjust_lr_fn = "original", lr = {}, weight_decay = {}'
     if optimizer != "muon":
         if table is not None:
-            raise _error(path, "muon", f"a [muon] section needs optimizer = \"muon\", not "
+            raise error_at(path, "muon", f"a [muon] section needs optimizer = \"muon\", not "
                          f"{optimizer!r}", 'remove [muon], or set optimizer = "muon"')
         return None
     if table is None:
-        raise _error(path, "muon", "optimizer \"muon\" needs a [muon] section", f"add {example}")
+        raise error_at(path, "muon", "optimizer \"muon\" needs a [muon] section", f"add {example}")
     table = _table(path, "muon", table, example)
     _known(path, "muon.", table, "a muon key", ("adjust_lr_fn", "lr", "weight_decay"))
     if table.get("adjust_lr_fn") not in MUON_ADJUST:
@@ -380,43 +284,6 @@ def _muon(table: Any, optimizer: str, path: Path) -> MuonRow | None:
     for quantity in ("lr", "weight_decay"):
         rows[quantity] = _exponents(path, f"muon.{quantity}", table.get(quantity, {}))
     return MuonRow(table["adjust_lr_fn"], rows["lr"], rows["weight_decay"])
-
-
-def _check_depth(rule: Rule) -> None:
-    """m_depth exponents mean nothing without a residual multiplier: a base of another depth
-    is only matched under a rule with a [depth] section. With one, two kinds of them would
-    never be applied, so they are refused rather than shown by ``rules show`` and dropped:
-    on a forward ``multiplier`` (the residual branch multiplier m_L^-alpha is depth's forward
-    factor) and on ``[role.output]`` (the readout reads the stream after the last block;
-    m_L is 1 outside residual branches)."""
-    for prefix, table in (("role", rule.roles), ("kind", rule.kinds)):
-        for name, scaling in table.items():
-            if scaling.multiplier.m_depth:
-                raise _error(rule.path, f"{prefix}.{name}.multiplier.m_depth",
-                             "forward multipliers take no depth factor (apply and the emitted "
-                             "source never apply it); depth scales the forward pass through "
-                             "the residual branch multiplier m_L^-alpha",
-                             "remove m_depth from the multiplier, and set [depth] alpha (or "
-                             "the branch_multiplier base hyperparameter) instead")
-    output = rule.roles.get("output")
-    for quantity in QUANTITIES if output is not None else ():
-        if getattr(output, quantity).m_depth:
-            raise _error(rule.path, f"role.output.{quantity}.m_depth",
-                         "output parameters (the readout) lie outside the residual branches, "
-                         "where m_L is 1: this exponent would never be applied",
-                         "remove it; m_depth exponents act on parameters inside residual "
-                         "branches (role input / hidden / fixed, kind bias / norm)")
-    if rule.has_depth:
-        return
-    muon = {"muon": rule.muon} if rule.muon is not None else {}
-    for prefix, rows in (("role", rule.roles), ("kind", rule.kinds), ("", muon)):
-        for name, row in rows.items():
-            for quantity in (("lr", "weight_decay") if prefix == "" else QUANTITIES):
-                if getattr(row, quantity).m_depth:
-                    raise _error(rule.path, f"{prefix}.{name}.{quantity}.m_depth".lstrip("."),
-                                 "m_depth exponents need a [depth] section",
-                                 "add [depth] alpha = ... (the residual branch multiplier "
-                                 "m_L^-alpha), or remove m_depth")
 
 
 def _rows(table: Any, names: tuple[str, ...], prefix: str, path: Path) -> dict[str, Scaling]:
@@ -460,65 +327,3 @@ def _doc(doc: Any, path: Path) -> dict[str, Any]:
     for i, ref in enumerate(references):
         _text(path, f"doc.references[{i}]", ref, multiline=False)
     return {key: doc[key] for key in _DOC_KEYS}
-
-
-def _rows_with_lr(rule: Rule) -> list[tuple[str, Exponents, Exponents]]:
-    """(key, lr, weight_decay) of every row, the [muon] row included."""
-    rows = [(f"{prefix}.{name}.weight_decay", row.lr, row.weight_decay)
-            for prefix, table in (("role", rule.roles), ("kind", rule.kinds))
-            for name, row in table.items()]
-    if rule.muon is not None:
-        rows.append(("muon.weight_decay", rule.muon.lr, rule.muon.weight_decay))
-    return rows
-
-
-def _scaled(exps: Exponents, by: float) -> Exponents:
-    return Exponents(exps.m_in * by + 0.0, exps.m_out * by + 0.0, exps.m_depth * by + 0.0)
-
-
-def expected_weight_decay(rule: Rule, lr: Exponents) -> Exponents | None:
-    """The weight-decay exponents the rule's convention and coupling imply for a row with
-    these lr exponents (None: "custom", anything goes).
-
-    The per-step decay of a parameter is lr*wd (coupled: torch's AdamW and Muon) or wd
-    (independent). "constant-lr-wd" and "constant-timescale" keep the per-step decay, and so
-    the EMA timescale 1/(lr*wd), as at base; "sqrt-width-wd" lets the per-step decay follow
-    the square root of lr's factor (where lr ~ 1/m: coupled wd ~ sqrt(m)); "constant-wd"
-    keeps wd itself."""
-    convention = rule.weight_decay_convention
-    if convention == "custom":
-        return None
-    if convention == "constant-wd":
-        return Exponents()
-    decay = Exponents() if convention in ("constant-lr-wd", "constant-timescale") else _scaled(lr, 0.5)
-    if rule.weight_decay_coupling == "independent":
-        return decay
-    return Exponents(decay.m_in - lr.m_in + 0.0, decay.m_out - lr.m_out + 0.0,
-                     decay.m_depth - lr.m_depth + 0.0)
-
-
-def _check_weight_decay(rule: Rule) -> None:
-    """The declared convention must hold for every row (it is a claim, so check it)."""
-    for key, lr, wd in _rows_with_lr(rule):
-        want = expected_weight_decay(rule, lr)
-        if want is not None and wd != want:
-            depth = f", m_depth = {want.m_depth:g}" if want.m_depth else ""
-            raise _error(rule.path, key, f"weight_decay_convention "
-                         f"{rule.weight_decay_convention!r} with {rule.weight_decay_coupling} "
-                         f"weight decay needs weight_decay = {want} (lr is {lr}, weight_decay "
-                         f"is {wd})",
-                         f"set weight_decay = {{ m_in = {want.m_in:g}, m_out = {want.m_out:g}"
-                         f"{depth} }}, or weight_decay_convention = \"custom\"")
-
-
-def _check_unique(rule: Rule, directory: Path) -> None:
-    """A custom file may not take a shipped rule's id: emitted files record only the id."""
-    shipped = directory / f"{rule.id}.toml"
-    try:
-        clash = shipped.is_file() and not os.path.samefile(rule.path, shipped)
-    except OSError:
-        clash = False
-    if clash:
-        raise _error(rule.path, "id", f"{rule.id!r} is the id of the shipped rule {shipped}",
-                     f'rename the file and its id, e.g. {rule.id}-custom.toml with id = '
-                     f'"{rule.id}-custom"')

@@ -1,5 +1,5 @@
 """One call for a working optimizer under a rule: ``muprewrite.optimizer(model, lr=...)`` (this
-module is ``muprewrite.optimizers``; the package exports the function).
+module is ``muprewrite.training.optimizer``; the package exports the function).
 
 Adam rules get ``torch.optim.AdamW``, SGD rules ``torch.optim.SGD``, and Muon rules
 (``mup-muon``, ``mup-muon-rms``) a :class:`MuonWithAdamW`: ``torch.optim.Muon`` on the hidden
@@ -27,11 +27,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis.report import Report
-from .errors import MuprewriteError, UsageError
-from .hparams import HParamsLike
-from .optim import param_groups, plan_of
-from .rules import Rule, load_rule
+from ..analysis.report import Report
+from ..errors import MuprewriteError, UsageError
+from ..rules.hparams import HParamsLike
+from ..rewrite.attached import plan_of
+from .param_groups import param_groups
+from ..rules import Rule, load_rule
 
 __all__ = ["optimizer", "MuonWithAdamW"]
 

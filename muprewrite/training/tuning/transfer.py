@@ -19,7 +19,7 @@ from typing import Any
 
 from torch import nn
 
-from ..hparams import HPARAM_NAMES, Card
+from ...rules.hparams import HPARAM_NAMES, Card
 from .errors import TuneError
 from .ledger import percent
 from .objective import TrialConfig, build_run

@@ -17,22 +17,22 @@ from typing import Any
 
 from torch import nn
 
-from .analysis.attention import (
+from .attention import (
     HeadsConvention,
     find_attention,
     heads_marks,
     refuse_unplanned_attention,
 )
-from .analysis.base_axes import check_base_axes
-from .analysis.classify import ParamFacts, classify_params
-from .analysis.depth import (
+from .base_axes import check_base_axes
+from .classify import ParamFacts, classify_params
+from .depth import (
     base_mismatch,
     depth_init_diagnostics,
     in_branches,
     measure_depths,
     pair_with_base,
 )
-from .analysis.diagnose import (
+from .diagnose import (
     attention_nodes,
     base_disagreements,
     constant_diagnostics,
@@ -40,20 +40,20 @@ from .analysis.diagnose import (
     solver_diagnostics,
     width_constant_diagnostics,
 )
-from .analysis.empty import check_zero_size, zero_size_notes
-from .analysis.guesses import guess_diagnostics
-from .analysis.report import AttentionSite, BufferInfo, Diagnostic, Report
-from .analysis.residual import find_residuals
-from .analysis.source import node_module, node_source
-from .capture import Capture, capture
-from .dims import Dims, build_axis_graph, solve
-from .dims.align import Alignment, layer_pattern
-from .dims.constants import width_sized_constants
-from .dims.diff import base_sizes, with_base
-from .dims.width_constants import width_constants
-from .errors import CaptureError, MuprewriteError, UsageError
-from .input_sets import InputSet, input_sets
-from .optim import unwrap
+from .empty import check_zero_size, zero_size_notes
+from .guesses import guess_diagnostics
+from .report import AttentionSite, BufferInfo, Diagnostic, Report
+from .residual import find_residuals
+from ..capture.source import node_module, node_source
+from ..capture.export import Capture, capture
+from ..dims import Dims, build_axis_graph, solve
+from ..dims.align import Alignment, layer_pattern
+from ..dims.constants import width_sized_constants
+from ..dims.diff import base_sizes, with_base
+from ..dims.width_constants import width_constants
+from ..errors import CaptureError, MuprewriteError, UsageError
+from ..capture.input_sets import InputSet, input_sets
+from ..capture.unwrap import unwrap
 
 __all__ = ["analyze", "analyze_with_capture"]
 

@@ -33,7 +33,7 @@ from typing import Any, Literal
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from ..errors import MuprewriteError
+from ...errors import MuprewriteError
 from .errors import TuneError
 from .objective import TrialConfig, TrialFailed, objective
 from .storage import Claim, StorageLike, open_storage, storage_file

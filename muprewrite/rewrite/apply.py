@@ -20,17 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis.attention import HeadsConvention
-from .analysis.report import Report
-from .analyzer import analyze_with_capture
-from .capture import aliases
-from .errors import MuprewriteError, UsageError
-from .hparams import HParamsLike, as_hparams
-from .optim import plan_of, unwrap
-from .rewrite import init_targets, install, make_plan, rescale_to_targets
-from .rewrite.fingerprint import record
-from .rewrite.hosts import INIT_ATTR, PENDING_ATTR
-from .rules import Rule, load_rule
+from ..analysis.attention import HeadsConvention
+from ..analysis.report import Report
+from ..analysis.analyze import analyze_with_capture
+from ..capture.export import aliases
+from ..errors import MuprewriteError, UsageError
+from ..rules.hparams import HParamsLike, as_hparams
+from ..capture.unwrap import unwrap
+from ..rewrite.attached import plan_of
+from . import init_targets, install, make_plan, rescale_to_targets
+from .fingerprint import record
+from .hosts import INIT_ATTR, PENDING_ATTR
+from ..rules import Rule, load_rule
 
 __all__ = ["apply", "rescale_init"]
 
@@ -65,7 +66,7 @@ def apply(model: nn.Module, example_inputs: Any = None, *, base: nn.Module,
 
     ``hparams``: the base hyperparameters tuned on the proxy (output, input and attention
     multipliers, hidden init scale, per-class learning rates, branch multiplier; see
-    :mod:`muprewrite.hparams`): a ``muprewrite.HParams``, a mapping of their names to
+    :mod:`muprewrite.rules.hparams`): a ``muprewrite.HParams``, a mapping of their names to
     values, or the path of a card written by ``muprewrite tune -o card.toml``. Default: all
     1, the rule alone. They are width-invariant: pass the same values at every width.
 

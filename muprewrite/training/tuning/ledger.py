@@ -27,7 +27,7 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..input_sets import InputSets, first_set
+from ...capture.input_sets import InputSets, first_set
 from .errors import TuneError
 
 __all__ = ["Ledger", "TrialCost", "flops_per_step", "trial_costs", "percent", "to_device",

@@ -1,6 +1,6 @@
 """What a sweep returns: the best trial as a card, the study and the cost ledger.
 
-The card (:class:`muprewrite.hparams.Card`) holds the best trial's learning rate, weight
+The card (:class:`muprewrite.rules.hparams.Card`) holds the best trial's learning rate, weight
 decay and base hyperparameters with the rule and base they were tuned under, plus
 ``[proxy]`` (the study: model, budget, trials, best value, sampler, pruner, storage),
 ``[space]`` (name = [low, high]) and ``[ledger]`` (the FLOPs spent and their share of one
@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ..hparams import Card
+from ...rules.hparams import Card
 from .errors import TuneError
 from .ledger import Ledger
 from .space import Space

@@ -40,7 +40,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeAlias
 
-from .errors import MuprewriteError, UsageError
+from ..errors import MuprewriteError, UsageError
 
 __all__ = ["HParams", "DEFAULT_HPARAMS", "HParamsLike", "Card", "load_card", "as_hparams",
            "from_option", "hparam_class", "param_class", "HPARAM_ROWS",

@@ -17,8 +17,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..errors import MuprewriteError
-from ..rules import Rule
+from ...errors import MuprewriteError
+from ...rules import Rule
 from .errors import TuneError
 from .ledger import STEPS_ATTR, to_device
 from .space import Point, Space
@@ -59,8 +59,8 @@ def build_run(config: TrialConfig, point: Point, *, seed: int, number: int,
               base: Callable[[], nn.Module] | None = None) -> TrialRun:
     """The TrialRun of ``point``: torch seeded with ``seed``, then ``proxy()`` (default:
     the config's) rewritten against ``base()`` with the point's base hyperparameters."""
-    from ..apply import apply
-    from ..optimizers import optimizer
+    from ...rewrite.apply import apply
+    from ..optimizer import optimizer
 
     build = proxy or config.proxy
     seed_everything(seed)

@@ -41,8 +41,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..hparams import HParams
+from ...errors import UsageError
+from ...rules.hparams import HParams
 from .errors import TrialDiverged, TrialTimeout
 
 __all__ = ["TrialRun", "Outcome", "run_train", "time_limit", "seed_everything", "TrainFn"]

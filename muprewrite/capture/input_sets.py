@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from .errors import InputSpecError
+from ..errors import InputSpecError
 
 __all__ = ["InputSets", "input_sets", "first_set", "normalize_inputs"]
 

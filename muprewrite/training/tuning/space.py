@@ -25,8 +25,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import UsageError
-from ..hparams import HPARAM_NAMES, HParams
+from ...errors import UsageError
+from ...rules.hparams import HPARAM_NAMES, HParams
 
 __all__ = ["Range", "Space", "Point", "SpaceLike", "DEFAULT_MULTIPLIERS", "MULTIPLIER_RANGE",
            "TUNABLE"]

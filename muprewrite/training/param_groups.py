@@ -27,36 +27,19 @@ from typing import Any
 import torch
 from torch import nn
 
-from .analysis.report import Report
-from .errors import MuprewriteError, UsageError, first_few
-from .hparams import HParamsLike, as_hparams
-from .rewrite.fingerprint import refuse_edits
-from .rewrite.hosts import PENDING_ATTR, PLAN_ATTR
-from .rewrite.plan import Plan, param_factors
-from .rules import Rule, load_rule
+from ..analysis.report import Report
+from ..errors import MuprewriteError, UsageError, first_few
+from ..rules.hparams import HParamsLike, as_hparams
+from ..rewrite.fingerprint import refuse_edits
+from ..rewrite.hosts import PENDING_ATTR, PLAN_ATTR
+from ..capture.unwrap import unwrap
+from ..rewrite.attached import plan_of
+from ..rewrite.plan import Plan, param_factors
+from ..rules import Rule, load_rule
 
-__all__ = ["param_groups", "plan_of", "unwrap", "NO_DECAY"]
+__all__ = ["param_groups", "NO_DECAY"]
 
 NO_DECAY = (None, "vectors")  # the no_decay policies: the rule's, or none on ndim < 2 too
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The user's model inside ``torch.compile`` (``_orig_mod``) and DDP / DataParallel
-    (``module``) wrappers; FSDP2's ``fully_shard`` wraps nothing and keeps every name."""
-    from torch.nn.parallel import DataParallel, DistributedDataParallel
-
-    while True:
-        if isinstance(getattr(model, "_orig_mod", None), nn.Module):
-            model = model._orig_mod  # type: ignore[assignment]
-        elif isinstance(model, (DistributedDataParallel, DataParallel)):
-            model = model.module
-        else:
-            return model
-
-
-def plan_of(model: nn.Module) -> Plan | None:
-    """The plan ``muprewrite.apply`` put in effect on ``model`` (None if it was not rewritten)."""
-    return getattr(unwrap(model), PLAN_ATTR, None)
 
 
 def param_groups(model: nn.Module, report: Report | None = None, *,
@@ -88,7 +71,7 @@ def param_groups(model: nn.Module, report: Report | None = None, *,
     per-step decay, and each group's torch ``weight_decay`` is that over its ``lr`` (torch's
     AdamW decays by lr * weight_decay), so a schedule still scales the decay with the lr.
 
-    ``hparams`` (base hyperparameters, see :mod:`muprewrite.hparams`): for a model from
+    ``hparams`` (base hyperparameters, see :mod:`muprewrite.rules.hparams`): for a model from
     ``apply``, they are the ones given to ``apply`` (passing others is refused); with a
     ``report``, their learning-rate multipliers go into the groups (the forward multipliers
     need ``apply``).

@@ -29,7 +29,7 @@ from typing import Any, Literal
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from .errors import MuprewriteError, UsageError
+from ..errors import MuprewriteError, UsageError
 
 __all__ = ["wsd", "wsd_factor", "power", "power_factor", "check_schedule", "lr_ratios",
            "RATIO_RTOL"]

@@ -8,7 +8,7 @@ the sweep goes on.
 
 from __future__ import annotations
 
-from ..errors import MuprewriteError
+from ...errors import MuprewriteError
 
 __all__ = ["TuneError", "TrialTimeout", "TrialDiverged"]
 

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
-from ..errors import UsageError
-from ..rules import Rule, load_rule
+from ...errors import UsageError
+from ...rules import Rule, load_rule
 from .deps import require_optuna
 from .errors import TuneError
 from .ledger import Ledger, flops_per_step, to_device, trial_costs
@@ -195,8 +195,8 @@ def _check(*, steps: int, n_trials: int, workers: int, sampler: str, pruner: str
 def _probe(proxy: Callable[[], nn.Module], base: Callable[[], nn.Module] | None, inputs: Any,
            rule: str | Rule, seed: int) -> tuple[Any, Any, int]:
     """Build and rewrite the proxy once: the inputs, the Report and the FLOPs per step."""
-    from ..apply import apply
-    from ..optim import plan_of
+    from ...rewrite.apply import apply
+    from ...rewrite.attached import plan_of
     from .objective import built
 
     seed_everything(seed)

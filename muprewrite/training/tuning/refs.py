@@ -17,8 +17,8 @@ from typing import Any
 
 from torch import nn
 
-from ..errors import ModelSpecError
-from ..spec import build_model, load_module
+from ...errors import ModelSpecError
+from ...spec import build_model, load_module
 
 __all__ = ["SpecBuilder", "FunctionRef", "module_of"]
 
