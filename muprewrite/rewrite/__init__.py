@@ -1,7 +1,7 @@
 """Stages 4–5 — rewrite: plan the rule's factors, then edit the model in memory.
 
-``plan.py`` (pure: report + rule -> factors and call-site edits; ``frozen.py``: what frozen
-parameters are spared), ``init.py`` (rescale the init), ``mode.py`` (the runtime edit) and
+``plan.py`` (pure: report + rule -> factors and call-site edits; ``factors.py``: one
+parameter's factors; ``frozen.py``: what frozen parameters are spared), ``init.py`` (rescale the init), ``mode.py`` (the runtime edit) and
 ``hosts.py`` (install it on the modules).
 """
 

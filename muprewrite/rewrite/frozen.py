@@ -12,15 +12,12 @@ Each such decision is recorded as an ``info`` Diagnostic on the plan.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING
 
 from torch import fx
 
 from ..analysis.attention import AttentionPattern
 from ..analysis.report import Diagnostic, Report
-
-if TYPE_CHECKING:
-    from .plan import ParamPlan
+from .factors import ParamPlan
 
 __all__ = ["frozen_diagnostics", "frozen_projections"]
 

@@ -30,10 +30,11 @@ from ..analysis.attention import (
 from ..analysis.report import Diagnostic, ParamInfo, Report
 from ..analysis.uses import Use
 from ..dims.registry import op_name
-from ..hparams import DEFAULT_HPARAMS, HPARAM_ROWS, HParams, param_class
 from ..rules import Exponents, Rule, RuleError, Scaling
+from ..rules.hparams import DEFAULT_HPARAMS, HPARAM_ROWS, HParams, param_class
 from .branches import BranchEdit, branch_edits, check_depth_rule
 from .constants import constant_corrections
+from .factors import ParamPlan
 from .frozen import frozen_diagnostics, frozen_projections
 from .table import LogitTable, logit_tables, within
 
@@ -50,20 +51,6 @@ FAMILIES: Mapping[str, Family] = MappingProxyType(
 # on the logits (positive scalings, -inf masks, casts)
 _HOMOGENEOUS = {"mul", "div", "masked_fill", "where", "_to_copy", "to", "clone", "contiguous",
                 "type_as"}
-
-
-@dataclass(frozen=True)
-class ParamPlan:
-    """Factors for one parameter, relative to the values tuned at base width."""
-
-    name: str
-    init: float
-    lr: float
-    eps: float
-    weight_decay: float
-    multiplier: float  # at the uses listed in the hosts; 1 = no forward change
-    muon: bool = False  # stepped by Muon (a Muon rule's hidden 2-D weight), else the Adam row
-    gather: float = 1.0  # a tied weight's embedding lookups (its input multiplier)
 
 
 @dataclass(frozen=True)
@@ -146,7 +133,7 @@ def param_factors(report: Report, rule: Rule, hparams: HParams = DEFAULT_HPARAMS
     all: a frozen parameter keeps the function it computes (no init change, no forward
     multiplier, tied or not), and the optimizer never sees it.
     ``hparams``: the base hyperparameters, multiplied into the rule's factors (see
-    :mod:`muprewrite.hparams`); frozen and unused parameters take none of them either.
+    :mod:`muprewrite.rules.hparams`); frozen and unused parameters take none of them either.
     """
     check_depth_rule(report, rule)  # a base of another depth needs a depth rule
     plans = {info.name: _identity(info.name) if info.role == "unused" or not info.trainable
