@@ -30,8 +30,8 @@ import muprewrite
 from muprewrite.emit import EmitError, emit
 from muprewrite.emit.cst.source import SourceFile
 from muprewrite.emit.find.attention import scan_attention
-from muprewrite.emit.write.forms import apply_edit
 from muprewrite.emit.plan.edits import NodeEdit
+from muprewrite.emit.write.forms import apply_edit
 
 pytestmark = pytest.mark.slow
 

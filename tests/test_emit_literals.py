@@ -10,11 +10,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from muprewrite.emit.write.block import render_block
 from muprewrite.emit.cst.literals import comment_text, identifier, string, strings_tuple
 from muprewrite.emit.errors import EmitError
-from muprewrite.emit.write.optimizer_block import Training
 from muprewrite.emit.plan.entries import Entry
+from muprewrite.emit.write.block import render_block
+from muprewrite.emit.write.optimizer_block import Training
 
 HOSTILE = ['a"b', "a'b", "a'\"b", "x\\", "\\n", "line\nbreak", "cr\rx", "\x00nul", "\u2028",
            "\u202e", "\x1b[2J", '"""', "'''", "é\U0001f600", "\ud800", "{}", "#", ""]

@@ -4,7 +4,7 @@ Analysis runs on the meta device (no memory, no RNG drawn); the emitted file car
 base constructor call and a seed, and matches its init to that base at run time, as
 ``muprewrite.apply`` does with the base it is handed. Given base hyperparameters (a card),
 the block also holds them as constants and applies them as ``apply(..., hparams=...)`` does
-(``tuned.py``); without, the file is that of the rule alone, byte for byte.
+(``write/tuned_block.py``); without, the file is that of the rule alone, byte for byte.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from types import ModuleType
 
@@ -29,48 +29,26 @@ from ..rewrite.plan import make_plan, multiplied_uses
 from ..rules import Rule, load_rule
 from ..rules.hparams import DEFAULT_HPARAMS, HParamsLike, as_hparams
 from ..spec import build_model, inputs_for, load_module
-from .assemble import BlockFor, EmittedFile, assemble
-from .block import emitted_rule, render_block
 from .errors import EmitError
 from .find.branches import locate_branches
 from .find.locate import locate
 from .find.project import Project
 from .find.sites import Sites
-from .head_guard_block import GUARD_FUNCTION, render_guards
-from .optimizer_block import Training
 from .plan.complete import complete
 from .plan.depth import DepthBlock, base_entries, depth_block, partners_of
 from .plan.edits import Edits
 from .plan.entries import collapse, param_entry, width_axes
 from .plan.head_guards import head_guards
 from .plan.tuned import card_name, classes_of, locate_tuned
-from .tuned import TunedBlock
+from .write.assemble import BlockFor, assemble
+from .write.block import render_block
+from .write.emission import Emission
+from .write.head_guard_block import GUARD_FUNCTION, render_guards
+from .write.header import emitted_rule
+from .write.optimizer_block import Training
+from .write.tuned_block import TunedBlock
 
-__all__ = ["Emission", "EmittedFile", "emit", "is_emitted", "emitted_rule"]
-
-@dataclass(frozen=True)
-class Emission:
-    """The muP version of the user's model: the main file's text (``source``, ``data``) and
-    every changed file of the project (``files``, the main one first)."""
-
-    source: str  # the new file's text, line endings as in the input
-    changes: tuple[str, ...]  # one line per kind of change, for people
-    original: str = ""  # the input's text, decoded as ``source`` is (for diffs)
-    encoding: str = "utf-8"  # the input's encoding ("utf-8-sig": it starts with a BOM)
-    files: tuple[EmittedFile, ...] = ()  # every changed file of the project, main first
-    root: Path | None = None  # the project root the files' ``relative`` paths start from
-    imports: tuple[Path, ...] = ()  # every project file the model imports (folder resolved,
-    # own name kept: a symlinked file by the name it is imported by)
-
-    @property
-    def data(self) -> bytes:
-        """The new file's bytes: the input's encoding, BOM and line endings."""
-        return self.source.encode(self.encoding)
-
-
-def is_emitted(text: str) -> bool:
-    """Whether ``text`` is a file this emitter wrote (its header carries the marker)."""
-    return emitted_rule(text) is not None
+__all__ = ["emit"]
 
 
 def emit(path: str | Path, model_expr: str, base_expr: str, *, rule: str | Rule = "mup",

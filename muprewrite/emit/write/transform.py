@@ -1,6 +1,6 @@
 """Stage 6b — the source edits, made with libcst so that every untouched line keeps its bytes.
 
-Edits: each node of ``complete.Edits`` (a readout's multiplier, an attention's scale, a
+Edits: each node of ``plan.edits.Edits`` (a readout's multiplier, an attention's scale, a
 residual branch's multiplier; the forms are in ``forms.py``); a class default for each multiplier attribute; a ``mup_init(self)``
 call ending the root class's ``__init__`` (main file only: another file of the project has no
 root class); the muP block after the imports (for another file, only the constants its edits
@@ -15,9 +15,9 @@ from collections.abc import Sequence
 import libcst as cst
 from libcst.metadata import MetadataWrapper, PositionProvider
 
-from .errors import EmitError
+from ..errors import EmitError
+from ..plan.edits import Edits
 from .forms import MULTIPLICATIVE, apply_edit, paren, scale_branch
-from .plan.edits import Edits
 
 __all__ = ["SourceEdits", "rewrite"]
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .plan.entries import MUON_FLAG, NO_DECAY_FLAG
+from ..plan.entries import MUON_FLAG, NO_DECAY_FLAG
 
 __all__ = ["Training", "flag_comments", "optimizer_functions"]
 

@@ -17,7 +17,7 @@ Each form equals what ``muprewrite.apply`` does at run time:
 - with base hyperparameters every attention factor also takes ``MUP_ATTENTION_MULTIPLIER``
   (``scale=MUP_ATTENTION_MULTIPLIER * MUP_D_HEAD_BASE ** 0.5 / q.shape[-1]``); an attention
   whose d_head did not grow takes the same form with its own head size as the base's (1 at
-  the emitted widths, see ``head_guard.py``), and under a rule that leaves attention
+  the emitted widths, see ``plan/head_guards.py``), and under a rule that leaves attention
   unchanged only the multiplier (``scale=MUP_ATTENTION_MULTIPLIER / q.shape[-1] ** 0.5``);
 - a residual add ``x + f(x)`` (``x += f(x)``, ``f(x) + x``) -> ``x + self.mup_branch_multiplier
   * f(x)``, the branch operand parenthesised where ``*`` would bind tighter.
@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import libcst as cst
 
-from ..rewrite.external import SCALE_KEYWORDS
-from .cst.source import callee_name
-from .errors import EmitError
-from .plan.edits import NodeEdit
+from ...rewrite.external import SCALE_KEYWORDS
+from ..cst.source import callee_name
+from ..errors import EmitError
+from ..plan.edits import NodeEdit
 
 __all__ = ["paren", "times", "apply_edit", "scale_branch"]
 

@@ -21,12 +21,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import OutputError, SourceError, read_source
-from ..spec.project import project_root
-from .assemble import EmittedFile
-from .block import emitted_rule, part_of
-from .emitter import Emission
-from .errors import EmitError
+from ...files import OutputError, SourceError, read_source
+from ...spec.project import project_root
+from ..errors import EmitError
+from .emission import Emission, EmittedFile
+from .header import emitted_rule, part_of
 
 __all__ = ["Output", "check_tree", "is_folder", "named", "tree_target", "outputs"]
 

@@ -7,9 +7,9 @@ attention changes its head size (it would need a logit factor the file does not 
 
 from __future__ import annotations
 
-from .cst.literals import identifier, string
-from .cst.literals import number as _number
-from .plan.head_guards import HeadGuards
+from ..cst.literals import identifier, string
+from ..cst.literals import number as _number
+from ..plan.head_guards import HeadGuards
 
 __all__ = ["render_guards", "GUARD_FUNCTION", "GUARD_CALL"]
 

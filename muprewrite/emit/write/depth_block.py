@@ -3,7 +3,7 @@
 The file stays width- and depth-general. ``MUP_BLOCKS`` names the residual blocks (layer
 index ``*``); m_L is the number of the model's modules matching them over the base's.
 ``mup_partners`` pairs each parameter with the base's (by position in the blocks, see
-``runtime.py``), ``MUP_PARAMS`` is keyed by the base's parameters and carries an m_L exponent
+``plan/runtime.py``), ``MUP_PARAMS`` is keyed by the base's parameters and carries an m_L exponent
 and whether the parameter lies inside a residual branch, and ``mup_init`` sets
 ``mup_branch_multiplier = m_L ** -alpha`` on every module matching ``MUP_BRANCH_HOSTS``
 (the modules whose forward holds a residual add, edited to
@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import inspect
 
-from .cst.literals import strings_tuple
-from .find.sites import BRANCH_ATTRIBUTE
-from .plan.depth import DepthBlock
-from .plan.runtime import SOURCES
+from ..cst.literals import strings_tuple
+from ..find.sites import BRANCH_ATTRIBUTE
+from ..plan.depth import DepthBlock
+from ..plan.runtime import SOURCES
 
 __all__ = ["depth_constants", "depth_functions"]
 
@@ -43,7 +43,7 @@ def depth_constants(depth: DepthBlock) -> list[str]:
 
 def depth_functions() -> str:
     """``mup_partners``, ``mup_depth_ratio``, ``mup_factors`` and ``mup_init`` (with the
-    helpers of ``runtime.py`` they call)."""
+    helpers of ``plan/runtime.py`` they call)."""
     helpers = "\n\n".join(inspect.getsource(f).rstrip("\n") + "\n" for f in SOURCES)
     return helpers + "\n\n" + _FUNCTIONS
 

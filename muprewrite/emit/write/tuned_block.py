@@ -16,10 +16,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..rules.hparams import HPARAM_ROWS, HParams
-from .cst.literals import comment_text, identifier, number, string
-from .errors import EmitError
-from .plan.tuned import CONSTANTS
+from ...rules.hparams import HPARAM_ROWS, HParams
+from ..cst.literals import comment_text, identifier, number, string
+from ..errors import EmitError
+from ..plan.tuned import CONSTANTS
 
 if TYPE_CHECKING:
     pass

@@ -9,22 +9,17 @@ exactly what ``muprewrite.apply`` does with the base it is given.
 
 from __future__ import annotations
 
-import textwrap
 from collections.abc import Mapping, Sequence
 
-from .cst.literals import comment_text, identifier, numbers_tuple, string, string_set
-from .cst.literals import number as _number
-from .depth import depth_constants, depth_functions
+from ..cst.literals import comment_text, identifier, numbers_tuple, string, string_set
+from ..cst.literals import number as _number
+from ..plan.depth import DepthBlock
+from ..plan.entries import Entry
+from .depth_block import depth_constants, depth_functions
 from .optimizer_block import Training, flag_comments, optimizer_functions
-from .plan.depth import DepthBlock
-from .plan.entries import Entry
-from .tuned import TunedBlock, patch
+from .tuned_block import TunedBlock, patch
 
-__all__ = ["render_block", "render_header", "render_part_header", "render_constants",
-           "emitted_rule", "part_of", "MARKER"]
-
-MARKER = "# muprewrite:"  # first word of the header: marks a file the emitter wrote
-_PART = "part of the muP version of "  # the header of another file of the project says this
+__all__ = ["render_block", "render_constants"]
 
 
 def _width_axes_table(axes: Mapping[str, tuple[int, ...]]) -> list[str]:
@@ -33,49 +28,6 @@ def _width_axes_table(axes: Mapping[str, tuple[int, ...]]) -> list[str]:
            "its base size", "MUP_WIDTH_AXES = {"]
     out += [f"    {string(name)}: {numbers_tuple(a)}," for name, a in axes.items()]
     return [*out, "}"]
-
-
-def render_header(file: str, rule: str, title: str, changes: Sequence[str],
-                  base: str) -> list[str]:
-    """The comment lines that open the emitted file (without newlines)."""
-    text = (f'muP version of {file} (rule "{rule}": {title}; base width {base}). Changed: '
-            + "; ".join(changes) + ". Regenerate from the original file to change the rule "
-            "or the base.")
-    return _wrap(text)
-
-
-def _wrap(text: str) -> list[str]:
-    lines = textwrap.wrap(f"{MARKER} {comment_text(text)}", 90, break_long_words=False,
-                          break_on_hyphens=False)
-    return [lines[0]] + [f"# {line}" for line in lines[1:]]
-
-
-def emitted_rule(text: str) -> str | None:
-    """The rule named in the muprewrite header of ``text``; None for a file without one."""
-    for line in text.splitlines()[:5]:
-        if line.startswith(MARKER):
-            return line.split('rule "', 1)[1].split('"', 1)[0] if 'rule "' in line else "?"
-    return None
-
-
-def part_of(text: str) -> str | None:
-    """For a file holding only muP edits, the main emitted file it belongs to (its path
-    under the project root); None for a main file or a file without the header."""
-    head = " ".join(line.lstrip("# ") for line in text.splitlines()[:8])
-    if emitted_rule(text) is None or _PART not in head:
-        return None
-    return head.split(_PART, 1)[1].split()[0].rstrip(";,.")
-
-
-def render_part_header(file: str, main: str, rule: str, title: str, changes: Sequence[str],
-                       base: str) -> list[str]:
-    """The comment lines that open another edited file of the project (``file``, ``main``:
-    paths under the project root)."""
-    text = (f'muP edits (rule "{rule}": {title}) in {file}, {_PART}{main} (base width '
-            f"{base}), which holds mup_init, mup_param_groups and mup_optimizer. Changed: "
-            + "; ".join(changes)
-            + ". Regenerate from the original files to change the rule or the base.")
-    return _wrap(text)
 
 
 def render_constants(rule: str, main: str, d_head: Mapping[str, int]) -> str:
@@ -103,9 +55,9 @@ def render_block(*, rule: str, seed: int, base_call: str, entries: Mapping[str, 
     size, file) of the head size constants that only other files use (defined there);
     ``depth``: under a depth rule, the residual blocks and branch hosts (``MUP_PARAMS`` is
     then keyed by the base's parameters, each with its m_L exponent); ``tuned``: the base
-    hyperparameters, when the file is emitted with them (see ``tuned.py``); ``guard``: the
+    hyperparameters, when the file is emitted with them (see ``tuned_block.py``); ``guard``: the
     table and the function with which ``mup_init`` refuses a head size that an unedited
-    attention cannot take (see ``head_guard.py``; width rules only); ``width_axes``: per
+    attention cannot take (see ``plan/head_guards.py``; width rules only); ``width_axes``: per
     parameter (the base's, under a depth rule) the axes that grow with width, every other
     axis held to its base size by ``mup_factors`` (None: no such check, for old callers)."""
     out = [*imports, "" if imports else None, "",

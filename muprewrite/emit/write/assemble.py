@@ -11,40 +11,25 @@ main file. Each header carries the marker, so that rewriting any of them again i
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
-from ..files import SourceText, split_lines
-from ..rules import Rule
-from .block import emitted_rule, render_constants, render_header, render_part_header
-from .errors import EmitError
-from .find.project import Parsed, Project
-from .find.sites import BRANCH_ATTRIBUTE, Sites
-from .plan.edits import Edits
+from ...files import SourceText, split_lines
+from ...rules import Rule
+from ..errors import EmitError
+from ..find.project import Parsed, Project
+from ..find.sites import BRANCH_ATTRIBUTE, Sites
+from ..plan.edits import Edits
+from .block import render_constants
+from .emission import EmittedFile
+from .header import emitted_rule, render_header, render_part_header
 from .transform import SourceEdits, rewrite
 
-__all__ = ["EmittedFile", "assemble"]
+__all__ = ["assemble"]
 
 _ATTENTION = ("sdpa", "logits")
 
 # the main file's block from (constants defined there, (constant, size, file) elsewhere)
 BlockFor = Callable[[Mapping[str, int], Sequence[tuple[str, int, str]]], str]
-
-
-@dataclass(frozen=True)
-class EmittedFile:
-    """One changed file of the user's project."""
-
-    path: Path  # the user's file (the main one as given, the others as imported)
-    relative: str  # its path under the project root, with "/": "mypkg/layers.py"
-    original: str  # its text, decoded as ``source`` is
-    source: str  # the new text, line endings as in the file
-    encoding: str  # the file's encoding ("utf-8-sig": it starts with a BOM)
-
-    @property
-    def data(self) -> bytes:
-        """The new bytes: the file's encoding, BOM and line endings."""
-        return self.source.encode(self.encoding)
 
 
 def assemble(project: Project, edits: Mapping[Path, Edits], sites: Sites, *, root: str,
