@@ -19,11 +19,11 @@ import torch
 from torch import nn
 
 from ..capture.export import Capture
+from ..capture.source import node_source
 from ..dims.align import Alignment, align_depths
 from ..errors import UsageError, first_few
 from .report import Diagnostic, ParamInfo
 from .residual import ResidualStream
-from ..capture.source import node_source
 from .streams import Streams, find_streams, param_ratios, stream_ratios
 
 __all__ = ["base_mismatch", "pair_with_base", "check_depths", "in_branches",

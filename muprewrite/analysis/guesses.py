@@ -25,13 +25,13 @@ from collections.abc import Iterable, Mapping
 from torch import fx
 
 from ..capture.export import Capture
+from ..capture.source import node_source
 from ..dims import AxisGraph, Dims
 from ..dims.constants import SizedConstant, pinned_by_constants
 from ..dims.registry import op_name
 from ..dims.solve import Mark
 from .attention import AttentionPattern
 from .report import Diagnostic, ParamInfo
-from ..capture.source import node_source
 
 __all__ = ["guess_diagnostics"]
 

@@ -15,9 +15,9 @@ from typing import Literal
 
 from torch import fx
 
+from ..capture.source import node_module, node_source
 from ..dims.registry import op_name
 from ..dims.rules.contract import einsum_letters
-from ..capture.source import node_module, node_source
 
 __all__ = ["Kind", "Use", "param_uses"]
 

@@ -119,9 +119,9 @@ def coord_check_cmd(model_file: str, template: str, widths: list[int], depths: l
                     rules: tuple[str, ...], inputs_expr: str | None, steps: int, lr: float,
                     adam_lr: float | None, seeds: int, out: str, json_path: str | None,
                     force: bool, show_all: bool) -> None:
+    from ..files.figures import image_format
     from ..rules import load_rule
     from ..verify import coord_check, coord_check_depth
-    from ..files.figures import image_format
     from ..verify.plots import coord_checks_image
 
     png = Path(out)

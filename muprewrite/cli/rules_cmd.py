@@ -9,8 +9,8 @@ import click
 from .. import rules
 from ..analysis.hparams_view import render_hparams_table
 from ..errors import MuprewriteError
-from ..rules.hparams import DEFAULT_HPARAMS, HParams, from_option
 from ..rules import QUANTITIES, ROLES, Rule, RuleError, available_rules, load_rule
+from ..rules.hparams import DEFAULT_HPARAMS, HParams, from_option
 
 __all__ = ["rules_group"]
 

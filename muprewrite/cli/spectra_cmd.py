@@ -171,8 +171,8 @@ def _check_outputs(model_file: str, rules: tuple[str, ...], out: Path,
                    force: bool) -> dict[tuple[str, str], bool]:
     """Refuse, before any compute, an unknown rule and outputs that clash with an input or
     each other or cannot be written. Returns (rule, id) -> whether it is a Muon rule."""
-    from ..rules import load_rule
     from ..files.figures import image_format
+    from ..rules import load_rule
 
     try:
         loaded = {(rule, load_rule(rule).id): load_rule(rule).optimizer == "muon"
