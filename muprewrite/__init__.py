@@ -5,16 +5,16 @@ Stages, in order: ``capture`` (torch.export) -> ``dims`` (which axes grow with w
 rescale init, install multipliers and attention factors) -> the muP model.
 """
 
-from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .analysis.analyze import analyze
-from .rewrite.apply import apply, rescale_init
-from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
-from .rules.hparams import Card, HParams, load_card
+from .analysis.report import AttentionSite, BufferInfo, Diagnostic, ParamInfo, Report
 from .capture.input_sets import InputSets
+from .errors import CaptureError, InputSpecError, ModelSpecError, MuprewriteError, UsageError
+from .rewrite.apply import apply, rescale_init
 from .rewrite.attached import plan_of
-from .training.param_groups import param_groups
-from .training.optimizer import MuonWithAdamW, optimizer
 from .rules import Rule, load_rule
+from .rules.hparams import Card, HParams, load_card
+from .training.optimizer import MuonWithAdamW, optimizer
+from .training.param_groups import param_groups
 
 __all__ = ["analyze", "apply", "HParams", "Card", "load_card", "InputSets", "param_groups", "optimizer", "MuonWithAdamW", "plan_of", "rescale_init", "load_rule", "Rule", "Report", "ParamInfo", "AttentionSite", "BufferInfo", "Diagnostic",
            "MuprewriteError", "CaptureError", "ModelSpecError", "InputSpecError", "UsageError"]

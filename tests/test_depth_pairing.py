@@ -21,8 +21,8 @@ from examples.mmdit import MMDiT
 from examples.uvit import UViT
 from muprewrite import UsageError
 from muprewrite.capture.export import capture
-from muprewrite.dims.align import align_depths
 from muprewrite.capture.input_sets import input_sets
+from muprewrite.dims.align import align_depths
 
 _INDEX = re.compile(r"\.\d+\.")
 

@@ -20,7 +20,14 @@ from torch.optim import lr_scheduler
 import muprewrite
 from muprewrite import MuprewriteError
 from muprewrite.errors import UsageError
-from muprewrite.training.schedules import check_schedule, lr_ratios, power, power_factor, wsd, wsd_factor
+from muprewrite.training.schedules import (
+    check_schedule,
+    lr_ratios,
+    power,
+    power_factor,
+    wsd,
+    wsd_factor,
+)
 
 TOTAL = 200
 

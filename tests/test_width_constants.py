@@ -17,8 +17,8 @@ from torch import nn
 
 import muprewrite
 import muprewrite.cli.main
-from muprewrite.rewrite.attached import plan_of
 from muprewrite.errors import MuprewriteError
+from muprewrite.rewrite.attached import plan_of
 from muprewrite.verify.coordcheck import coord_check
 
 T5_SOURCE = '''

@@ -17,6 +17,16 @@ from typing import Any
 
 from torch import nn
 
+from ..capture.export import Capture, capture
+from ..capture.input_sets import InputSet, input_sets
+from ..capture.source import node_module, node_source
+from ..capture.unwrap import unwrap
+from ..dims import Dims, build_axis_graph, solve
+from ..dims.align import Alignment, layer_pattern
+from ..dims.constants import width_sized_constants
+from ..dims.diff import base_sizes, with_base
+from ..dims.width_constants import width_constants
+from ..errors import CaptureError, MuprewriteError, UsageError
 from .attention import (
     HeadsConvention,
     find_attention,
@@ -44,16 +54,6 @@ from .empty import check_zero_size, zero_size_notes
 from .guesses import guess_diagnostics
 from .report import AttentionSite, BufferInfo, Diagnostic, Report
 from .residual import find_residuals
-from ..capture.source import node_module, node_source
-from ..capture.export import Capture, capture
-from ..dims import Dims, build_axis_graph, solve
-from ..dims.align import Alignment, layer_pattern
-from ..dims.constants import width_sized_constants
-from ..dims.diff import base_sizes, with_base
-from ..dims.width_constants import width_constants
-from ..errors import CaptureError, MuprewriteError, UsageError
-from ..capture.input_sets import InputSet, input_sets
-from ..capture.unwrap import unwrap
 
 __all__ = ["analyze", "analyze_with_capture"]
 

@@ -26,8 +26,8 @@ import torch
 from torch import nn
 from torch.export.graph_signature import ExportGraphSignature, OutputKind, TensorArgument
 
-from .inline import inline_subgraphs
 from ..errors import CaptureError, InputSpecError
+from .inline import inline_subgraphs
 from .input_sets import InputSet, normalize_inputs
 
 __all__ = ["Capture", "capture", "normalize_inputs", "canonical_names", "aliases"]

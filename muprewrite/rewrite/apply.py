@@ -20,18 +20,18 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..analysis.analyze import analyze_with_capture
 from ..analysis.attention import HeadsConvention
 from ..analysis.report import Report
-from ..analysis.analyze import analyze_with_capture
 from ..capture.export import aliases
-from ..errors import MuprewriteError, UsageError
-from ..rules.hparams import HParamsLike, as_hparams
 from ..capture.unwrap import unwrap
+from ..errors import MuprewriteError, UsageError
 from ..rewrite.attached import plan_of
+from ..rules import Rule, load_rule
+from ..rules.hparams import HParamsLike, as_hparams
 from . import init_targets, install, make_plan, rescale_to_targets
 from .fingerprint import record
 from .hosts import INIT_ATTR, PENDING_ATTR
-from ..rules import Rule, load_rule
 
 __all__ = ["apply", "rescale_init"]
 

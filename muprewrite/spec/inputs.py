@@ -24,8 +24,8 @@ from typing import Any
 
 import torch
 
-from ..errors import InputSpecError, ModelSpecError
 from ..capture.input_sets import InputSets
+from ..errors import InputSpecError, ModelSpecError
 from .grammar import Call, parse_arguments
 
 __all__ = ["parse_inputs", "inputs_for", "DTYPES"]

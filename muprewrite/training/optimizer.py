@@ -29,10 +29,10 @@ from torch import nn
 
 from ..analysis.report import Report
 from ..errors import MuprewriteError, UsageError
-from ..rules.hparams import HParamsLike
 from ..rewrite.attached import plan_of
-from .param_groups import param_groups
 from ..rules import Rule, load_rule
+from ..rules.hparams import HParamsLike
+from .param_groups import param_groups
 
 __all__ = ["optimizer", "MuonWithAdamW"]
 

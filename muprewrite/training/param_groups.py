@@ -28,14 +28,14 @@ import torch
 from torch import nn
 
 from ..analysis.report import Report
-from ..errors import MuprewriteError, UsageError, first_few
-from ..rules.hparams import HParamsLike, as_hparams
-from ..rewrite.fingerprint import refuse_edits
-from ..rewrite.hosts import PENDING_ATTR, PLAN_ATTR
 from ..capture.unwrap import unwrap
+from ..errors import MuprewriteError, UsageError, first_few
 from ..rewrite.attached import plan_of
-from ..rewrite.plan import Plan, param_factors
+from ..rewrite.fingerprint import refuse_edits
+from ..rewrite.hosts import PENDING_ATTR
+from ..rewrite.plan import param_factors
 from ..rules import Rule, load_rule
+from ..rules.hparams import HParamsLike, as_hparams
 
 __all__ = ["param_groups", "NO_DECAY"]
 

@@ -35,8 +35,8 @@ def optimizers(spec: str, emitted: ModuleType, model: nn.Module, expected: nn.Mo
                ) -> tuple[Divergence | None, tuple[torch.optim.Optimizer, ...]]:
     """``mup_param_groups`` against ``param_groups``, then ``mup_optimizer`` against
     ``muprewrite.optimizer``, parameter by parameter; the two optimizers, to step."""
-    from ..training.param_groups import param_groups
     from ..training.optimizer import optimizer
+    from ..training.param_groups import param_groups
 
     values: dict[str, Any] = {**_VALUES, **(_ADAM_VALUES if rule.optimizer == "muon" else {})}
     try:

@@ -40,14 +40,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from ..rewrite.apply import apply
+from ..capture.input_sets import first_set
 from ..errors import MuprewriteError, first_few
 from ..files import write_file
-from ..capture.input_sets import first_set
+from ..rewrite.apply import apply
 from ..rewrite.attached import plan_of
-from ..training.param_groups import param_groups
-from ..training.optimizer import optimizer
 from ..rules import Rule, load_rule
+from ..training.optimizer import optimizer
+from ..training.param_groups import param_groups
 
 __all__ = ["CoordCheck", "coord_check", "coord_check_depth", "paired_names", "SLOPE_THRESHOLD", "OUTPUT",
            "Axis"]

@@ -7,13 +7,12 @@ half an image.
 
 from __future__ import annotations
 
-import io
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from ..files.figures import figure_bytes, pyplot, save_figure
+from ..files.figures import figure_bytes, image_format, pyplot, save_figure
 from .coordcheck import OUTPUT, SLOPE_THRESHOLD, CoordCheck
 
 if TYPE_CHECKING:

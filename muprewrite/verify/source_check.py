@@ -46,11 +46,11 @@ from types import ModuleType
 import torch
 from torch import nn
 
+from ..capture.input_sets import InputSets, input_sets
 from ..errors import MuprewriteError
 from ..files import read_source
-from ..rules.hparams import HParams, HParamsLike, as_hparams
-from ..capture.input_sets import InputSets, input_sets
 from ..rules import Rule, load_rule
+from ..rules.hparams import HParams, HParamsLike, as_hparams
 from ..spec import build_model, load_module, parse_inputs
 from ..spec.project import project_root
 from .check_coverage import Edit, edits_of, header_sites, traced, unexercised

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .coordcheck import SLOPE_THRESHOLD
 from ..files.figures import figure_bytes, image_format, pyplot, save_figure
+from .coordcheck import SLOPE_THRESHOLD
 from .spectral import EXPECT, QUANTITIES, Spectra
 
 __all__ = ["plot_spectra", "spectra_image"]

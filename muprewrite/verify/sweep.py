@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..rewrite.apply import apply
 from ..files import write_file
+from ..rewrite.apply import apply
 from ..rules import Rule
 from .coordcheck import Axis, RoleCheck, depth_base_is_own, rule_id
 
