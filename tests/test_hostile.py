@@ -221,6 +221,66 @@ class Headed(Net):
 '''
 
 
+TINY = '''"""A tiny transformer for the check cases: a zero-init readout (adaLN-Zero's: the
+output is 0 at init, so an untouched check compares nothing), a flag choosing fused or math
+attention, residual blocks."""
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, width: int, heads: int, fused: bool) -> None:
+        super().__init__()
+        self.heads, self.fused = heads, fused
+        self.qkv = nn.Linear(width, 3 * width)
+        self.proj = nn.Linear(width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).view(B, T, 3, self.heads, C // self.heads).permute(2, 0, 3, 1, 4)
+        if self.fused:
+            y = F.scaled_dot_product_attention(q, k, v)
+        else:
+            y = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).softmax(-1) @ v
+        return x + self.proj(y.transpose(1, 2).reshape(B, T, C))
+
+
+class Tiny(nn.Module):
+    def __init__(self, width: int = 32, heads: int = 2, depth: int = 2, fused: bool = True) -> None:
+        super().__init__()
+        self.inp = nn.Linear(8, width)
+        self.blocks = nn.ModuleList([Block(width, heads, fused) for _ in range(depth)])
+        self.out = nn.Linear(width, 4)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.inp(x)
+        for block in self.blocks:
+            h = block(h)
+        return self.out(h)
+
+    def example_inputs(self) -> tuple[torch.Tensor]:
+        return (torch.randn(2, 5, 8, device=self.inp.weight.device),)
+'''
+FLOAT32 = NET.replace("self.inp(x)", "self.inp(x.float())")  # the original DiT's habit
+BACKSLASH = NET.replace(  # a hidden layer under a key with a backslash: its factors kept
+    "self.hidden = nn.Sequential(*[nn.Linear(width, width) for _ in range(depth)])",
+    'self.hidden = nn.ModuleDict({"a\\\\b": nn.Linear(width, width)})').replace(
+    "self.hidden(", 'self.hidden["a\\\\b"](')
+TOKEN = NET.replace("self.out = nn.Linear(width, 4)",
+                    "self.out = nn.Linear(width, 4)\n        self.cls = nn.Parameter(torch.zeros(0, width))")
+MDEPTH_RULE = (Path(__file__).resolve().parents[1] / "rules" / "completep.toml").read_text().replace(
+    'id = "completep"', 'id = "deep"').replace(
+    "[role.output]\nmultiplier = { m_in = -1 }\n",
+    "[role.output]\nmultiplier = { m_in = -1 }\ninit = { m_depth = -1 }\n")  # never applied
+TINY_EMITTED = ("model.py", "Tiny(width=64)", "Tiny(width=32)", "tiny_mup.py", "mup")
+TINY_CHECK = ("check", "tiny_mup.py", "--model", "Tiny(width=64)", "--steps", "1")
+
 TRAIN = '''def train_trial(run):
     x = run.model.example_inputs()[0]
     for step in range(1, run.steps + 1):
@@ -269,6 +329,11 @@ class Case:
     fifos: tuple[str, ...] = ()  # named pipes made before the run (nobody writes to them)
     code: int = 1  # expected exit status on failure (2: a usage error, as click has it)
     real: bool = False  # run the installed script in a subprocess, not a forked child
+    # (source, --model, --base, output, rule): a file emitted in the folder before the run
+    emitted: tuple[str, str, str, str, str] | None = None
+    mutate: tuple[tuple[str, str], ...] = ()  # (old, new) edits of the emitted file, each once
+    ok: int = 0  # exit status of a case that succeeds (3: check passed what it ran)
+    says: str = ""  # regex the output of a succeeding case must hold
 
 
 def analyze(*args: str, **kw) -> tuple[str, ...]:  # noqa: ANN003
@@ -440,6 +505,40 @@ CASES = [
          r"runs/s\.journal is a symbolic link to .*notes\.txt, outside the output folder",
          files={"train.py": TRAIN, "notes.txt": "mine\n", "runs/keep.txt": ""},
          links={"runs/s.journal": "../notes.txt"}),
+    # --- check on emitted files: it fails on the defect it names, runs where it used to stop
+    Case("check-zero-init-readout", TINY_CHECK, r"tiny_mup\.py.*diverge", model=TINY,
+         emitted=TINY_EMITTED, mutate=(("self.out(h * self.mup_out_multiplier)", "self.out(h)"),)),
+    Case("check-zero-init-attention", TINY_CHECK, r"tiny_mup\.py.*diverge", model=TINY,
+         emitted=TINY_EMITTED,
+         mutate=((", scale=MUP_D_HEAD_BASE ** 0.5 / q.shape[-1])", ")"),)),
+    Case("check-steps-0-groups", (*TINY_CHECK[:-1], "0"), r"lr", model=TINY, emitted=TINY_EMITTED,
+         mutate=(('"lr": lr * key[0]', '"lr": lr'),)),
+    Case("check-base-width-alone", ("check", "tiny_mup.py", "--model", "Tiny(width=32)"),
+         r"base width", model=TINY, emitted=TINY_EMITTED),
+    Case("check-header-base-edited", TINY_CHECK, r"Tiny\(width=48\)", model=TINY,
+         emitted=TINY_EMITTED, mutate=(("return Tiny(width=32)", "return Tiny(width=48)"),)),
+    Case("check-mup-init-deleted", TINY_CHECK, r"mup_init", model=TINY, emitted=TINY_EMITTED,
+         mutate=(("        mup_init(self)  # muP: init scale and forward multipliers\n", ""),)),
+    Case("check-flag-path-named", TINY_CHECK, model=TINY, emitted=TINY_EMITTED, ok=3,
+         says=r"not exercised: tiny_mup\.py:\d+: .*guarded by `else of if self\.fused:`"),
+    Case("check-depth-branch-deleted",
+         ("check", "tiny_mup.py", "--model", "Tiny(width=64, depth=4)", "--steps", "1"),
+         r"tiny_mup\.py", model=TINY,
+         emitted=("model.py", "Tiny(width=64, depth=4)", "Tiny(width=32)", "tiny_mup.py",
+                  "completep"),
+         mutate=(("x + self.mup_branch_multiplier * self.proj(", "x + self.proj("),)),
+    Case("check-space-in-name", ("check", "my net_mup.py", "--model", "Net(width=64)", "--steps",
+                                 "1"), files={"my net.py": NET},
+         emitted=("my net.py", "Net(width=64)", "Net(width=32)", "my net_mup.py", "mup")),
+    Case("check-float32-model", ("check", "net_mup.py", "--model", "Net(width=64)", "--steps", "1"),
+         model=FLOAT32, emitted=("model.py", "Net(width=64)", "Net(width=32)", "net_mup.py", "mup"),
+         says="float32"),
+    Case("check-backslash-key", ("check", "net_mup.py", "--model", "Net(width=64)", "--steps", "1"),
+         model=BACKSLASH, emitted=("model.py", "Net(width=64)", "Net(width=32)", "net_mup.py", "mup"),
+         says=r"behaves as muprewrite\.apply"),
+    Case("zero-size-token", analyze(*M, "--base", "Net(width=32)"), model=TOKEN, says="cls"),
+    Case("rule-mdepth-output", ("model.py", *M, "--base", "Net(width=32)", "--rule", "deep.toml"),
+         r"deep\.toml.*role\.output\.init\.m_depth", files={"deep.toml": MDEPTH_RULE}),
     Case("rule-escapes", ("model.py", *M, "--base", "Net(width=32)", "--rule", "../../etc/passwd"),
          r"rule"),
     Case("rule-nan", ("model.py", *M, "--base", "Net(width=32)", "--rule", "nan.toml"),
@@ -484,7 +583,22 @@ def _prepare(case: Case, root: Path) -> Path:
         (folder / name).chmod(mode)
     for name in case.fifos:
         os.mkfifo(folder / name)
+    if case.emitted is not None:
+        _emit(case, folder)
     return folder
+
+
+def _emit(case: Case, folder: Path) -> None:
+    """The emitted file a check case reads, written as the CLI writes it, then mutated."""
+    from muprewrite.emit import emit
+
+    assert case.emitted is not None
+    source, model, base, out, rule = case.emitted
+    text = emit(folder / source, model, base, rule=rule).source
+    for old, new in case.mutate:
+        assert text.count(old) == 1, (case.id, old)
+        text = text.replace(old, new)
+    (folder / out).write_text(text)
 
 
 def _subprocess(case: Case, folder: Path) -> tuple[int, str, str]:
@@ -537,7 +651,8 @@ def test_cli_case(case: Case, outcomes: dict[str, Outcome]) -> None:
     changed = {k for k in set(out.before) | set(out.after) if out.before.get(k) != out.after.get(k)}
     assert changed <= case.changes, f"changed: {changed}"
     if not case.error:
-        assert out.code == 0, both
+        assert out.code == case.ok, both
+        assert re.search(case.says, both), both
         if "--json" in case.argv:
             json.loads(out.stdout)  # stdout stays valid JSON
         return

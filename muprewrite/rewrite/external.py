@@ -12,7 +12,7 @@ calls as ``self.name(...)``, for every module of the host's subtree); only then 
 at each torch call, for a frame of such a function between the call and the host's forward
 (every library touches its tensors through torch functions, ``q.shape`` included), and raise
 naming the user's line that called it. The source emitter passes ``scale=`` to these calls
-instead (emit/attention.py).
+instead (emit/find/attention.py).
 """
 
 from __future__ import annotations
