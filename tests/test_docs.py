@@ -31,6 +31,7 @@ from pathlib import Path
 
 import click
 import pytest
+import torch
 from click.testing import CliRunner
 from doc_examples import (
     EXAMPLE_LANGS,
@@ -86,6 +87,10 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(tmp_path))
     ns: dict = {"__name__": "__doc_example__"}
+    # one torch thread, as each of `make test`'s two workers has (tests/conftest.py): on a loaded
+    # two-core machine two threads per process spin against each other and take many times longer
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
         for block in blocks(page):
             if block.not_run or block.lang not in EXAMPLE_LANGS:
@@ -95,6 +100,7 @@ def test_examples_run(page: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
             else:
                 _run_bash(block)
     finally:
+        torch.set_num_threads(threads)
         for name, mod in list(sys.modules.items()):
             if str(getattr(mod, "__file__", None) or "").startswith(str(tmp_path)):
                 del sys.modules[name]
