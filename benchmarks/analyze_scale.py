@@ -35,8 +35,8 @@ def measure(name: str) -> dict:
     import scale_configs as cfg
     import torch
 
-    from muprewrite.analysis.attention import find_attention, heads_marks
     from muprewrite.analysis.analyze import analyze
+    from muprewrite.analysis.attention import find_attention, heads_marks
     from muprewrite.capture.export import capture
 
     build = {"sd3_19b": cfg.build_sd3_19b, "llama_70b": cfg.build_llama_70b}[name]
@@ -54,9 +54,9 @@ def measure(name: str) -> dict:
     rss_capture = _peak_rss_mb()
 
     # The analysis proper, on the capture above (same steps analyze() runs after capture).
+    from muprewrite.analysis.analyze import _facts
     from muprewrite.analysis.classify import classify_params
     from muprewrite.analysis.residual import find_residuals
-    from muprewrite.analysis.analyze import _facts
     from muprewrite.dims import build_axis_graph, solve
 
     t0 = time.perf_counter()

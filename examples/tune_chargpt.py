@@ -69,7 +69,7 @@ def held_out_loss(model: torch.nn.Module) -> float:
     return sum(losses) / len(losses)
 
 
-def train(run) -> float:  # noqa: ANN001 - a muprewrite.tuning.TrialRun
+def train(run) -> float:  # noqa: ANN001 - a muprewrite.training.tuning.TrialRun
     """Train ``run.steps`` AdamW steps (10 % warm-up, then cosine to 10 %); the held-out loss."""
     ids, _, _ = corpus()
     gen = torch.Generator().manual_seed(run.seed)

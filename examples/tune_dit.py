@@ -49,7 +49,7 @@ def held_out_loss(model: torch.nn.Module) -> float:
     return value
 
 
-def train(run) -> float:  # noqa: ANN001 - a muprewrite.tuning.TrialRun
+def train(run) -> float:  # noqa: ANN001 - a muprewrite.training.tuning.TrialRun
     """Train ``run.steps`` AdamW steps (20 warm-up, then constant); the held-out loss."""
     tr = _trainer()
     gen = torch.Generator().manual_seed(run.seed)

@@ -1,4 +1,4 @@
-"""The proxy sweep (muprewrite.tuning.tune): card, failures, pruning, resuming, space."""
+"""The proxy sweep (muprewrite.training.tuning.tune): card, failures, pruning, resuming, space."""
 
 from __future__ import annotations
 
@@ -170,9 +170,9 @@ def test_a_lambda_is_refused_for_worker_processes() -> None:
 
 def test_muprewrite_imports_without_optuna() -> None:
     code = ("import sys; sys.modules['optuna'] = None\n"
-            "import muprewrite, muprewrite.tuning, torch\n"
+            "import muprewrite, muprewrite.training.tuning, torch\n"
             "try:\n"
-            "    muprewrite.tuning.tune(lambda: torch.nn.Linear(2, 1), print, steps=1, lr=0.1)\n"
+            "    muprewrite.training.tuning.tune(lambda: torch.nn.Linear(2, 1), print, steps=1, lr=0.1)\n"
             "except muprewrite.MuprewriteError as exc:\n"
             "    print(exc.one_line())\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

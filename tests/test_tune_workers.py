@@ -58,7 +58,7 @@ def test_a_killed_worker_loses_no_finished_trial(tmp_path) -> None:
     script = tmp_path / "sweep.py"
     script.write_text(
         f"import sys\nsys.path[:0] = {sys.path!r}\n"
-        "import tune_helpers as h\nfrom muprewrite.tuning import tune\n"
+        "import tune_helpers as h\nfrom muprewrite.training.tuning import tune\n"
         "if __name__ == '__main__':\n"
         "    tune(h.mlp, h.train_slow_marked, n_trials=5, storage=sys.argv[1],\n"
         f"         **{ {k: v for k, v in SETTINGS.items() if k != 'inputs'}!r},\n"

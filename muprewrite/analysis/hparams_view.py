@@ -1,6 +1,6 @@
 """Where each base hyperparameter lands in one analysed model, as text for ``analyze``.
 
->>> from muprewrite.hparams import HParams
+>>> from muprewrite.rules.hparams import HParams
 >>> print(render_hparams_table(HParams(output_multiplier=2.0)).splitlines()[1])
   output_multiplier     2      forward multiplier of output weights (and a tied embedding's readout)
 """

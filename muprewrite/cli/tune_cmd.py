@@ -29,7 +29,7 @@ then, for the wide model:
 The proxy is --model (a spec; {width} is filled with --width) rewritten into muP
 against --base (default: the proxy itself, so the card's numbers are the proxy's own).
 --train names a function, file.py:function (or a function of MODEL_FILE), that gets
-a muprewrite.tuning.TrialRun and returns the final validation loss:
+a muprewrite.training.tuning.TrialRun and returns the final validation loss:
   def train_trial(run):   # run.model, run.optimizer, run.lr, run.hparams, run.steps, run.seed
       for step in range(1, run.steps + 1):
           ...                                  # one training step

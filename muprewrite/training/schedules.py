@@ -326,7 +326,7 @@ def _error(n: int, bad: int, now: list[float], expected: list[float],
         f"{when}, group {bad}'s lr is {now[bad]:.6g}x group 0's instead of "
         f"{expected[bad]:.6g}x: the schedule does not scale every group alike, so the muP "
         "ratios are lost", where=type(scheduler).__name__,
-        fix="scale every group by one factor (LambdaLR, muprewrite.schedules.wsd, torch's "
+        fix="scale every group by one factor (LambdaLR, muprewrite.training.schedules.wsd, torch's "
             "schedulers); never write one lr into every group (OneCycleLR: pass max_lr as a "
             "list, one value per group, in the groups' ratios)")
 

@@ -1,6 +1,6 @@
 """Run a sweep's workers: in this process (one worker) or as spawned processes (several).
 
-Spawned workers get their :class:`~muprewrite.tuning.worker.WorkerConfig` by pickling, so
+Spawned workers get their :class:`~muprewrite.training.tuning.worker.WorkerConfig` by pickling, so
 the proxy builder, the base builder and the train function must be importable by module
 and name: functions defined at the top level of a module (or ``file.py:function``
 references on the command line, which pickle as the reference). A lambda, a function

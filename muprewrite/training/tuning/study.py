@@ -7,7 +7,7 @@ was made with the same rule, budget and space; run the workers until ``n_trials`
 finished; read the best trial into a card, with the ledger.
 
 >>> import torch, muprewrite
->>> from muprewrite.tuning import tune
+>>> from muprewrite.training.tuning import tune
 >>> def mlp():
 ...     return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 1))
 >>> x = torch.randn(32, 4); y = x.sum(1, keepdim=True)
@@ -67,9 +67,9 @@ def tune(proxy: Callable[[], nn.Module], train: TrainFn, *, steps: int,
     ``proxy()`` builds the proxy (and ``base()`` its base, default the proxy itself);
     ``train(run)`` trains ``run.model`` for ``run.steps`` steps with ``run.optimizer``,
     calls ``run.report(step, loss)`` on the way and returns the final validation loss (see
-    :class:`~muprewrite.tuning.TrialRun`). ``inputs``: example inputs (default
+    :class:`~muprewrite.training.tuning.TrialRun`). ``inputs``: example inputs (default
     ``proxy().example_inputs()``). ``lr``: the learning rate's range (low, high), or one
-    number to hold it fixed; ``space``: the rest (see :class:`~muprewrite.tuning.Space`).
+    number to hold it fixed; ``space``: the rest (see :class:`~muprewrite.training.tuning.Space`).
     ``n_trials`` finished trials (complete or pruned) are run in all, by ``workers``
     processes; ``timeout`` seconds per trial. ``target()`` (built on the meta device),
     ``target_inputs`` and ``target_steps`` price the sweep as a share of one target run.
