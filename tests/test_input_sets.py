@@ -229,11 +229,9 @@ def test_emission_from_every_set_checks_out(tmp_path: Path, model_spec: str) -> 
     path = tmp_path / "net.py"
     path.write_text(SOURCE)
     emission = emit(path, model_spec, "Net(16, 2)", inputs_expr=CLI_SETS)
-    # at Net(64, 8) the head size is the base's (8): no attention edit, and the emitted
-    # mup_init cannot tell a head size from this Net's attributes, which it warns about
-    head_size = [c for c in emission.changes if c.startswith("WARNING") and "head size" in c]
-    assert bool(head_size) == (model_spec == "Net(64, 8)"), emission.changes
-    assert not [c for c in emission.changes if c.startswith("WARNING") and c not in head_size]
+    # at Net(64, 8) the head size is the base's (8) and no attribute of this Net holds it:
+    # the attention takes the runtime head size factor anyway (1 here), so no warning either
+    assert not [c for c in emission.changes if c.startswith("WARNING")], emission.changes
     out = tmp_path / "net_mup.py"
     out.write_bytes(emission.data)
     wider = model_spec.replace("64", "128").replace("8)", "16)")
