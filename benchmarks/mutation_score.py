@@ -10,6 +10,8 @@ init or multiplier at any size checked) are listed and left out of the score.
     .venv/bin/python benchmarks/mutation_score.py --files adaln_dit,nano_gpt
     .venv/bin/python benchmarks/mutation_score.py --table-sample 3     # 3 table edits per kind
     .venv/bin/python benchmarks/mutation_score.py --files example_mlp --merge  # add one file
+    .venv/bin/python benchmarks/mutation_score.py --json docs/mutation_score_full.json \
+        --rejudge equivalent                   # judge the equivalent ones again
 
 Prints one line per mutant and the score per file, and writes docs/mutation_score.json.
 """
@@ -48,7 +50,12 @@ def sampled(mutants: list[Mutant], per_kind: int | None, seed: int) -> list[Muta
     return sorted(kept, key=lambda m: (m.file, m.line, m.kind, m.description))
 
 
-def score_file(style: Style, work: Path, per_kind: int | None, seed: int) -> dict[str, Any]:
+def score_file(style: Style, work: Path, per_kind: int | None, seed: int,
+               earlier: dict[tuple, list[dict]] | None = None, rejudge: str = ""
+               ) -> dict[str, Any]:
+    """``earlier``/``rejudge``: the verdicts of an earlier run, by mutant (file, kind,
+    description, in order); those whose verdict is ``rejudge`` are judged again, and so is a
+    mutant the earlier run did not have (a table added since); the others are kept."""
     started = time.perf_counter()
     emitted: Emitted = emit(style, work / "emitted")
     code, output = check(emitted, emitted.main)
@@ -61,6 +68,12 @@ def score_file(style: Style, work: Path, per_kind: int | None, seed: int) -> dic
     reference = write_mutant(emitted, None, work / "reference")
     verdicts = []
     for mutant in chosen:
+        # the n-th mutant of this description: lines move when the emitter's block grows
+        key = (mutant.file, mutant.kind, mutant.description)
+        before = earlier.get(key, []).pop(0) if earlier is not None and earlier.get(key) else None
+        if before is not None and before["verdict"] != rejudge:
+            verdicts.append({**before, "line": mutant.line})
+            continue
         t = time.perf_counter()
         v = judge(emitted, mutant, work / "mutant", reference)
         verdicts.append({"file": mutant.file, "line": mutant.line, "kind": mutant.kind,
@@ -91,16 +104,27 @@ def main() -> None:
     parser.add_argument("--json", default=str(ROOT / "docs" / "mutation_score.json"))
     parser.add_argument("--merge", action="store_true",
                         help="keep the other files' results already in --json")
+    parser.add_argument("--rejudge", default="", metavar="VERDICT",
+                        help="judge again only the mutants --json holds with this verdict "
+                             "(e.g. equivalent), keeping the others' (implies --merge)")
     args = parser.parse_args()
+    args.merge = args.merge or bool(args.rejudge)
     names = [n for n in args.files.split(",") if n]
     styles = [by_name(n) for n in names] if names else STYLES
     results: dict[str, Any] = {}
+    stored = json.loads(Path(args.json).read_text())["files"] if args.rejudge else {}
     with tempfile.TemporaryDirectory() as tmp:
         for style in styles:
             print(f"{style.name}: {style.file}", flush=True)
             try:
+                earlier: dict[tuple, list[dict]] | None = None
+                if args.rejudge:
+                    earlier = {}
+                    for v in stored[style.name]["all"]:
+                        earlier.setdefault((v["file"], v["kind"], v["description"]), []).append(v)
                 results[style.name] = score_file(style, Path(tmp) / style.name,
-                                                 args.table_sample, args.seed)
+                                                 args.table_sample, args.seed, earlier,
+                                                 args.rejudge)
             except Exception as exc:  # noqa: BLE001 - one file's failure is reported, not fatal
                 results[style.name] = {"file": style.file, "error": f"{type(exc).__name__}: {exc}"}
             r = results[style.name]
@@ -120,6 +144,9 @@ def _write(args: argparse.Namespace, results: dict[str, Any]) -> None:
                 STEPS, args.table_sample, args.seed):
             raise SystemExit(f"{args.json} was written with other settings: not merged")
         summary["files"] = {**earlier["files"], **results}
+        if "note" in earlier:
+            summary = {**{k: v for k, v in summary.items() if k != "files"},
+                       "note": earlier["note"], "files": summary["files"]}
     Path(args.json).write_text(json.dumps(summary, indent=1) + "\n")
     print(f"wrote {args.json}")
 

@@ -201,8 +201,11 @@ def _compare_state(spec: str, ours: torch.nn.Module, theirs: torch.nn.Module) ->
     if _used_factors(ours) != _used_factors(theirs):
         return f"{spec}: mup_factors"
     for (name, m), (_n, r) in zip(ours.named_modules(), theirs.named_modules()):
-        for attr in (k for k in vars(m) if k.startswith("mup_") and k != "mup_factors"):
-            if getattr(m, attr) != getattr(r, attr, None):
+        # set on either instance: a mutant that no longer sets one (its MUP_MULTIPLIERS or
+        # MUP_BRANCH_HOSTS entry deleted) reads the class default, 1.0
+        for attr in sorted(k for k in {*vars(m), *vars(r)}
+                           if k.startswith("mup_") and k != "mup_factors"):
+            if getattr(m, attr, None) != getattr(r, attr, None):
                 return f"{spec}: {name}.{attr}"
     return None
 
