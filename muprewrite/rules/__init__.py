@@ -9,18 +9,18 @@ cards. The stage imports nothing of muprewrite but ``errors``.
 from .checks import expected_weight_decay
 from .load import available_rules, load_rule
 from .rule import (
-                   KINDS,
-                   MAX_EXPONENT,
-                   MAX_RULE_BYTES,
-                   NAME_PATTERN,
-                   QUANTITIES,
-                   ROLES,
-                   RULES_DIR,
-                   Exponents,
-                   MuonRow,
-                   Rule,
-                   RuleError,
-                   Scaling,
+    KINDS,
+    MAX_EXPONENT,
+    MAX_RULE_BYTES,
+    NAME_PATTERN,
+    QUANTITIES,
+    ROLES,
+    RULES_DIR,
+    Exponents,
+    MuonRow,
+    Rule,
+    RuleError,
+    Scaling,
 )
 
 __all__ = ["RuleError", "Exponents", "Scaling", "MuonRow", "Rule", "load_rule",
